@@ -1,0 +1,52 @@
+# The README's commands. `make demo` and `make test` work on a fresh machine with only Python.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+QNET   := $(VENV)/bin/qnet
+STAMP  := $(VENV)/.installed
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: help install system-deps demo test lint format bench hil clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "qnet needs Python >= 3.11, found " + sys.version.split()[0])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install qnet with its test tools
+
+system-deps:  ## Debian packages for the real servers the tests start (mosquitto, VictoriaMetrics, InfluxDB 1.x)
+	@if command -v mosquitto >/dev/null && command -v victoria-metrics >/dev/null && command -v influxd >/dev/null; then \
+		echo "system-deps: mosquitto, victoria-metrics and influxd already installed"; \
+	else \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO apt-get install -y -qq --no-install-recommends mosquitto victoria-metrics influxdb >/dev/null && \
+		echo "system-deps: installed mosquitto, victoria-metrics, influxdb"; \
+	fi
+
+demo: $(STAMP)  ## run the main job on the embedded default
+	$(QNET) demo
+
+test: $(STAMP) system-deps  ## install everything and run every test
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)  ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP) system-deps  ## performance benchmarks against baselines timed in the same run
+	$(PY) -m benchmarks
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

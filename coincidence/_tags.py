@@ -1,0 +1,173 @@
+"""The time-tag model: a contiguous stretch of detection events.
+
+Timestamps are int64 picoseconds, non-decreasing. Channels are small
+non-negative integers (uint8, so at most 256 channels). A batch covers the
+half-open interval ``[begin_ps, end_ps)``: quiet stretches with no tags still
+count as measured time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from ._errors import ChannelError, TagBatchError, TagOrderError
+
+MAX_CHANNELS = 256
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_decrease(timestamps: np.ndarray) -> int:
+    """Index of the first timestamp smaller than its predecessor, or -1."""
+    for i in range(1, timestamps.shape[0]):
+        if timestamps[i] < timestamps[i - 1]:
+            return i
+    return -1
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TagBatch:
+    """Tags detected during ``[begin_ps, end_ps)``; validated on construction.
+
+    Attributes:
+        timestamps: int64 picoseconds, non-decreasing.
+        channels: uint8 channel numbers, same length as ``timestamps``.
+        begin_ps: start of the covered interval (inclusive), picoseconds.
+        end_ps: end of the covered interval (exclusive), picoseconds.
+    """
+
+    timestamps: np.ndarray
+    channels: np.ndarray
+    begin_ps: int
+    end_ps: int
+
+    def __init__(
+        self,
+        timestamps: np.ndarray,
+        channels: np.ndarray,
+        begin_ps: int | None = None,
+        end_ps: int | None = None,
+    ) -> None:
+        ts = np.ascontiguousarray(timestamps)
+        ch = np.ascontiguousarray(channels)
+        if ts.ndim != 1 or ch.ndim != 1:
+            raise TagBatchError(
+                f"timestamps and channels must be 1-D, got shapes {ts.shape} and {ch.shape}"
+            )
+        if ts.shape[0] != ch.shape[0]:
+            raise TagBatchError(
+                f"timestamps and channels differ in length: {ts.shape[0]} != {ch.shape[0]}"
+            )
+        if ts.dtype.kind not in "iu":
+            raise TagBatchError(f"timestamps must be integer picoseconds, got dtype {ts.dtype}")
+        if ch.dtype.kind not in "iu":
+            raise TagBatchError(f"channels must be integers, got dtype {ch.dtype}")
+        ts = ts.astype(np.int64, copy=False)
+        if ch.size:
+            lo, hi = int(ch.min()), int(ch.max())
+            if lo < 0:
+                bad = int(np.argmax(ch < 0))
+                raise ChannelError(f"negative channel {int(ch[bad])} at index {bad}")
+            if hi >= MAX_CHANNELS:
+                bad = int(np.argmax(ch >= MAX_CHANNELS))
+                raise ChannelError(
+                    f"channel {int(ch[bad])} at index {bad} exceeds the maximum {MAX_CHANNELS - 1}"
+                )
+        ch = ch.astype(np.uint8, copy=False)
+        bad = int(_first_decrease(ts))
+        if bad >= 0:
+            raise TagOrderError(
+                f"timestamps decrease at index {bad}: {int(ts[bad - 1])} ps then "
+                f"{int(ts[bad])} ps (use TagBatch.sorted() to sort an unordered stream)",
+                bad,
+            )
+        if begin_ps is None:
+            begin_ps = int(ts[0]) if ts.size else 0
+        if end_ps is None:
+            end_ps = int(ts[-1]) + 1 if ts.size else int(begin_ps)
+        begin_ps, end_ps = int(begin_ps), int(end_ps)
+        if end_ps < begin_ps:
+            raise TagBatchError(f"end_ps {end_ps} is before begin_ps {begin_ps}")
+        if ts.size and (ts[0] < begin_ps or ts[-1] >= end_ps):
+            raise TagBatchError(
+                f"tags span [{int(ts[0])}, {int(ts[-1])}] ps, outside the batch interval "
+                f"[{begin_ps}, {end_ps}) ps"
+            )
+        object.__setattr__(self, "timestamps", ts)
+        object.__setattr__(self, "channels", ch)
+        object.__setattr__(self, "begin_ps", begin_ps)
+        object.__setattr__(self, "end_ps", end_ps)
+
+    @classmethod
+    def sorted(
+        cls,
+        timestamps: np.ndarray,
+        channels: np.ndarray,
+        begin_ps: int | None = None,
+        end_ps: int | None = None,
+    ) -> TagBatch:
+        """Build a batch from tags in any order (stable sort by time)."""
+        ts = np.asarray(timestamps)
+        ch = np.asarray(channels)
+        if ts.shape != ch.shape:
+            raise TagBatchError(
+                f"timestamps and channels differ in length: {ts.shape} != {ch.shape}"
+            )
+        order = np.argsort(ts, kind="stable")
+        return cls(ts[order], ch[order], begin_ps, end_ps)
+
+    @classmethod
+    def empty(cls, begin_ps: int, end_ps: int) -> TagBatch:
+        """A batch with no tags covering ``[begin_ps, end_ps)``."""
+        return cls(np.empty(0, np.int64), np.empty(0, np.uint8), begin_ps, end_ps)
+
+    def __len__(self) -> int:
+        return int(self.timestamps.shape[0])
+
+    @property
+    def duration_ps(self) -> int:
+        """Measured time covered by the batch, picoseconds."""
+        return self.end_ps - self.begin_ps
+
+    def check_channels(self, n_channels: int, where: str) -> None:
+        """Raise ChannelError if any channel is ``>= n_channels``; ``where`` names the caller."""
+        if self.channels.size:
+            hi = int(self.channels.max())
+            if hi >= n_channels:
+                bad = int(np.argmax(self.channels >= n_channels))
+                raise ChannelError(
+                    f"{where}: channel {hi} at index {bad} is outside the configured "
+                    f"{n_channels} channels (0..{n_channels - 1})"
+                )
+
+    def split(self, cut_ps: int) -> tuple[TagBatch, TagBatch]:
+        """Cut into ``[begin, cut)`` and ``[cut, end)``; tags at ``cut_ps`` go to the second."""
+        if not self.begin_ps <= cut_ps <= self.end_ps:
+            raise TagBatchError(
+                f"cut {cut_ps} ps is outside the batch [{self.begin_ps}, {self.end_ps}) ps"
+            )
+        k = int(np.searchsorted(self.timestamps, cut_ps, side="left"))
+        return (
+            TagBatch(self.timestamps[:k], self.channels[:k], self.begin_ps, cut_ps),
+            TagBatch(self.timestamps[k:], self.channels[k:], cut_ps, self.end_ps),
+        )
+
+    @staticmethod
+    def concatenate(batches: list[TagBatch]) -> TagBatch:
+        """Join contiguous batches (each one's begin equals the previous end) into one."""
+        if not batches:
+            raise TagBatchError("cannot concatenate an empty list of batches")
+        for k in range(1, len(batches)):
+            if batches[k].begin_ps != batches[k - 1].end_ps:
+                raise TagBatchError(
+                    f"batch {k} begins at {batches[k].begin_ps} ps but batch {k - 1} "
+                    f"ends at {batches[k - 1].end_ps} ps: batches must be contiguous"
+                )
+        return TagBatch(
+            np.concatenate([b.timestamps for b in batches]),
+            np.concatenate([b.channels for b in batches]),
+            batches[0].begin_ps,
+            batches[-1].end_ps,
+        )

@@ -1,0 +1,1 @@
+"""Emulators of qnet's instruments and the physics of the emulated testbed."""
