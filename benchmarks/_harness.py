@@ -77,7 +77,10 @@ def main(selected: list[str] | None = None) -> int:
     console.print(table)
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
         "rows": [asdict(r) for r in rows],
     }
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")

@@ -22,8 +22,7 @@ app = typer.Typer(
 )
 
 # One line per command module; a module listed here must exist.
-_COMMAND_MODULES: list[str] = [
-]
+_COMMAND_MODULES: list[str] = []
 
 
 def _register_all() -> None:
