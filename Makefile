@@ -6,7 +6,7 @@ QNET   := $(VENV)/bin/qnet
 STAMP  := $(VENV)/.installed
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help install system-deps demo test lint format bench hil clean
+.PHONY: help install system-deps demo test lint format bench hil reliability clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -36,6 +36,7 @@ demo: $(STAMP)  ## run the main job on the embedded default
 test: $(STAMP) system-deps  ## install everything and run every test
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+	$(PY) -m pytest hil_tests --junitxml=reports/hil/junit.xml --hil-report reports/hil
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(VENV)/bin/ruff check .
@@ -47,6 +48,12 @@ format: $(STAMP)  ## apply ruff's formatting and safe fixes
 
 bench: $(STAMP) system-deps  ## performance benchmarks against baselines timed in the same run
 	$(PY) -m benchmarks
+
+hil: $(STAMP) system-deps  ## hardware-in-the-loop suite (default: the emulated testbed); JUnit + report in reports/hil
+	$(PY) -m pytest hil_tests --junitxml=reports/hil/junit.xml --hil-report reports/hil $(HIL_ARGS)
+
+reliability: $(STAMP) system-deps  ## telemetry outage/kill run (about 2 min); rewrites the figures in docs/RELIABILITY.md
+	$(PY) -m benchmarks.reliability
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -22,7 +22,17 @@ app = typer.Typer(
 )
 
 # One line per command module; a module listed here must exist.
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = [
+    "_cli_analyze",
+    "_cli_demo",
+    "_cli_bridge",
+    "_cli_devices",
+    "_cli_sim",
+    "_cli_run",
+    "_cli_status",
+    "_cli_getset",
+    "_cli_calibrate",
+]
 
 
 def _register_all() -> None:

@@ -1,0 +1,277 @@
+"""The long reliability run: a numbered stream through broker, database and bridge failures.
+
+``.venv/bin/python -m benchmarks.reliability`` (about 2.5 minutes) starts real mosquitto
+(persistence on) and VictoriaMetrics (dedup at 1 ms: a replayed point overwrites itself, as in
+InfluxDB), runs ``qnet bridge`` as a subprocess and the real ``Publisher`` in this process,
+publishing a numbered stream (``seq`` 1..N, one distinct millisecond per point) at ``--rate``
+points/s while, one after the other:
+
+1. the broker is stopped for ``--broker-outage-s`` (30 s) and restarted;
+2. the database is stopped for ``--db-outage-s`` (60 s) and restarted;
+3. the bridge is SIGKILLed ``--kills`` times (3) mid-stream and restarted at once;
+4. malformed, foreign and oversized messages are published on the telemetry topics.
+
+Then it counts what VictoriaMetrics stored: lost = published seqs not stored, duplicates =
+stored values beyond one per seq, per scenario (the seqs submitted during its window) and in
+total, and writes the figures into docs/RELIABILITY.md between the ``reliability:`` markers
+(``--no-write`` to only print them). Exit code 1 if anything was lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import platform
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from telemetry import Publisher
+from tests import servers
+from tests.telemetry._pipeline import (
+    BridgeProcess,
+    bridge_config,
+    publisher_settings,
+    stored_seqs,
+    stream_record,
+)
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
+BEGIN, END = "<!-- reliability:begin -->", "<!-- reliability:end -->"
+NODE = "alice"
+ROWS_PER_POINT = 3
+
+
+class Run:
+    """State of one reliability run."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.mq = servers.start_mosquitto(tmp / "mosquitto")
+        self.vm = servers.start_victoria_metrics(tmp / "vm")
+        self.bridge = BridgeProcess(bridge_config(tmp, self.mq, self.vm), tmp / "bridge.log")
+        self.bridge.start()
+        self.next_i = 0
+        self.windows: list[tuple[str, int, int]] = []  # (scenario, first seq, last seq)
+        self.catch_up: dict[str, float] = {}
+        self.max_outbox = 0
+        self.bad_sent = 0
+        self.rows_before_restart = 0  # VictoriaMetrics' counters restart with it
+
+    def close(self) -> None:
+        self.bridge.stop()
+        self.mq.stop()
+        self.vm.stop()
+
+    async def stream(self, pub: Publisher, stop: asyncio.Event) -> None:
+        """Submit the numbered stream at ``rate`` points/s until ``stop``."""
+        chunk = max(1, int(self.args.rate / 50))
+        t0 = time.monotonic()
+        sent = 0
+        while not stop.is_set():
+            pub.submit([stream_record(NODE, self.next_i + k) for k in range(chunk)])
+            self.next_i += chunk
+            sent += chunk
+            self.max_outbox = max(self.max_outbox, len(pub.outbox))
+            await asyncio.sleep(max(0.0, t0 + sent / self.args.rate - time.monotonic()))
+
+    def mark(self) -> int:
+        """The last seq submitted so far (seq = index + 1)."""
+        return self.next_i
+
+    async def wait_stored(self, upto: int, name: str, t_restart: float) -> None:
+        """Poll until every seq <= upto is stored; record the catch-up time after a restart."""
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            seqs = await asyncio.to_thread(stored_seqs, self.vm, NODE)
+            if len({s for s in seqs if s <= upto}) >= upto:
+                self.catch_up[name] = time.monotonic() - t_restart
+                return
+            await asyncio.sleep(0.5)
+        self.catch_up[name] = float("nan")
+
+    async def scenario(self, name: str, action) -> None:  # noqa: ANN001
+        first = self.mark() + 1
+        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+        t_restart = await action()
+        await self.wait_stored(self.mark(), name, t_restart)
+        await asyncio.sleep(2)
+        self.windows.append((name, first, self.mark()))
+        print(f"    caught up {self.catch_up[name]:.1f} s after restart", flush=True)
+
+    async def broker_outage(self) -> float:
+        await asyncio.to_thread(self.mq.stop)
+        await asyncio.sleep(self.args.broker_outage_s)
+        await asyncio.to_thread(self.mq.start)
+        return time.monotonic()
+
+    async def db_outage(self) -> float:
+        self.rows_before_restart += await asyncio.to_thread(_rows_inserted, self.vm)
+        await asyncio.to_thread(self.vm.stop)
+        await asyncio.sleep(self.args.db_outage_s)
+        await asyncio.to_thread(self.vm.start)
+        return time.monotonic()
+
+    async def bridge_kills(self) -> float:
+        rng = random.Random(1)
+        for _ in range(self.args.kills):
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
+            self.bridge.kill()
+            await asyncio.to_thread(self.bridge.start)
+        return time.monotonic()
+
+    async def bad_payloads(self) -> float:
+        good = stream_record(NODE, 0)
+        from telemetry import to_line
+
+        line = to_line(good)
+        bad = [
+            b"not line protocol at all",
+            b"\xff\xfe binary",
+            line.replace(NODE, "mallory").encode(),
+            line.replace("counts=0i", "counts=zero").encode(),
+            (line + "\n").encode() * 40_000,  # > max_payload_bytes (1 MiB)
+            b"",
+        ] * 5
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="reliability-bad")
+        c.connect("127.0.0.1", self.mq.port)
+        c.loop_start()
+        for payload in bad:
+            c.publish(f"qnet/v1/{NODE}/telemetry/singles", payload, qos=1).wait_for_publish(10)
+        c.loop_stop()
+        c.disconnect()
+        self.bad_sent = len(bad)
+        await asyncio.sleep(1)
+        return time.monotonic()
+
+
+async def _main(run: Run) -> dict[str, object]:
+    pub = Publisher(publisher_settings(run.tmp, run.mq, node=NODE))
+    pub.start()
+    stop = asyncio.Event()
+    streamer = asyncio.create_task(run.stream(pub, stop))
+    await asyncio.sleep(3)
+    run.windows.append(("warm-up", 1, run.mark()))
+    a = run.args
+    await run.scenario(f"broker stopped {a.broker_outage_s:g} s", run.broker_outage)
+    await run.scenario(f"database stopped {a.db_outage_s:g} s", run.db_outage)
+    await run.scenario(f"bridge SIGKILLed x{a.kills} mid-stream", run.bridge_kills)
+    await run.scenario("malformed/oversized/foreign payloads", run.bad_payloads)
+    stop.set()
+    await streamer
+    drained = await pub.wait_drained(60)
+    reconnects = pub.reconnects
+    await pub.close()
+    n = run.mark()
+    await run.wait_stored(n, "end", time.monotonic())
+    seqs = await asyncio.to_thread(stored_seqs, run.vm, NODE)
+    return {"n": n, "seqs": seqs, "drained": drained, "reconnects": reconnects}
+
+
+def _rows_inserted(vm: servers.Server) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{vm.url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(r'^vm_rows_inserted_total\{type="influx"\} (\d+)', text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rate", type=float, default=1000.0, help="points/s of the numbered stream")
+    p.add_argument("--broker-outage-s", type=float, default=30.0)
+    p.add_argument("--db-outage-s", type=float, default=60.0)
+    p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--no-write", action="store_true", help="print, do not update the doc")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="    %(levelname)s %(name)s: %(message)s")
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="qnet-reliability-") as d:
+        run = Run(args, Path(d))
+        try:
+            res = asyncio.run(_main(run))
+            rows_inserted = run.rows_before_restart + _rows_inserted(run.vm)
+            log = run.bridge.text()
+            bridge_alive = run.bridge.alive()
+        finally:
+            run.close()
+    n = int(res["n"])  # type: ignore[arg-type]
+    seqs: list[int] = res["seqs"]  # type: ignore[assignment]
+    counts: dict[int, int] = {}
+    for s in seqs:
+        counts[s] = counts.get(s, 0) + 1
+    table = []
+    for name, first, last in run.windows:
+        want = range(first, last + 1)
+        lost = sum(1 for s in want if s not in counts)
+        dup = sum(counts.get(s, 1) - 1 for s in want if s in counts)
+        table.append((name, len(want), lost, dup, run.catch_up.get(name)))
+    lost_total = sum(1 for s in range(1, n + 1) if s not in counts)
+    dup_total = len(seqs) - len(counts)
+    extra = sum(1 for s in counts if s > n or s < 1)
+    figures = {
+        "published": n,
+        "stored_distinct": len(counts),
+        "lost": lost_total,
+        "stored_more_than_once": dup_total,
+        "unexpected": extra,
+        "points_written_incl_replays": rows_inserted // ROWS_PER_POINT,
+        "replayed_points_overwritten": rows_inserted // ROWS_PER_POINT - len(counts),
+        "publisher_reconnects": res["reconnects"],
+        "publisher_outbox_peak_records": run.max_outbox,
+        "bridge_write_failures_logged": log.count("failed ("),
+        "bad_messages_sent": run.bad_sent,
+        "bad_messages_dropped_logged": log.count("dropped message"),
+        "bridge_alive_at_end": bridge_alive,
+        "duration_s": round(time.monotonic() - t_start, 1),
+    }
+    ok = lost_total == 0 and dup_total == 0 and extra == 0 and bridge_alive
+    ok = ok and figures["bad_messages_dropped_logged"] == run.bad_sent
+    md = _markdown(args, table, figures, ok)
+    print(md)
+    if not args.no_write:
+        _write_doc(md)
+        print(f"wrote {DOC}")
+    print(json.dumps(figures))
+    return 0 if ok else 1
+
+
+def _markdown(args: argparse.Namespace, table: list, figures: dict, ok: bool) -> str:
+    lines = [
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
+        f"Python {platform.python_version()}; stream {args.rate:g} points/s; command "
+        "`.venv/bin/python -m benchmarks.reliability`. Verdict: "
+        f"**{'zero lost, each stored once' if ok else 'FAILED'}**.",
+        "",
+        "| scenario | points published in window | lost | stored more than once | "
+        "all stored again after restart (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, n, lost, dup, cu in table:
+        cu_s = "" if cu is None else f"{cu:.1f}"
+        lines.append(f"| {name} | {n} | {lost} | {dup} | {cu_s} |")
+    lines += ["", "| figure | value |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in figures.items()]
+    return "\n".join(lines)
+
+
+def _write_doc(md: str) -> None:
+    text = DOC.read_text() if DOC.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(f"{head}{BEGIN}\n{md}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

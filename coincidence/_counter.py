@@ -1,0 +1,485 @@
+"""Streaming coincidence counting: singles, the coincidence matrix, accidentals and CAR.
+
+Definition (exact integer semantics). Let ``h = window_ps // 2`` and let the
+shifted time of a tag on channel ``c`` be ``s = t - delays_ps[c]``. A tag on
+channel ``i`` and a tag on channel ``j != i`` are a coincidence when
+``|s_i - s_j| <= h``, which for integers is the same as ``2 * |s_i - s_j| <=
+window_ps``. Every such pair counts once, in ``coincidences[i, j]`` and
+``coincidences[j, i]``; tags on the same channel never pair.
+
+Streaming. The counter counts a pair when the later of its two tags (in the
+order the tags arrive) is processed. Its partner then lies at most ``L = h +
+max(delays) - min(delays)`` picoseconds earlier in raw time, so the counter
+keeps only the tags of the last ``L`` picoseconds before the end of the last
+batch (the *tail*) and nothing else. Pairs of a new batch with the tail are
+counted by a small sort-based kernel on the tail and the new batch's first
+``L`` picoseconds; pairs inside the new batch by the fast kernel below. So
+every pair is counted exactly once whatever way the stream is cut into
+batches, and :meth:`CoincidenceCounter.result` is complete at any time.
+
+Fast kernel (pairs inside one batch). Channels are grouped by delay (sorted
+delays; a new group where the gap to the previous delay exceeds
+``max(window_ps, 10 ns)``). Pairs inside a group are at most ``h + spread``
+apart in raw time: a look-back from each tag, run only when the previous tag
+is that close (about one comparison per tag). A pair across groups ``a < b``
+always has its later tag in ``b``, at a raw distance in ``[lo, hi]`` with
+``lo > 0`` (e.g. Bob's fibre delay): every tag is filed in a small ring of
+time buckets under ``t + lo`` (and ``t + hi``), and each tag looks up the
+bucket of its own time; a tag of ``b`` that finds an entry is a *hit*, and
+only hits are scanned (in a second loop, from the latest filed index back).
+The first loop has no data-dependent branch. Every candidate is checked with
+the integer rule, so the result is exact for any delays up to +-1 ms; batches
+are processed in chunks of ``CHUNK_TAGS`` tags that stay in cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from ._errors import CoincidenceError, TagBatchError
+from ._tags import MAX_CHANNELS, TagBatch
+
+MAX_DELAY_PS = 10**9
+"""Largest accepted ``|delay|``: 1 ms."""
+
+CHUNK_TAGS = 2**20
+"""Tags the fast kernels see at a time (batches are cut internally so they stay in cache)."""
+
+_GROUP_GAP_PS = 10_000
+"""Delays closer than ``max(window_ps, this)`` may share a group of the fast kernel."""
+
+
+@dataclass(frozen=True)
+class CoincidenceReport:
+    """Everything counted so far by a :class:`CoincidenceCounter`.
+
+    Attributes:
+        n_channels: number of channels.
+        window_ps: full coincidence window; pairs with ``2 * |dt| <= window_ps`` count.
+        delays_ps: int64 (n,), subtracted from each channel's timestamps.
+        duration_ps: measured time, the sum of the batches' ``end - begin``.
+        singles: int64 (n,), tags per channel.
+        coincidences: int64 (n, n), symmetric, diagonal 0.
+        accidentals: float64 (n, n), expected accidental coincidences
+            ``R_i * R_j * window * T`` (counts, with ``R = singles / T``), diagonal 0.
+        car: float64 (n, n), coincidence-to-accidental ratio
+            ``coincidences / accidentals``; nan where accidentals are 0.
+    """
+
+    n_channels: int
+    window_ps: int
+    delays_ps: np.ndarray
+    duration_ps: int
+    singles: np.ndarray
+    coincidences: np.ndarray
+    accidentals: np.ndarray
+    car: np.ndarray
+
+    @property
+    def duration_s(self) -> float:
+        """Measured time in seconds."""
+        return self.duration_ps * 1e-12
+
+    @property
+    def singles_rate_hz(self) -> np.ndarray:
+        """Singles per second per channel (zeros if nothing was measured)."""
+        if self.duration_ps <= 0:
+            return np.zeros(self.n_channels)
+        return self.singles / self.duration_s
+
+    @property
+    def coincidence_rate_hz(self) -> np.ndarray:
+        """Coincidences per second, (n, n) (zeros if nothing was measured)."""
+        if self.duration_ps <= 0:
+            return np.zeros((self.n_channels, self.n_channels))
+        return self.coincidences / self.duration_s
+
+
+def accidentals_matrix(singles: np.ndarray, window_ps: int, duration_ps: int) -> np.ndarray:
+    """Expected accidentals ``R_i R_j w T = N_i N_j w / T`` (counts), diagonal 0."""
+    n = np.asarray(singles, dtype=np.float64)
+    if duration_ps <= 0:
+        return np.zeros((n.size, n.size))
+    acc = np.outer(n, n) * (float(window_ps) / float(duration_ps))
+    np.fill_diagonal(acc, 0.0)
+    return acc
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_same_group(
+    ts: np.ndarray,
+    ch: np.ndarray,
+    delays: np.ndarray,
+    grp: np.ndarray,
+    half_ps: int,
+    lookback_ps: int,
+    singles: np.ndarray,
+    m: np.ndarray,
+) -> None:
+    """Singles and the pairs of tags in the same delay group, inside one batch.
+
+    A pair (p < q) adds to ``m[ch[p], ch[q]]``. Partners of ``q`` in its group lie at most
+    ``lookback_ps`` earlier in raw time; the look-back runs only when the previous tag is
+    that close (rare: about one comparison per tag).
+    """
+    n = ts.shape[0]
+    if n == 0:
+        return
+    prev = ts[0] - lookback_ps - 1
+    for q in range(n):
+        tq = ts[q]
+        cq = ch[q]
+        singles[cq] += 1
+        if tq - prev <= lookback_ps:
+            g = grp[cq]
+            sq = tq - delays[cq]
+            p = q - 1
+            while p >= 0 and tq - ts[p] <= lookback_ps:
+                cp = ch[p]
+                dd = sq - (ts[p] - delays[cp])
+                if grp[cp] == g and cp != cq and -half_ps <= dd <= half_ps:
+                    m[cp, cq] += 1
+                p -= 1
+        prev = tq
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_cross_groups(
+    ts: np.ndarray,
+    ch: np.ndarray,
+    delays: np.ndarray,
+    grp: np.ndarray,
+    half_ps: int,
+    ga: int,
+    gb: int,
+    lo_ps: int,
+    hi_ps: int,
+    shift: int,
+    ring: np.ndarray,
+    hit_q: np.ndarray,
+    hit_p: np.ndarray,
+    m: np.ndarray,
+) -> None:
+    """Pairs of a tag of group ``ga`` and a later one of group ``gb``, inside one batch.
+
+    Such pairs have ``t_q - t_p`` in ``[lo_ps, hi_ps]``, ``lo_ps > 0``. Pass 1 files
+    every tag ``p`` in a ring of time buckets (``2**shift`` ps wide, at least
+    ``hi_ps - lo_ps``) under the buckets of ``t_p + lo_ps`` and ``t_p + hi_ps``; each
+    slot keeps the latest index filed in it, tagged with the bucket's high bits. A tag
+    ``q`` of group ``gb`` whose bucket (of ``t_q``) holds an entry is a *hit*: every
+    partner is at or before that entry's index. Pass 1 has no data-dependent branch;
+    pass 2 scans back from each hit's entry and checks every candidate exactly.
+    ``ring.size`` is a power of two with ``ring.size << shift > hi_ps``; ``hit_q`` and
+    ``hit_p`` hold ``ts.size`` entries; ``ts.size < 2**32`` (indices share a word).
+    """
+    n = ts.shape[0]
+    if n == 0:
+        return
+    mask = ring.shape[0] - 1
+    ring_bits = 0
+    while (1 << ring_bits) <= mask:
+        ring_bits += 1
+    ring[:] = 0  # a stale entry only causes an extra (exactly checked) scan
+    low = np.int64(0xFFFFFFFF)
+    t00 = ts[0]
+    span = hi_ps - lo_ps
+    nh = 0
+    for q in range(n):
+        rel = ts[q] - t00
+        b = rel >> shift
+        e = ring[b & mask]
+        best = (e & low) if ((e >> 32) & low) == ((b >> ring_bits) & low) else -1
+        hit_q[nh] = q
+        hit_p[nh] = best
+        nh += (best >= 0) & (grp[ch[q]] == gb)
+        b1 = (rel + lo_ps) >> shift
+        b2 = (rel + lo_ps + span) >> shift
+        ring[b1 & mask] = (((b1 >> ring_bits) & low) << 32) | q
+        ring[b2 & mask] = (((b2 >> ring_bits) & low) << 32) | q
+    for k in range(nh):
+        q = hit_q[k]
+        p = hit_p[k]
+        tq = ts[q]
+        cq = ch[q]
+        sq = tq - delays[cq]
+        lo_t = tq - hi_ps
+        while p >= 0 and ts[p] >= lo_t:
+            cp = ch[p]
+            dd = sq - (ts[p] - delays[cp])
+            if grp[cp] == ga and -half_ps <= dd <= half_ps:
+                m[cp, cq] += 1
+            p -= 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _cross_pairs(
+    s_old: np.ndarray,
+    c_old: np.ndarray,
+    s_new: np.ndarray,
+    c_new: np.ndarray,
+    half_ps: int,
+    m: np.ndarray,
+) -> None:
+    """Count pairs between two streams each sorted by shifted time ``s`` (different channels)."""
+    n_old = s_old.shape[0]
+    lo = 0
+    for q in range(s_new.shape[0]):
+        sq = s_new[q]
+        cq = c_new[q]
+        while lo < n_old and s_old[lo] < sq - half_ps:
+            lo += 1
+        p = lo
+        while p < n_old and s_old[p] <= sq + half_ps:
+            cp = c_old[p]
+            if cp != cq:
+                m[cp, cq] += 1
+            p += 1
+
+
+# --------------------------------------------------------------------------- the counter
+
+
+def _validate_window(window_ps: object, where: str) -> int:
+    if isinstance(window_ps, bool) or not isinstance(window_ps, int | np.integer):
+        raise CoincidenceError(f"{where}: window_ps must be an integer (ps), got {window_ps!r}")
+    if int(window_ps) <= 0:
+        raise CoincidenceError(f"{where}: window_ps must be > 0, got {int(window_ps)}")
+    return int(window_ps)
+
+
+def _validate_delays(
+    delays_ps: Sequence[int] | np.ndarray | None, n_channels: int, where: str
+) -> np.ndarray:
+    if delays_ps is None:
+        return np.zeros(n_channels, np.int64)
+    d = np.asarray(delays_ps)
+    if d.ndim != 1 or d.shape[0] != n_channels:
+        raise CoincidenceError(
+            f"{where}: delays_ps must have one entry per channel ({n_channels}), "
+            f"got shape {d.shape}"
+        )
+    if d.size and d.dtype.kind == "f":
+        if not np.all(np.isfinite(d)) or np.any(d != np.round(d)):
+            raise CoincidenceError(f"{where}: delays_ps must be whole picoseconds, got {d}")
+    elif d.size and d.dtype.kind not in "iu":
+        raise CoincidenceError(f"{where}: delays_ps must be integers (ps), got dtype {d.dtype}")
+    if d.size and np.any(np.abs(d.astype(np.float64)) > MAX_DELAY_PS):
+        bad = int(np.argmax(np.abs(d.astype(np.float64)) > MAX_DELAY_PS))
+        raise CoincidenceError(
+            f"{where}: delays_ps[{bad}] = {d[bad]} ps exceeds the limit of "
+            f"+-{MAX_DELAY_PS} ps (1 ms)"
+        )
+    return d.astype(np.int64)
+
+
+def _delay_groups(delays: np.ndarray, window_ps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group channels of close delays: (group of each channel, min and max delay per group).
+
+    Groups are numbered in increasing delay; neighbouring groups are more than
+    ``max(window_ps, 10 ns)`` apart.
+    """
+    order = np.argsort(delays, kind="stable")
+    gap = max(window_ps, _GROUP_GAP_PS)
+    grp = np.zeros(delays.size, np.int64)
+    lo = [int(delays[order[0]])]
+    hi = [int(delays[order[0]])]
+    for ch in order[1:]:
+        d = int(delays[ch])
+        if d - hi[-1] > gap:
+            lo.append(d)
+            hi.append(d)
+        hi[-1] = d
+        grp[ch] = len(lo) - 1
+    return grp, np.array(lo, np.int64), np.array(hi, np.int64)
+
+
+class CoincidenceCounter:
+    """Count singles and pairwise coincidences over a stream of :class:`TagBatch` es.
+
+    Args:
+        n_channels: number of channels (1..256); tags on higher channels are refused.
+        window_ps: full coincidence window; a pair counts when ``2 * |dt| <= window_ps``,
+            ``dt`` being the difference of the delay-corrected times.
+        delays_ps: per-channel delay subtracted from the channel's timestamps
+            (integers, ``|delay| <= 1 ms``); default all zero.
+
+    Batches must come in time order (each begins at or after the previous end);
+    gaps are allowed and are not counted as measured time. The result does not
+    depend on how the stream is cut into batches. Memory: the tags of the last
+    ``horizon_ps = window_ps // 2 + max(delays) - min(delays)`` picoseconds (the
+    tail, :attr:`held_back_tags`), a bucket ring of at most 2**17 slots and two
+    int64 work arrays of one chunk (``chunk_tags``); no copy of a batch is kept.
+    """
+
+    def __init__(
+        self,
+        n_channels: int,
+        window_ps: int,
+        delays_ps: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
+        where = "CoincidenceCounter"
+        if isinstance(n_channels, bool) or not isinstance(n_channels, int | np.integer):
+            raise CoincidenceError(f"{where}: n_channels must be an integer, got {n_channels!r}")
+        if not 1 <= int(n_channels) <= MAX_CHANNELS:
+            raise CoincidenceError(
+                f"{where}: n_channels must be in 1..{MAX_CHANNELS}, got {int(n_channels)}"
+            )
+        self.n_channels = int(n_channels)
+        self.window_ps = _validate_window(window_ps, where)
+        self.delays_ps = _validate_delays(delays_ps, self.n_channels, where)
+        self._half_ps = self.window_ps // 2
+        self.horizon_ps = self._half_ps + int(self.delays_ps.max() - self.delays_ps.min())
+        """Largest raw-time distance between the two tags of a pair: the tail's length."""
+        grp, lo_d, hi_d = _delay_groups(self.delays_ps, self.window_ps)
+        self._grp = grp
+        h = self._half_ps
+        self._lookback_ps = h + int((hi_d - lo_d).max())
+        # cross-group pairs (a < b): the later tag is in b, t_q - t_p in [xlo, xhi], xlo > 0
+        pairs = [(a, b) for a in range(lo_d.size) for b in range(a + 1, lo_d.size)]
+        self._xa = np.array([a for a, _ in pairs], np.int64)
+        self._xb = np.array([b for _, b in pairs], np.int64)
+        self._xlo = np.array([lo_d[b] - hi_d[a] - h for a, b in pairs], np.int64)
+        self._xhi = np.array([hi_d[b] - lo_d[a] + h for a, b in pairs], np.int64)
+        span = int((self._xhi - self._xlo).max()) if pairs else 1
+        reach = int(self._xhi.max()) if pairs else 1
+        # buckets at least as wide as a cross window; at most 2**16 ring slots per pair
+        self._shift = max(int(span).bit_length(), max(reach >> 16, 1).bit_length())
+        ring = 1 << max((reach >> self._shift) + 4, 4).bit_length()
+        self._ring = np.zeros(ring, np.int64)
+        self._chunk_tags = CHUNK_TAGS
+        self._hit_q = np.empty(0, np.int64)
+        self._hit_p = np.empty(0, np.int64)
+        self.reset()
+
+    @property
+    def chunk_tags(self) -> int:
+        """Tags the kernels see at a time (1 .. 2**31); results do not depend on it."""
+        return self._chunk_tags
+
+    @chunk_tags.setter
+    def chunk_tags(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31:
+            raise CoincidenceError(
+                f"CoincidenceCounter: chunk_tags must be in 1..2**31, got {value!r}"
+            )
+        self._chunk_tags = value
+
+    @property
+    def n_groups(self) -> int:
+        """Number of delay groups of the fast kernel (1 if all delays are close)."""
+        return int(self._grp.max()) + 1
+
+    @property
+    def held_back_tags(self) -> int:
+        """Tags kept from earlier batches (the tail), at most ``horizon_ps`` worth."""
+        return int(self._tail_t.shape[0])
+
+    def reset(self) -> None:
+        """Forget everything counted and held so far (configuration is kept)."""
+        n = self.n_channels
+        self._pairs = np.zeros((n, n), np.int64)
+        self._singles = np.zeros(n, np.int64)
+        self._duration_ps = 0
+        self._last_end: int | None = None
+        self._tail_t = np.empty(0, np.int64)
+        self._tail_c = np.empty(0, np.uint8)
+
+    def _count_inside(self, ts: np.ndarray, ch: np.ndarray) -> None:
+        """Singles and all pairs among the tags of one batch (the fast kernel)."""
+        d, grp, h = self.delays_ps, self._grp, self._half_ps
+        _count_same_group(ts, ch, d, grp, h, self._lookback_ps, self._singles, self._pairs)
+        if self._xa.shape[0] and self._hit_q.shape[0] < ts.shape[0]:
+            size = max(ts.shape[0], int(1.25 * self._hit_q.shape[0]))
+            self._hit_q = np.empty(size, np.int64)
+            self._hit_p = np.empty(size, np.int64)
+        for k in range(self._xa.shape[0]):
+            _count_cross_groups(
+                ts, ch, d, grp, h, int(self._xa[k]), int(self._xb[k]), int(self._xlo[k]),
+                int(self._xhi[k]), self._shift, self._ring, self._hit_q, self._hit_p,
+                self._pairs,
+            )  # fmt: skip
+
+    def _count_with_tail(self, ts: np.ndarray, ch: np.ndarray) -> None:
+        """Pairs of one tag of the tail and one of the new batch."""
+        if self._tail_t.shape[0] == 0 or ts.shape[0] == 0:
+            return
+        k = int(np.searchsorted(ts, int(self._tail_t[-1]) + self.horizon_ps, side="right"))
+        if k == 0:
+            return
+        d = self.delays_ps
+        s_old = self._tail_t - d[self._tail_c]
+        s_new = ts[:k] - d[ch[:k]]
+        o_old = np.argsort(s_old, kind="stable")
+        o_new = np.argsort(s_new, kind="stable")
+        _cross_pairs(
+            s_old[o_old], self._tail_c[o_old], s_new[o_new], ch[:k][o_new], self._half_ps,
+            self._pairs,
+        )  # fmt: skip
+
+    def process(self, batch: TagBatch) -> None:
+        """Count the tags of ``batch``, which must begin at or after the previous batch's end."""
+        if not isinstance(batch, TagBatch):
+            raise TagBatchError(
+                f"CoincidenceCounter.process: expected a TagBatch, got {type(batch).__name__}"
+            )
+        batch.check_channels(self.n_channels, "CoincidenceCounter")
+        if self._last_end is not None and batch.begin_ps < self._last_end:
+            raise TagBatchError(
+                f"CoincidenceCounter: batch begins at {batch.begin_ps} ps, before the previous "
+                f"batch's end {self._last_end} ps: batches must not overlap in time"
+            )
+        ts, ch = batch.timestamps, batch.channels
+        # work in chunks that stay in cache; the tail carries pairs across chunk borders,
+        # with the next chunk's first tag as the watermark (no later tag is earlier)
+        n = ts.shape[0]
+        start = 0
+        while True:
+            stop = min(start + self._chunk_tags, n)
+            end = int(ts[stop]) if stop < n else batch.end_ps
+            self._process_arrays(ts[start:stop], ch[start:stop], end)
+            if stop >= n:
+                break
+            start = stop
+        self._duration_ps += batch.duration_ps
+        self._last_end = batch.end_ps
+
+    def _process_arrays(self, ts: np.ndarray, ch: np.ndarray, end_ps: int) -> None:
+        """Count a run of tags; every later tag will be at or after ``end_ps``."""
+        self._count_with_tail(ts, ch)
+        if ts.shape[0]:
+            self._count_inside(ts, ch)
+        # keep the tags a later tag may still pair with: raw time >= end - horizon
+        cut = end_ps - self.horizon_ps
+        k = int(np.searchsorted(ts, cut, side="left"))
+        if k > 0:  # the old tail lies before ts[k - 1] < cut: all of it is done
+            self._tail_t = ts[k:].copy()
+            self._tail_c = ch[k:].copy()
+        else:
+            j = int(np.searchsorted(self._tail_t, cut, side="left"))
+            self._tail_t = np.concatenate([self._tail_t[j:], ts])
+            self._tail_c = np.concatenate([self._tail_c[j:], ch])
+
+    def result(self) -> CoincidenceReport:
+        """The report of everything processed so far (does not change the counter's state)."""
+        m = self._pairs + self._pairs.T
+        np.fill_diagonal(m, 0)
+        acc = accidentals_matrix(self._singles, self.window_ps, self._duration_ps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            car = np.where(acc > 0, m / np.where(acc > 0, acc, 1.0), np.nan)
+        return CoincidenceReport(
+            n_channels=self.n_channels,
+            window_ps=self.window_ps,
+            delays_ps=self.delays_ps.copy(),
+            duration_ps=int(self._duration_ps),
+            singles=self._singles.copy(),
+            coincidences=m,
+            accidentals=acc,
+            car=car,
+        )

@@ -1,0 +1,619 @@
+"""Delay and clock finding: where the coincidence peak between two time-tag streams is.
+
+Two stages, as qcrypto's ``pfind`` does:
+
+1. **Coarse.** The cross-correlation of the two streams over lags
+   ``[-max_delay_ps, +max_delay_ps]`` at a coarse bin. When the number of pair
+   differences in that range is small it is histogrammed directly (exact, no
+   aliasing); otherwise both streams are binned *folded* (wrapped modulo a
+   power-of-two period that covers the lag range) into a few time segments and
+   correlated with ``numpy.fft.rfft``. Folding mixes accidental pairs from the
+   whole segment into each lag bin (more background, same peak); the segments
+   keep that penalty bounded.
+2. **Fine.** Direct pair differences ``t_b - t_a`` in a narrow range around the
+   coarse peak, histogrammed at ``resolution_ps``; the delay is the
+   background-subtracted centroid of the highest fine bin and its neighbours.
+
+Sign convention: ``delay_ps`` is ``t_b - t_a`` at the peak, i.e. a photon
+detected on channel b arrives ``delay_ps`` later than its partner on a.
+Subtract it from b's timestamps (or add it to a's) to align the streams.
+
+The peak's ``significance`` is its height above the background of the coarse
+correlation in standard deviations of that background (mean and standard
+deviation taken over the searched lags, excluding the peak region; the
+deviation is floored at the Poisson value ``sqrt(mean)``). When the background
+is a few counts per bin, a Gaussian sigma overstates rare peaks, so the peak must
+also pass a Poisson look-elsewhere test (chance probability over all searched
+bins below ``false_alarm``). Failing either raises ``NoSignificantPeakError``.
+
+Clock drift: ``track_drift`` / ``DriftTracker`` find the offset in successive
+windows of two independently clocked taggers' streams and fit
+``offset_ps(t) = offset0_ps + drift_ppm * 1e-6 * t`` (``t`` on tagger A's clock),
+and map tagger B's timestamps onto A's clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from ._errors import CoincidenceError, NoSignificantPeakError
+from ._tags import TagBatch, _first_decrease
+
+#: Above this many expected pair differences in the searched range the coarse
+#: stage uses the folded FFT correlation instead of the direct histogram.
+DIRECT_PAIRS_MAX = 20_000_000
+#: Largest FFT length (bins per segment) of the coarse stage.
+FFT_BINS_MAX = 1 << 20
+#: Total FFT samples per stream over all segments (bounds the coarse stage's time).
+FFT_SAMPLES_BUDGET = 1 << 21
+#: Coarse bins either side of the peak left out of the background statistics.
+PEAK_EXCLUSION_BINS = 8
+#: Fine bins either side of the coarse peak region in the fine histogram.
+FINE_MARGIN_BINS = 16
+#: Coarse bins either side of zero lag computed at least (background statistics need them).
+MIN_HALF_BINS = 64
+
+
+@dataclass(frozen=True)
+class DelayEstimate:
+    """Where the correlation peak between channel a and channel b is.
+
+    Attributes:
+        delay_ps: ``t_b - t_a`` at the peak (add to a / subtract from b to align).
+        significance: peak height above the coarse background, in background
+            standard deviations.
+        peak_counts: correlation counts in the coarse peak bin.
+        background_counts: mean background counts per coarse bin.
+        resolution_ps: fine bin width the delay was resolved with.
+        coarse_bin_ps: coarse bin width of the correlation the peak was found in.
+        background_std: standard deviation of the coarse background per bin.
+        n_a: number of tags of stream a used.
+        n_b: number of tags of stream b used.
+        method: ``"direct"`` or ``"fft"`` (how the coarse correlation was made).
+    """
+
+    delay_ps: int
+    significance: float
+    peak_counts: float
+    background_counts: float
+    resolution_ps: int
+    coarse_bin_ps: int = 0
+    background_std: float = 0.0
+    n_a: int = 0
+    n_b: int = 0
+    method: str = ""
+
+
+# ---------------------------------------------------------------- numba kernels
+
+
+@numba.njit(cache=True, nogil=True)
+def _fold_histogram(
+    times: np.ndarray, t0: int, bin_ps: int, n_bins: int, seg_ps: int, out: np.ndarray
+) -> None:
+    """Add ``times`` into ``out[segment, bin]``: bin = ((t - t0) // bin_ps) mod n_bins.
+
+    ``n_bins`` is a power of two; segment = (t - t0) // seg_ps, clipped to the last.
+    """
+    mask = n_bins - 1
+    n_seg = out.shape[0]
+    width = out.shape[1]
+    for i in range(times.shape[0]):
+        dt = times[i] - t0
+        if dt < 0:
+            continue
+        s = dt // seg_ps
+        if s >= n_seg:
+            s = n_seg - 1
+        b = (dt // bin_ps) & mask
+        if b < width:
+            out[s, b] += 1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _difference_histogram(
+    ta: np.ndarray, tb: np.ndarray, lo: int, bin_ps: int, counts: np.ndarray, sums: np.ndarray
+) -> None:
+    """Histogram every ``tb[j] - ta[i]`` in ``[lo, lo + len(counts) * bin_ps)``.
+
+    Both arrays sorted. ``sums[k]`` accumulates ``(d - lo)`` of the pairs in bin k
+    (for centroids). Two-pointer sweep: cost is the number of pairs in range.
+    """
+    n_bins = counts.shape[0]
+    hi = lo + n_bins * bin_ps
+    nb = tb.shape[0]
+    j0 = 0
+    for i in range(ta.shape[0]):
+        start = ta[i] + lo
+        while j0 < nb and tb[j0] < start:
+            j0 += 1
+        end = ta[i] + hi
+        j = j0
+        while j < nb and tb[j] < end:
+            d = tb[j] - ta[i] - lo
+            k = d // bin_ps
+            if 0 <= k < n_bins:
+                counts[k] += 1
+                sums[k] += d
+            j += 1
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _as_times(x: np.ndarray, name: str) -> np.ndarray:
+    """Validate a 1-D sorted integer picosecond array and return it as int64."""
+    a = np.ascontiguousarray(x)
+    if a.ndim != 1:
+        raise CoincidenceError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.dtype.kind not in "iu":
+        raise CoincidenceError(f"{name} must be integer picoseconds, got dtype {a.dtype}")
+    a = a.astype(np.int64, copy=False)
+    bad = int(_first_decrease(a))
+    if bad >= 0:
+        raise CoincidenceError(
+            f"{name} decreases at index {bad} ({int(a[bad - 1])} ps then {int(a[bad])} ps): "
+            "timestamps must be sorted"
+        )
+    return a
+
+
+def _next_pow2(n: int) -> int:
+    """Smallest power of two >= n (n >= 1)."""
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+def poisson_sf(k: int, lam: float) -> float:
+    """P(X >= k) for X ~ Poisson(lam), summed in log space (k >= 0, lam >= 0)."""
+    if k <= 0:
+        return 1.0
+    if lam <= 0.0:
+        return 0.0
+    if k <= lam:
+        # lower tail is the short sum here
+        total = 0.0
+        for j in range(k):
+            total += math.exp(j * math.log(lam) - lam - math.lgamma(j + 1))
+        return max(0.0, 1.0 - total)
+    total = 0.0
+    j = k
+    log_lam = math.log(lam)
+    while True:
+        term = math.exp(j * log_lam - lam - math.lgamma(j + 1))
+        total += term
+        if term < 1e-18 * total or term == 0.0 or j > k + 10_000_000:
+            break
+        j += 1
+    return min(1.0, total)
+
+
+@dataclass
+class _Coarse:
+    """The coarse correlation over lags -K..K (index k <-> lag (k - K) * bin_ps)."""
+
+    counts: np.ndarray
+    bin_ps: int
+    method: str
+    detail: str
+
+
+def _coarse_direct(ta: np.ndarray, tb: np.ndarray, k_max: int, bin_ps: int) -> _Coarse:
+    """Direct histogram of all pair differences, bins centred on multiples of bin_ps."""
+    n = 2 * k_max + 1
+    counts = np.zeros(n, np.int64)
+    sums = np.zeros(n, np.float64)
+    _difference_histogram(ta, tb, -k_max * bin_ps - bin_ps // 2, bin_ps, counts, sums)
+    return _Coarse(counts.astype(np.float64), bin_ps, "direct", f"direct histogram, {n} bins")
+
+
+def _coarse_fft(
+    ta: np.ndarray,
+    tb: np.ndarray,
+    k_max: int,
+    bin_ps: int,
+    n_fft: int,
+    span_ps: int,
+    max_delay_ps: int,
+) -> _Coarse:
+    """Folded, segmented FFT cross-correlation: C[k] = sum_s sum_i a_s[i] b_s[i + k]."""
+    budget = max(1, FFT_SAMPLES_BUDGET // n_fft)
+    n_seg = int(max(1, min(budget, span_ps // max(1, 8 * max_delay_ps))))
+    seg_ps = -(-span_ps // n_seg)
+    t0 = int(min(ta[0], tb[0]))
+    ha = np.zeros((n_seg, n_fft), np.float64)
+    hb = np.zeros((n_seg, n_fft), np.float64)
+    _fold_histogram(ta, t0, bin_ps, n_fft, seg_ps, ha)
+    _fold_histogram(tb, t0, bin_ps, n_fft, seg_ps, hb)
+    acc = (np.conj(np.fft.rfft(ha, axis=1)) * np.fft.rfft(hb, axis=1)).sum(axis=0)
+    corr = np.fft.irfft(acc, n=n_fft)
+    lin = np.concatenate((corr[n_fft - k_max :], corr[: k_max + 1]))
+    lin = np.maximum(np.rint(lin), 0.0)
+    return _Coarse(lin, bin_ps, "fft", f"folded FFT, {n_fft} bins x {n_seg} segments")
+
+
+def find_delay(
+    times_a_ps: np.ndarray,
+    times_b_ps: np.ndarray,
+    *,
+    max_delay_ps: int,
+    resolution_ps: int = 1000,
+    min_significance: float = 6.0,
+    expected_delay_ps: int = 0,
+    false_alarm: float = 1e-3,
+    method: str = "auto",
+) -> DelayEstimate:
+    """Find the delay ``t_b - t_a`` of the correlation peak between two sorted tag streams.
+
+    The result's ``delay_ps`` is ``t_b - t_a`` at the peak (b later: positive);
+    ``significance`` is measured on the coarse correlation (see the module
+    docstring). Searches ``expected_delay_ps +- max_delay_ps``; the result is resolved to
+    ``resolution_ps`` (fine stage). ``method`` picks the coarse stage: ``"auto"``
+    (direct when few pair differences fall in range, else FFT), ``"direct"`` or
+    ``"fft"``. Raises ``NoSignificantPeakError`` when the best peak is below
+    ``min_significance`` sigma or could be a background fluctuation (chance
+    probability over all searched bins above ``false_alarm``).
+    """
+    ta = _as_times(times_a_ps, "times_a_ps")
+    tb = _as_times(times_b_ps, "times_b_ps")
+    max_delay_ps, resolution_ps = int(max_delay_ps), int(resolution_ps)
+    expected = int(expected_delay_ps)
+    if resolution_ps <= 0:
+        raise CoincidenceError(f"resolution_ps must be positive, got {resolution_ps}")
+    if max_delay_ps < resolution_ps:
+        raise CoincidenceError(
+            f"max_delay_ps ({max_delay_ps}) must be at least resolution_ps ({resolution_ps})"
+        )
+    if not min_significance > 0:
+        raise CoincidenceError(f"min_significance must be positive, got {min_significance}")
+    if method not in ("auto", "direct", "fft"):
+        raise CoincidenceError(f"method must be 'auto', 'direct' or 'fft', got {method!r}")
+    if ta.size == 0 or tb.size == 0:
+        raise NoSignificantPeakError(
+            f"cannot find a delay: stream a has {ta.size} tags and stream b has {tb.size} "
+            "(no light on one channel? check the detectors and the channel numbers)"
+        )
+    if expected:
+        tb = tb - expected
+    lo_t = int(min(ta[0], tb[0]))
+    span_ps = int(max(ta[-1], tb[-1])) - lo_t + 1
+    n_pairs = ta.size * tb.size * min(1.0, 2.0 * max_delay_ps / span_ps)
+    use_direct = method == "direct" or (method == "auto" and n_pairs <= DIRECT_PAIRS_MAX)
+
+    bin_ps = resolution_ps
+    if use_direct:
+        while 2 * -(-max_delay_ps // bin_ps) + 1 > (1 << 22):
+            bin_ps *= 2
+        k_max = -(-max_delay_ps // bin_ps)
+        k_all = max(k_max, MIN_HALF_BINS)
+        coarse = _coarse_direct(ta, tb, k_all, bin_ps)
+    else:
+        while _next_pow2(2 * -(-max_delay_ps // bin_ps) + 2) > FFT_BINS_MAX:
+            bin_ps *= 2
+        k_max = -(-max_delay_ps // bin_ps)
+        k_all = max(k_max, MIN_HALF_BINS)
+        n_fft = _next_pow2(2 * k_all + 2)
+        coarse = _coarse_fft(ta, tb, k_all, bin_ps, n_fft, span_ps, k_all * bin_ps)
+
+    # the peak is searched within +-k_max; the background uses all k_all bins
+    c = coarse.counts
+    ipk = k_all - k_max + int(np.argmax(c[k_all - k_max : k_all + k_max + 1]))
+    keep = np.ones(c.size, bool)
+    keep[max(0, ipk - PEAK_EXCLUSION_BINS) : ipk + PEAK_EXCLUSION_BINS + 1] = False
+    bg = c[keep] if keep.sum() >= 8 else c
+    mean = float(bg.mean())
+    var = float(bg.var())
+    # an empty background still means "below one count in all these bins", not zero
+    floor = max(mean, 1.0 / bg.size)
+    std = math.sqrt(max(var, floor))
+    peak = float(c[ipk])
+    sig = (peak - mean) / std
+    lag_ps = (ipk - k_all) * bin_ps
+    # Poisson look-elsewhere test, with the background's over-dispersion
+    phi = max(1.0, var / mean) if mean > 0 else 1.0
+    lam = floor / phi
+    p_any = 0.0
+    if lam < 1e4:
+        p_one = poisson_sf(math.floor(peak / phi), lam)
+        p_any = min(1.0, p_one * (2 * k_max + 1))
+    if sig < min_significance or p_any > false_alarm:
+        span_s = span_ps * 1e-12
+        why = (
+            f"the best peak, at {lag_ps + expected} ps, stands {sig:.1f} sigma above the "
+            f"background (threshold {min_significance:g} sigma)"
+        )
+        if sig >= min_significance:
+            why += (
+                f" but a background bin this high is expected by chance with probability "
+                f"{p_any:.2g} over {2 * k_max + 1} bins (false_alarm threshold {false_alarm:g})"
+            )
+        raise NoSignificantPeakError(
+            f"no significant correlation peak: searched delays {expected - max_delay_ps} to "
+            f"{expected + max_delay_ps} ps in {bin_ps} ps coarse bins ({coarse.detail}), "
+            f"{ta.size} tags on a and {tb.size} on b over {span_s:.3g} s; {why}. Try a longer "
+            "acquisition, a wider max_delay_ps, a coarser resolution_ps, or check the light "
+            "and the detectors"
+        )
+
+    # fine stage: direct differences at resolution_ps around the coarse peak
+    r = resolution_ps
+    half = 2 * bin_ps + FINE_MARGIN_BINS * r
+    n_fine = -(-2 * half // r)
+    lo = lag_ps - half
+    counts = np.zeros(n_fine, np.int64)
+    sums = np.zeros(n_fine, np.float64)
+    _difference_histogram(ta, tb, lo, r, counts, sums)
+    centers = lo + (np.arange(n_fine) + 0.5) * r
+    core = np.abs(centers - lag_ps) <= 1.5 * bin_ps
+    if not core.any():
+        core[np.argmin(np.abs(centers - lag_ps))] = True
+    outside = counts[~core]
+    fbg = float(np.median(outside)) if outside.size else 0.0
+    idx = np.flatnonzero(core)
+    p = int(idx[np.argmax(counts[idx])])
+    sel = slice(max(0, p - 1), min(n_fine, p + 2))
+    n_sig = float(counts[sel].sum()) - fbg * (sel.stop - sel.start)
+    delay = float(centers[p])
+    if n_sig > 0:
+        # sums hold (d - lo); background pairs sit on average at their bin centres
+        s = float(sums[sel].sum()) - fbg * float((centers[sel] - lo).sum())
+        cen = lo + s / n_sig
+        delay = min(max(cen, centers[p] - r), centers[p] + r)
+    return DelayEstimate(
+        delay_ps=round(delay) + expected,
+        significance=float(sig),
+        peak_counts=peak,
+        background_counts=mean,
+        resolution_ps=r,
+        coarse_bin_ps=bin_ps,
+        background_std=std,
+        n_a=int(ta.size),
+        n_b=int(tb.size),
+        method=coarse.method,
+    )
+
+
+def find_delay_in_batch(
+    batch: TagBatch, channel_a: int, channel_b: int, **kwargs: object
+) -> DelayEstimate:
+    """``find_delay`` between two channels of one batch (keyword arguments passed on)."""
+    for name, ch in (("channel_a", channel_a), ("channel_b", channel_b)):
+        if not 0 <= int(ch) < 256:
+            raise CoincidenceError(f"{name} must be in 0..255, got {ch}")
+    if channel_a == channel_b:
+        raise CoincidenceError(f"channel_a and channel_b are both {channel_a}: pick two channels")
+    ta = batch.timestamps[batch.channels == channel_a]
+    tb = batch.timestamps[batch.channels == channel_b]
+    if ta.size == 0 or tb.size == 0:
+        raise NoSignificantPeakError(
+            f"cannot find a delay: channel {channel_a} has {ta.size} tags and channel "
+            f"{channel_b} has {tb.size} in the batch [{batch.begin_ps}, {batch.end_ps}) ps "
+            "(wrong channel numbers, or no light?)"
+        )
+    return find_delay(ta, tb, **kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- clock drift
+
+
+@dataclass(frozen=True, eq=False)
+class ClockDrift:
+    """Linear clock relation of tagger B to tagger A: ``t_b - t_a = offset0 + drift * t_a``.
+
+    Attributes:
+        offset0_ps: offset ``t_b - t_a`` at ``t_a = 0`` on A's clock, picoseconds.
+        drift_ppm: rate difference of B's clock relative to A's, parts per million.
+        window_times_ps: A-clock midpoints of the windows the fit used.
+        window_offsets_ps: the offset found in each of those windows.
+        residual_rms_ps: rms of the windows' offsets about the fitted line.
+    """
+
+    offset0_ps: float
+    drift_ppm: float
+    window_times_ps: np.ndarray = field(repr=False)
+    window_offsets_ps: np.ndarray = field(repr=False)
+    residual_rms_ps: float
+
+    def offset_at(self, t_a_ps: float | np.ndarray) -> float | np.ndarray:
+        """Offset ``t_b - t_a`` (ps) at A-clock time(s) ``t_a_ps``."""
+        return self.offset0_ps + self.drift_ppm * 1e-6 * np.asarray(t_a_ps, np.float64)
+
+    def to_clock_a(self, times_b_ps: np.ndarray) -> np.ndarray:
+        """Map tagger B's timestamps onto A's clock: ``t_a = (t_b - offset0) / (1 + drift)``.
+
+        Computed as ``t_b - rint((offset0 + k t_b) / (1 + k))`` so that large
+        timestamps keep picosecond precision; order is preserved.
+        """
+        tb = np.asarray(times_b_ps, np.int64)
+        k = self.drift_ppm * 1e-6
+        corr = (self.offset0_ps + k * tb.astype(np.float64)) / (1.0 + k)
+        return tb - np.rint(corr).astype(np.int64)
+
+
+def _compose(first: ClockDrift, second: ClockDrift) -> tuple[float, float]:
+    """Offset and drift (ppm) of B vs A when ``second`` was fitted on ``first``-corrected B."""
+    k1, k2 = first.drift_ppm * 1e-6, second.drift_ppm * 1e-6
+    o = first.offset0_ps + (1.0 + k1) * second.offset0_ps
+    k = (1.0 + k1) * (1.0 + k2) - 1.0
+    return o, k * 1e6
+
+
+class DriftTracker:
+    """Find the offset in successive windows of two taggers' streams and fit a linear drift.
+
+    Feed windows with ``add_window`` (windows without a significant peak are
+    skipped and counted); ``fit()`` returns a ``ClockDrift`` once two windows
+    have offsets. After the first fit, each window is searched around the
+    predicted offset.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_delay_ps: int,
+        resolution_ps: int = 1000,
+        min_significance: float = 6.0,
+        expected_offset_ps: int = 0,
+    ) -> None:
+        if int(max_delay_ps) <= 0 or int(resolution_ps) <= 0:
+            raise CoincidenceError(
+                f"max_delay_ps and resolution_ps must be positive, got {max_delay_ps} "
+                f"and {resolution_ps}"
+            )
+        self.max_delay_ps = int(max_delay_ps)
+        self.resolution_ps = int(resolution_ps)
+        self.min_significance = float(min_significance)
+        self.expected_offset_ps = int(expected_offset_ps)
+        self._times: list[float] = []
+        self._offsets: list[float] = []
+        self.skipped_windows = 0
+
+    def add_window(
+        self, times_a_ps: np.ndarray, times_b_ps: np.ndarray, begin_ps: int, end_ps: int
+    ) -> DelayEstimate | None:
+        """Find the offset in the window ``[begin_ps, end_ps)`` of A's clock; None if no peak."""
+        if end_ps <= begin_ps:
+            raise CoincidenceError(f"window end {end_ps} ps is not after begin {begin_ps} ps")
+        mid = 0.5 * (begin_ps + end_ps)
+        expected = self.expected_offset_ps
+        if len(self._times) >= 2:
+            expected = round(float(self.fit().offset_at(mid)))
+        elif self._offsets:
+            expected = round(self._offsets[-1])
+        try:
+            est = find_delay(
+                times_a_ps,
+                times_b_ps,
+                max_delay_ps=self.max_delay_ps,
+                resolution_ps=self.resolution_ps,
+                min_significance=self.min_significance,
+                expected_delay_ps=expected,
+            )
+        except NoSignificantPeakError:
+            self.skipped_windows += 1
+            return None
+        self._times.append(mid)
+        self._offsets.append(float(est.delay_ps))
+        return est
+
+    @property
+    def n_windows(self) -> int:
+        """Windows with a significant peak so far."""
+        return len(self._times)
+
+    def fit(self) -> ClockDrift:
+        """Least-squares line through the windows' offsets (needs two windows)."""
+        if len(self._times) < 2:
+            raise CoincidenceError(
+                f"need offsets from at least 2 windows to fit a drift, have {len(self._times)} "
+                f"({self.skipped_windows} windows had no significant peak)"
+            )
+        t = np.asarray(self._times)
+        y = np.asarray(self._offsets)
+        tc = t.mean()
+        dt = t - tc
+        den = float((dt * dt).sum())
+        slope = float((dt * (y - y.mean())).sum() / den) if den > 0 else 0.0
+        at_tc = float(y.mean())
+        resid = y - (at_tc + slope * dt)
+        return ClockDrift(
+            offset0_ps=float(at_tc - slope * tc),
+            drift_ppm=slope * 1e6,
+            window_times_ps=t,
+            window_offsets_ps=y,
+            residual_rms_ps=float(np.sqrt(np.mean(resid * resid))),
+        )
+
+    @property
+    def drift_ppm(self) -> float:
+        """Fitted drift of B's clock relative to A's, ppm."""
+        return self.fit().drift_ppm
+
+    @property
+    def offset0_ps(self) -> float:
+        """Fitted offset ``t_b - t_a`` at ``t_a = 0``, picoseconds."""
+        return self.fit().offset0_ps
+
+    def correct(self, times_b_ps: np.ndarray) -> np.ndarray:
+        """Tagger B's timestamps mapped onto A's clock with the current fit."""
+        return self.fit().to_clock_a(times_b_ps)
+
+
+def _windows(times: np.ndarray, edges: np.ndarray) -> list[np.ndarray]:
+    """Split sorted ``times`` at ``edges`` into len(edges) - 1 views."""
+    idx = np.searchsorted(times, edges, side="left")
+    return [times[idx[i] : idx[i + 1]] for i in range(len(edges) - 1)]
+
+
+def track_drift(
+    times_a_ps: np.ndarray,
+    times_b_ps: np.ndarray,
+    *,
+    window_ps: int,
+    max_delay_ps: int,
+    resolution_ps: int = 1000,
+    max_drift_ppm: float = 100.0,
+    min_significance: float = 6.0,
+) -> ClockDrift:
+    """Offset and linear drift of tagger B's clock relative to A's from two whole streams.
+
+    Pass 1 searches each window of ``window_ps`` (on A's clock) over
+    ``+-max_delay_ps`` at a bin no finer than the smear a drift of
+    ``max_drift_ppm`` causes within one window; the fitted line corrects B, and
+    later passes on the corrected stream narrow the bin (16x each pass) down to
+    ``resolution_ps``. The returned fit composes all passes.
+    """
+    ta = _as_times(times_a_ps, "times_a_ps")
+    tb = _as_times(times_b_ps, "times_b_ps")
+    window_ps, resolution_ps = int(window_ps), int(resolution_ps)
+    if window_ps <= 0 or resolution_ps <= 0 or int(max_delay_ps) <= 0:
+        raise CoincidenceError(
+            f"window_ps, max_delay_ps and resolution_ps must be positive, got {window_ps}, "
+            f"{max_delay_ps} and {resolution_ps}"
+        )
+    if max_drift_ppm < 0:
+        raise CoincidenceError(f"max_drift_ppm must be >= 0, got {max_drift_ppm}")
+    if ta.size == 0 or tb.size == 0:
+        raise NoSignificantPeakError(
+            f"cannot track drift: stream a has {ta.size} tags and stream b has {tb.size}"
+        )
+    begin = int(ta[0])
+    n_win = max(1, -(-(int(ta[-1]) + 1 - begin) // window_ps))
+    if n_win < 2:
+        raise CoincidenceError(
+            f"the streams span less than two windows of {window_ps} ps: use a shorter window_ps"
+        )
+    edges = begin + np.arange(n_win + 1, dtype=np.int64) * window_ps
+    res = max(resolution_ps, int(max_drift_ppm * 1e-6 * window_ps))
+    search = int(max_delay_ps)
+    total: ClockDrift | None = None
+    tb_cur = tb
+    for _ in range(6):
+        tracker = DriftTracker(
+            max_delay_ps=max(search, res), resolution_ps=res, min_significance=min_significance
+        )
+        for wa, wb, e0, e1 in zip(
+            _windows(ta, edges), _windows(tb_cur, edges), edges[:-1], edges[1:], strict=True
+        ):
+            if wa.size and wb.size:
+                tracker.add_window(wa, wb, int(e0), int(e1))
+        fit = tracker.fit()
+        if total is None:
+            total = fit
+        else:
+            o, k = _compose(total, fit)
+            t = fit.window_times_ps
+            line = o + k * 1e-6 * t
+            # offsets on B's original clock: the composed line plus this pass's residuals
+            offsets = line + (fit.window_offsets_ps - fit.offset_at(t))
+            total = ClockDrift(o, k, t, offsets, fit.residual_rms_ps)
+        if res <= resolution_ps:
+            break
+        tb_cur = total.to_clock_a(tb)
+        search = max(4 * res, int(4 * fit.residual_rms_ps))
+        res = max(resolution_ps, res // 16)
+    assert total is not None
+    return total

@@ -1,0 +1,797 @@
+"""Tag files: ``.npz`` (read/write) and PicoQuant ``.ptu`` T2 (read), streamed in chunks.
+
+Both readers yield contiguous :class:`TagBatch` chunks, so a file of any size is
+processed with bounded memory (a 10 GB PTU file is never loaded whole).
+
+**npz** files hold ``timestamps`` (integer ps) and ``channels`` (small
+non-negative integers), optionally ``begin_ps`` and ``end_ps`` (the measured
+interval; without them the file covers ``[first tag, last tag + 1)``). The two
+arrays are streamed straight out of the zip members.
+
+**PTU** (PicoQuant unified TTTR): ``PQTTTR`` and two NUL bytes, an 8-byte version, a
+tagged header (32-byte ident, int32 index, uint32 type, 8-byte value; strings,
+blobs and float arrays carry their length in the value and their bytes after
+it) ending with ``Header_End``, then little-endian uint32 records. T2 record
+types read here (``TTResultFormat_TTTRRecType``):
+
+- PicoHarp T2 ``0x00010203``: channel 4 bits | timetag 28 bits; channel 15 is
+  special: low 4 timetag bits 0 = overflow (period 210698240), else a marker
+  bit mask (the marker's time then includes those 4 bits, as PicoQuant says).
+- HydraHarp V1 T2 ``0x00010204``: special 1 | channel 6 | timetag 25;
+  special channel 63 = one overflow (period 33552000).
+- HydraHarp V2 T2 ``0x01010204``, TimeHarp 260N/P T2 ``0x00010205``/``0x01010205``,
+  ``0x00010206``/``0x01010206``, MultiHarp T2 ``0x00010207``/``0x01010207``:
+  same layout, period 33554432, special channel 63 carries the number of
+  overflows in the timetag (0 means 1).
+- HydraHarp-like specials: channel 0 = a sync event, 1..15 = marker bit mask.
+
+Time of an event: ``(overflow_accumulator + timetag) * MeasDesc_GlobalResolution``,
+returned as integer picoseconds (the resolution must be a whole number of ps,
+true of every T2 device). Channel mapping: a detection channel ``c`` (the raw
+record field, 0-based) becomes channel ``c``. The HydraHarp/MultiHarp **sync**
+input is a real detection event: by default (``sync_channel="auto"``) it becomes
+channel ``HW_InpChannels`` from the header (the first number after the detection
+channels; 64 if the header lacks it), an integer puts it on that channel, and
+``"drop"`` skips it. **Markers** (coarse external triggers, possibly slightly out
+of time order by design) are not tags: they are skipped by :func:`iter_ptu` and
+returned by :func:`read_ptu_markers`.
+
+Chunk boundaries: each batch covers ``[previous end, cut)`` where ``cut`` is the
+chunk's last tag time (tags at exactly that time are carried into the next batch
+so equal timestamps never straddle a boundary) or, when the chunk ends in
+overflow records, the time the overflows prove has passed. The first batch
+begins at 0 (the start of the acquisition); the last ends at
+``MeasDesc_AcquisitionTime`` (ms) if the header has it and it is later than the
+last tag, else at the last tag + 1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+from ._errors import TagBatchError, TagFileError
+from ._tags import MAX_CHANNELS, TagBatch
+
+#: Records (or tags) decoded per chunk by default: 8 MB of PTU records.
+DEFAULT_CHUNK_RECORDS = 1 << 21
+
+PTU_MAGIC = b"PQTTTR\0\0"
+
+_TY_EMPTY8 = 0xFFFF0008
+_TY_BOOL8 = 0x00000008
+_TY_INT8 = 0x10000008
+_TY_BITSET64 = 0x11000008
+_TY_COLOR8 = 0x12000008
+_TY_FLOAT8 = 0x20000008
+_TY_TDATETIME = 0x21000008
+_TY_FLOAT8ARRAY = 0x2001FFFF
+_TY_ANSISTRING = 0x4001FFFF
+_TY_WIDESTRING = 0x4002FFFF
+_TY_BINARYBLOB = 0xFFFFFFFF
+_TAG_HEAD = struct.Struct("<32siI")
+_MAX_TAGS = 1_000_000
+
+# record layouts decoded by the kernel
+_LAYOUT_PICOHARP = 0
+_LAYOUT_HYDRAHARP_V1 = 1
+_LAYOUT_HYDRAHARP_V2 = 2
+
+#: T2 record types: code -> (name, layout, overflow period in ticks).
+T2_RECORD_TYPES: dict[int, tuple[str, int, int]] = {
+    0x00010203: ("PicoHarp T2", _LAYOUT_PICOHARP, 210698240),
+    0x00010204: ("HydraHarp V1 T2", _LAYOUT_HYDRAHARP_V1, 33552000),
+    0x01010204: ("HydraHarp V2 T2", _LAYOUT_HYDRAHARP_V2, 33554432),
+    0x00010205: ("TimeHarp 260N T2", _LAYOUT_HYDRAHARP_V2, 33554432),
+    0x01010205: ("TimeHarp 260N T2", _LAYOUT_HYDRAHARP_V2, 33554432),
+    0x00010206: ("TimeHarp 260P T2", _LAYOUT_HYDRAHARP_V2, 33554432),
+    0x01010206: ("TimeHarp 260P T2", _LAYOUT_HYDRAHARP_V2, 33554432),
+    0x00010207: ("MultiHarp T2", _LAYOUT_HYDRAHARP_V2, 33554432),
+    0x01010207: ("MultiHarp T2", _LAYOUT_HYDRAHARP_V2, 33554432),
+}
+#: T3 record types (recognised only to say they are not supported).
+T3_RECORD_TYPES: dict[int, str] = {
+    0x00010303: "PicoHarp T3",
+    0x00010304: "HydraHarp V1 T3",
+    0x01010304: "HydraHarp V2 T3",
+    0x00010305: "TimeHarp 260N T3",
+    0x01010305: "TimeHarp 260N T3",
+    0x00010306: "TimeHarp 260P T3",
+    0x01010306: "TimeHarp 260P T3",
+    0x00010307: "MultiHarp T3",
+    0x01010307: "MultiHarp T3",
+}
+_SUPPORTED = ", ".join(
+    sorted({f"{name} (0x{code:08X})" for code, (name, _, _) in T2_RECORD_TYPES.items()})
+)
+
+ProgressCallback = Callable[[int, int], None]
+"""``progress(records_done, records_total)``, called after each chunk."""
+
+
+# ----------------------------------------------------------------------------- PTU header
+
+
+@dataclass(frozen=True)
+class PtuHeader:
+    """The parsed header of a PTU file and what the reader needs from it.
+
+    Attributes:
+        path: the file.
+        version: the format version string after the magic.
+        tags: every tag, keyed ``Name`` (index -1) or ``Name(i)``; strings decoded,
+            blobs and float arrays as ``bytes`` / float64 arrays, dates as float days.
+        record_type: ``TTResultFormat_TTTRRecType``.
+        record_type_name: e.g. ``"HydraHarp V2 T2"``.
+        resolution_ps: ``MeasDesc_GlobalResolution`` in whole picoseconds.
+        overflow_period: timetag wrap-around period in ticks.
+        n_records: ``TTResult_NumberOfRecords``.
+        data_offset: byte offset of the first record.
+        acquisition_time_ps: ``MeasDesc_AcquisitionTime`` (ms) in ps, or None.
+        n_input_channels: ``HW_InpChannels``, or None.
+    """
+
+    path: str
+    version: str
+    tags: dict[str, Any] = field(repr=False)
+    record_type: int
+    record_type_name: str
+    resolution_ps: int
+    overflow_period: int
+    n_records: int
+    data_offset: int
+    acquisition_time_ps: int | None
+    n_input_channels: int | None
+
+    @property
+    def layout(self) -> int:
+        """Record layout code used by the decoding kernel."""
+        return T2_RECORD_TYPES[self.record_type][1]
+
+
+def _read_exact(f: Any, n: int, path: str, what: str) -> bytes:
+    """Read exactly ``n`` bytes or raise a TagFileError saying the file is truncated."""
+    pos = f.tell()
+    data = f.read(n)
+    if len(data) != n:
+        raise TagFileError(
+            f"{path}: truncated PTU header: {what} at byte offset {pos} needs {n} bytes, "
+            f"the file ends after {len(data)}"
+        )
+    return data
+
+
+def _tag_value(f: Any, typ: int, raw: bytes, path: str, name: str, file_size: int) -> Any:
+    """Decode one tag's value (reading its trailing payload for variable-length types)."""
+    if typ == _TY_EMPTY8:
+        return None
+    if typ == _TY_BOOL8:
+        return struct.unpack("<q", raw)[0] != 0
+    if typ in (_TY_INT8, _TY_BITSET64, _TY_COLOR8):
+        return struct.unpack("<q", raw)[0]
+    if typ in (_TY_FLOAT8, _TY_TDATETIME):
+        return struct.unpack("<d", raw)[0]
+    if typ in (_TY_FLOAT8ARRAY, _TY_ANSISTRING, _TY_WIDESTRING, _TY_BINARYBLOB):
+        n = struct.unpack("<q", raw)[0]
+        pos = f.tell()
+        if n < 0 or pos + n > file_size:
+            raise TagFileError(
+                f"{path}: truncated PTU header: tag {name!r} at byte offset {pos - 48} "
+                f"announces {n} payload bytes but the file has {file_size - pos} left"
+            )
+        payload = _read_exact(f, n, path, f"payload of tag {name!r}")
+        if typ == _TY_ANSISTRING:
+            return payload.split(b"\0", 1)[0].decode("latin-1")
+        if typ == _TY_WIDESTRING:
+            return payload.decode("utf-16-le", errors="replace").split("\0", 1)[0]
+        if typ == _TY_FLOAT8ARRAY:
+            return np.frombuffer(payload[: n - n % 8], dtype="<f8").copy()
+        return payload
+    raise TagFileError(
+        f"{path}: corrupt PTU header: tag {name!r} at byte offset {f.tell() - 48} has "
+        f"unknown type 0x{typ:08X}"
+    )
+
+
+def read_ptu_header(path: str | os.PathLike[str]) -> PtuHeader:
+    """Parse a PTU file's header; raise TagFileError if it is foreign, truncated or not T2."""
+    p = str(path)
+    try:
+        file_size = os.path.getsize(p)
+        f = open(p, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise TagFileError(f"{p}: cannot open: {e.strerror or e}") from e
+    with f:
+        magic = f.read(8)
+        if magic != PTU_MAGIC:
+            if len(magic) < 8 and PTU_MAGIC.startswith(magic) and magic:
+                raise TagFileError(f"{p}: truncated PTU file: it ends inside the magic")
+            raise TagFileError(
+                f"{p}: not a PicoQuant PTU file (byte offset 0: expected magic 'PQTTTR', "
+                f"found {magic[:8]!r})"
+            )
+        version = _read_exact(f, 8, p, "version").split(b"\0", 1)[0].decode("latin-1")
+        tags: dict[str, Any] = {}
+        for _ in range(_MAX_TAGS):
+            head = _read_exact(f, 48, p, "tag")
+            ident_b, idx, typ = _TAG_HEAD.unpack(head[:40])
+            ident = ident_b.split(b"\0", 1)[0].decode("latin-1")
+            key = ident if idx < 0 else f"{ident}({idx})"
+            tags[key] = _tag_value(f, typ, head[40:], p, key, file_size)
+            if ident == "Header_End":
+                break
+        else:
+            raise TagFileError(f"{p}: corrupt PTU header: no Header_End in {_MAX_TAGS} tags")
+        data_offset = f.tell()
+
+    def need(name: str) -> Any:
+        if name not in tags:
+            raise TagFileError(f"{p}: PTU header lacks the mandatory tag {name!r}")
+        return tags[name]
+
+    rt = int(need("TTResultFormat_TTTRRecType"))
+    if rt in T3_RECORD_TYPES:
+        raise TagFileError(
+            f"{p}: {T3_RECORD_TYPES[rt]} (record type 0x{rt:08X}) is a T3 file; qnet reads "
+            f"T2 files only: {_SUPPORTED}"
+        )
+    if rt not in T2_RECORD_TYPES:
+        raise TagFileError(f"{p}: unsupported PTU record type 0x{rt:08X}; supported: {_SUPPORTED}")
+    name, _, period = T2_RECORD_TYPES[rt]
+    res_s = float(need("MeasDesc_GlobalResolution"))
+    res_ps = round(res_s * 1e12)
+    if not (res_ps >= 1 and math.isclose(res_ps, res_s * 1e12, rel_tol=1e-6)):
+        raise TagFileError(
+            f"{p}: MeasDesc_GlobalResolution {res_s!r} s is not a whole number of "
+            f"picoseconds; cannot convert timetags to integer ps"
+        )
+    n_records = int(need("TTResult_NumberOfRecords"))
+    if n_records < 0:
+        raise TagFileError(f"{p}: TTResult_NumberOfRecords is negative ({n_records})")
+    acq = tags.get("MeasDesc_AcquisitionTime")
+    acq_ps = round(float(acq) * 1e9) if isinstance(acq, int | float) and acq > 0 else None
+    n_in = tags.get("HW_InpChannels")
+    return PtuHeader(
+        path=p,
+        version=version,
+        tags=tags,
+        record_type=rt,
+        record_type_name=name,
+        resolution_ps=res_ps,
+        overflow_period=period,
+        n_records=n_records,
+        data_offset=data_offset,
+        acquisition_time_ps=acq_ps,
+        n_input_channels=int(n_in) if isinstance(n_in, int) and n_in > 0 else None,
+    )
+
+
+# ----------------------------------------------------------------------------- PTU records
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_t2(
+    records: np.ndarray,
+    layout: int,
+    period: int,
+    ofl_ticks: int,
+    res_ps: int,
+    sync_channel: int,
+    out_t: np.ndarray,
+    out_c: np.ndarray,
+    mk_t: np.ndarray,
+    mk_m: np.ndarray,
+    state: np.ndarray,
+) -> int:
+    """Decode T2 records into photon tags (ps, channel) and markers (ps, bit mask).
+
+    ``out_*``/``mk_*`` must be at least ``records.size`` long. ``state`` (int64[4])
+    receives: photons written, markers written, overflow accumulator (ticks) at the
+    end, overflow records seen. Returns -1, or the index of the first record that is
+    not valid for the layout (decoding stops there). ``sync_channel < 0`` drops syncs.
+    """
+    n = records.shape[0]
+    if out_t.shape[0] < n or out_c.shape[0] < n or mk_t.shape[0] < n or mk_m.shape[0] < n:
+        return 0
+    n_ph = 0
+    n_mk = 0
+    n_ofl = 0
+    ofl = ofl_ticks
+    bad = -1
+    for i in range(n):
+        r = np.int64(records[i])
+        if layout == 0:
+            ch = (r >> 28) & 0xF
+            tt = r & 0x0FFFFFFF
+            if ch == 0xF:
+                m = tt & 0xF
+                if m == 0:
+                    ofl += period
+                    n_ofl += 1
+                else:
+                    mk_t[n_mk] = (ofl + tt) * res_ps
+                    mk_m[n_mk] = m
+                    n_mk += 1
+            else:
+                out_t[n_ph] = (ofl + tt) * res_ps
+                out_c[n_ph] = ch
+                n_ph += 1
+        else:
+            special = (r >> 31) & 1
+            ch = (r >> 25) & 0x3F
+            tt = r & 0x1FFFFFF
+            if special == 0:
+                out_t[n_ph] = (ofl + tt) * res_ps
+                out_c[n_ph] = ch
+                n_ph += 1
+            elif ch == 0x3F:
+                if layout == 1 or tt == 0:
+                    ofl += period
+                else:
+                    ofl += period * tt
+                n_ofl += 1
+            elif ch == 0:
+                if sync_channel >= 0:
+                    out_t[n_ph] = (ofl + tt) * res_ps
+                    out_c[n_ph] = sync_channel
+                    n_ph += 1
+            elif ch <= 15:
+                mk_t[n_mk] = (ofl + tt) * res_ps
+                mk_m[n_mk] = ch
+                n_mk += 1
+            else:
+                bad = i
+                break
+    state[0] = n_ph
+    state[1] = n_mk
+    state[2] = ofl
+    state[3] = n_ofl
+    return bad
+
+
+def _resolve_sync_channel(header: PtuHeader, sync_channel: int | str) -> int:
+    """The output channel of HydraHarp-style sync records (-1 = drop them)."""
+    if sync_channel == "drop":
+        return -1
+    if sync_channel == "auto":
+        return header.n_input_channels if header.n_input_channels is not None else 64
+    if isinstance(sync_channel, int) and not isinstance(sync_channel, bool):
+        if not 0 <= sync_channel < MAX_CHANNELS:
+            raise TagFileError(f"sync_channel {sync_channel} is outside 0..{MAX_CHANNELS - 1}")
+        return sync_channel
+    raise TagFileError(f"sync_channel must be an int, 'auto' or 'drop', got {sync_channel!r}")
+
+
+def _check_ptu_size(h: PtuHeader) -> None:
+    """Raise TagFileError if the record section is shorter than the header announces."""
+    size = os.path.getsize(h.path)
+    have = size - h.data_offset
+    if have < 4 * h.n_records:
+        raise TagFileError(
+            f"{h.path}: truncated PTU record section: the header announces {h.n_records} "
+            f"records ({4 * h.n_records} bytes from byte offset {h.data_offset}) but the "
+            f"file holds {have} bytes ({have // 4} whole records)"
+        )
+
+
+def _iter_ptu_raw(
+    h: PtuHeader, chunk_records: int, sync_ch: int, progress: ProgressCallback | None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]]:
+    """Decode the records chunk by chunk: (tags ps, channels, marker ps, masks, ofl ps, offset)."""
+    state = np.zeros(4, np.int64)
+    ofl = 0
+    done = 0
+    with open(h.path, "rb") as f:
+        f.seek(h.data_offset)
+        while done < h.n_records:
+            n = min(chunk_records, h.n_records - done)
+            offset = h.data_offset + 4 * done
+            recs = np.fromfile(f, dtype="<u4", count=n)
+            if recs.size != n:
+                raise TagFileError(
+                    f"{h.path}: truncated PTU record section at byte offset "
+                    f"{offset + 4 * recs.size}: expected {n - recs.size} more records"
+                )
+            out_t = np.empty(n, np.int64)
+            out_c = np.empty(n, np.uint8)
+            mk_t = np.empty(n, np.int64)
+            mk_m = np.empty(n, np.uint8)
+            bad = int(
+                _decode_t2(
+                    recs, h.layout, h.overflow_period, ofl, h.resolution_ps, sync_ch,
+                    out_t, out_c, mk_t, mk_m, state,
+                )
+            )  # fmt: skip
+            if bad >= 0:
+                raise TagFileError(
+                    f"{h.path}: corrupt {h.record_type_name} record 0x{int(recs[bad]):08X} at "
+                    f"byte offset {offset + 4 * bad}: special record with undefined channel "
+                    f"code {(int(recs[bad]) >> 25) & 0x3F}"
+                )
+            ofl = int(state[2])
+            done += n
+            yield (
+                out_t[: state[0]],
+                out_c[: state[0]],
+                mk_t[: state[1]],
+                mk_m[: state[1]],
+                ofl * h.resolution_ps,
+                offset,
+            )
+            if progress is not None:
+                progress(done, h.n_records)
+
+
+class _Chunker:
+    """Turn successive sorted tag chunks into contiguous TagBatches (see module doc)."""
+
+    def __init__(self, path: str, begin_ps: int) -> None:
+        self.path = path
+        self.prev_end = begin_ps
+        self.carry_t = np.empty(0, np.int64)
+        self.carry_c = np.empty(0, np.uint8)
+
+    def _batch(self, ts: np.ndarray, ch: np.ndarray, end: int, where: str) -> TagBatch:
+        try:
+            return TagBatch(ts, ch, self.prev_end, end)
+        except TagBatchError as e:
+            raise TagFileError(f"{self.path}: bad tags {where}: {e}") from e
+
+    def push(self, ts: np.ndarray, ch: np.ndarray, known_ps: int, where: str) -> TagBatch | None:
+        """Add a chunk; ``known_ps``: every later tag is at or after this time."""
+        if self.carry_t.size:
+            ts = np.concatenate([self.carry_t, ts])
+            ch = np.concatenate([self.carry_c, ch])
+        if ts.size == 0:
+            end = max(self.prev_end, known_ps)
+            if end == self.prev_end:
+                return None
+            batch = self._batch(ts, ch, end, where)
+        else:
+            whole = self._batch(ts, ch, max(int(ts[-1]) + 1, self.prev_end), where)
+            last = int(ts[-1])
+            if known_ps > last:
+                batch = TagBatch(whole.timestamps, whole.channels, self.prev_end, known_ps)
+                self.carry_t = np.empty(0, np.int64)
+                self.carry_c = np.empty(0, np.uint8)
+            else:
+                batch, rest = whole.split(last)
+                self.carry_t, self.carry_c = rest.timestamps, rest.channels
+                if batch.end_ps == self.prev_end:
+                    return None
+        self.prev_end = batch.end_ps
+        return batch
+
+    def finish(self, end_hint_ps: int | None) -> TagBatch | None:
+        """The last batch: carried tags, ending at the hint if it is late enough."""
+        end = self.prev_end
+        if self.carry_t.size:
+            end = max(end, int(self.carry_t[-1]) + 1)
+        if end_hint_ps is not None:
+            end = max(end, end_hint_ps)
+        if end == self.prev_end and not self.carry_t.size:
+            return None
+        batch = self._batch(self.carry_t, self.carry_c, end, "at the end of the file")
+        self.prev_end = end
+        self.carry_t = np.empty(0, np.int64)
+        self.carry_c = np.empty(0, np.uint8)
+        return batch
+
+
+def iter_ptu(
+    path: str | os.PathLike[str],
+    *,
+    chunk_records: int = DEFAULT_CHUNK_RECORDS,
+    sync_channel: int | str = "auto",
+    progress: ProgressCallback | None = None,
+) -> Iterator[TagBatch]:
+    """Stream a PTU T2 file as contiguous TagBatches of at most ~``chunk_records`` tags.
+
+    ``sync_channel``: ``"auto"`` (HW_InpChannels), an int channel, or ``"drop"``.
+    Markers are skipped (see :func:`read_ptu_markers`). ``progress(done, total)`` is
+    called with records decoded so far after each chunk. The header, the file size
+    and the options are checked at once (TagFileError before the first batch).
+    """
+    h = read_ptu_header(path)
+    sync_ch = _resolve_sync_channel(h, sync_channel)
+    _check_ptu_size(h)
+    if chunk_records < 1:
+        raise TagFileError(f"chunk_records must be >= 1, got {chunk_records}")
+    return _ptu_batches(h, chunk_records, sync_ch, progress)
+
+
+def _ptu_batches(
+    h: PtuHeader, chunk_records: int, sync_ch: int, progress: ProgressCallback | None
+) -> Iterator[TagBatch]:
+    """The generator behind :func:`iter_ptu`."""
+    chunker = _Chunker(h.path, 0)
+    for ts, ch, _, _, known, offset in _iter_ptu_raw(h, chunk_records, sync_ch, progress):
+        b = chunker.push(ts, ch, known, f"in the records from byte offset {offset}")
+        if b is not None:
+            yield b
+    last = chunker.finish(h.acquisition_time_ps)
+    if last is not None:
+        yield last
+
+
+def read_ptu(path: str | os.PathLike[str], *, sync_channel: int | str = "auto") -> TagBatch:
+    """Read a whole PTU T2 file into one TagBatch (small files; else use :func:`iter_ptu`)."""
+    batches = list(iter_ptu(path, sync_channel=sync_channel))
+    if not batches:
+        return TagBatch.empty(0, 0)
+    return TagBatch.concatenate(batches)
+
+
+def read_ptu_markers(
+    path: str | os.PathLike[str], *, chunk_records: int = DEFAULT_CHUNK_RECORDS
+) -> tuple[np.ndarray, np.ndarray]:
+    """All marker records of a PTU T2 file: (times in ps, int64; marker bit masks, uint8).
+
+    Markers have coarser timing than photons and may be slightly out of order (by
+    design of the hardware); they are returned in file order.
+    """
+    h = read_ptu_header(path)
+    ts: list[np.ndarray] = []
+    ms: list[np.ndarray] = []
+    for _, _, mt, mm, _, _ in _iter_ptu_raw(h, chunk_records, -1, None):
+        ts.append(mt)
+        ms.append(mm)
+    if not ts:
+        return np.empty(0, np.int64), np.empty(0, np.uint8)
+    return np.concatenate(ts), np.concatenate(ms)
+
+
+# ----------------------------------------------------------------------------- npz
+
+
+def write_npz(path: str | os.PathLike[str], batch: TagBatch) -> None:
+    """Write a batch as ``.npz`` with ``timestamps``, ``channels``, ``begin_ps``, ``end_ps``."""
+    with open(path, "wb") as f:
+        np.savez(
+            f,
+            timestamps=batch.timestamps,
+            channels=batch.channels,
+            begin_ps=np.int64(batch.begin_ps),
+            end_ps=np.int64(batch.end_ps),
+        )
+
+
+class _NpyMember:
+    """One ``.npy`` array inside an npz, read in chunks without loading it whole."""
+
+    def __init__(self, zf: zipfile.ZipFile, name: str, path: str) -> None:
+        self.fp = zf.open(name)
+        try:
+            version = np.lib.format.read_magic(self.fp)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(self.fp)
+            else:
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(self.fp)
+        except ValueError as e:
+            raise TagFileError(f"{path}: array {name!r} is not a valid .npy member: {e}") from e
+        key = name.removesuffix(".npy")
+        if len(shape) != 1 or dtype.kind not in "iu" or dtype.hasobject:
+            raise TagFileError(
+                f"{path}: array {key!r} must be a 1-D integer array, got shape {shape} "
+                f"dtype {dtype}"
+            )
+        self.n = int(shape[0])
+        self.dtype = dtype
+        self.name = key
+        self.path = path
+
+    def read(self, count: int) -> np.ndarray:
+        nbytes = count * self.dtype.itemsize
+        data = self.fp.read(nbytes)
+        if len(data) != nbytes:
+            raise TagFileError(
+                f"{self.path}: truncated npz: array {self.name!r} ends early "
+                f"({len(data)} of {nbytes} bytes of the next chunk)"
+            )
+        return np.frombuffer(data, dtype=self.dtype)
+
+
+def _open_npz(path: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except FileNotFoundError as e:
+        raise TagFileError(f"{path}: no such file") from e
+    except OSError as e:
+        raise TagFileError(f"{path}: cannot open: {e.strerror or e}") from e
+    except zipfile.BadZipFile as e:
+        raise TagFileError(f"{path}: not an npz file (not a zip archive: {e})") from e
+
+
+def _npz_scalar(zf: zipfile.ZipFile, name: str, path: str) -> int | None:
+    if f"{name}.npy" not in zf.namelist():
+        return None
+    with zf.open(f"{name}.npy") as fp:
+        try:
+            arr = np.lib.format.read_array(fp, allow_pickle=False)
+        except ValueError as e:
+            raise TagFileError(f"{path}: {name!r} is not a valid array: {e}") from e
+    if arr.size != 1 or arr.dtype.kind not in "iu":
+        raise TagFileError(f"{path}: {name!r} must be one integer, got {arr!r}")
+    return int(arr.reshape(()))
+
+
+def _npz_members(path: str) -> tuple[zipfile.ZipFile, _NpyMember, _NpyMember]:
+    zf = _open_npz(path)
+    names = zf.namelist()
+    for key in ("timestamps", "channels"):
+        if f"{key}.npy" not in names:
+            zf.close()
+            have = ", ".join(sorted(n.removesuffix(".npy") for n in names)) or "none"
+            raise TagFileError(f"{path}: npz file has no {key!r} array (arrays: {have})")
+    try:
+        ts = _NpyMember(zf, "timestamps.npy", path)
+        ch = _NpyMember(zf, "channels.npy", path)
+    except BaseException:
+        zf.close()
+        raise
+    if ts.n != ch.n:
+        zf.close()
+        raise TagFileError(f"{path}: 'timestamps' has {ts.n} entries but 'channels' has {ch.n}")
+    return zf, ts, ch
+
+
+def iter_npz(
+    path: str | os.PathLike[str],
+    *,
+    chunk_records: int = DEFAULT_CHUNK_RECORDS,
+    progress: ProgressCallback | None = None,
+) -> Iterator[TagBatch]:
+    """Stream an npz tag file as contiguous TagBatches of at most ~``chunk_records`` tags.
+
+    The archive and its arrays are checked at once (TagFileError before the first batch).
+    """
+    p = str(path)
+    if chunk_records < 1:
+        raise TagFileError(f"chunk_records must be >= 1, got {chunk_records}")
+    zf, _, _ = _npz_members(p)
+    zf.close()
+    return _npz_batches(p, chunk_records, progress)
+
+
+def _npz_batches(
+    p: str, chunk_records: int, progress: ProgressCallback | None
+) -> Iterator[TagBatch]:
+    """The generator behind :func:`iter_npz`."""
+    zf, tsm, chm = _npz_members(p)
+    with zf:
+        begin = _npz_scalar(zf, "begin_ps", p)
+        end = _npz_scalar(zf, "end_ps", p)
+        chunker: _Chunker | None = None
+        done = 0
+        while done < tsm.n:
+            n = min(chunk_records, tsm.n - done)
+            ts = tsm.read(n)
+            ch = chm.read(n)
+            if ch.size and (int(ch.min()) < 0 or int(ch.max()) >= MAX_CHANNELS):
+                bad = int(np.argmax((ch < 0) | (ch >= MAX_CHANNELS)))
+                raise TagFileError(
+                    f"{p}: channel {int(ch[bad])} at index {done + bad} is outside "
+                    f"0..{MAX_CHANNELS - 1}"
+                )
+            ts = ts.astype(np.int64, copy=False)
+            ch = ch.astype(np.uint8, copy=False)
+            if chunker is None:
+                chunker = _Chunker(p, begin if begin is not None else int(ts[0]))
+            b = chunker.push(ts, ch, -(2**62), f"in the tags from index {done}")
+            done += n
+            if b is not None:
+                yield b
+            if progress is not None:
+                progress(done, tsm.n)
+        if chunker is None:
+            b0 = begin if begin is not None else 0
+            chunker = _Chunker(p, b0)
+        last = chunker.finish(end)
+        if last is not None:
+            yield last
+
+
+def read_npz(path: str | os.PathLike[str]) -> TagBatch:
+    """Read a whole npz tag file into one TagBatch."""
+    batches = list(iter_npz(path))
+    if not batches:
+        p = str(path)
+        with _open_npz(p) as zf:
+            begin = _npz_scalar(zf, "begin_ps", p) or 0
+        return TagBatch.empty(begin, begin)
+    return TagBatch.concatenate(batches)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _kind(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in (".npz", ".ptu"):
+        return suffix[1:]
+    raise TagFileError(
+        f"{path}: unknown tag file type {suffix or '(no suffix)'!r}; expected .npz or .ptu"
+    )
+
+
+def count_records(path: str | os.PathLike[str]) -> int:
+    """Records in a tag file (PTU: header records incl. overflows; npz: tags), for progress."""
+    p = str(path)
+    if not os.path.exists(p):
+        raise TagFileError(f"{p}: no such file")
+    if _kind(p) == "ptu":
+        return read_ptu_header(p).n_records
+    zf, ts, _ = _npz_members(p)
+    with zf:
+        return ts.n
+
+
+def iter_tag_file(
+    path: str | os.PathLike[str],
+    *,
+    chunk_records: int = DEFAULT_CHUNK_RECORDS,
+    sync_channel: int | str = "auto",
+    progress: ProgressCallback | None = None,
+) -> Iterator[TagBatch]:
+    """Stream any supported tag file (``.npz`` or ``.ptu``, by suffix) as TagBatches."""
+    p = str(path)
+    if not os.path.exists(p):
+        raise TagFileError(f"{p}: no such file")
+    if _kind(p) == "ptu":
+        return iter_ptu(p, chunk_records=chunk_records, sync_channel=sync_channel,
+                        progress=progress)  # fmt: skip
+    return iter_npz(p, chunk_records=chunk_records, progress=progress)
+
+
+def read_tag_file(path: str | os.PathLike[str], *, sync_channel: int | str = "auto") -> TagBatch:
+    """Read a whole tag file (``.npz`` or ``.ptu``) into one TagBatch."""
+    p = str(path)
+    if not os.path.exists(p):
+        raise TagFileError(f"{p}: no such file")
+    if _kind(p) == "ptu":
+        return read_ptu(p, sync_channel=sync_channel)
+    return read_npz(p)
+
+
+def n_channels_hint(path: str | os.PathLike[str], *, sync_channel: int | str = "auto") -> int:
+    """How many channels a file's tags use (highest channel + 1), cheaply where possible.
+
+    npz: a pass over the ``channels`` array only. PTU: from the header
+    (``HW_InpChannels``, plus the sync channel of HydraHarp-family files unless it
+    is dropped); without that tag, a full decoding pass.
+    """
+    p = str(path)
+    if not os.path.exists(p):
+        raise TagFileError(f"{p}: no such file")
+    if _kind(p) == "ptu":
+        h = read_ptu_header(p)
+        sync_ch = _resolve_sync_channel(h, sync_channel)
+        if h.n_input_channels is not None:
+            n = h.n_input_channels
+            if h.layout != _LAYOUT_PICOHARP and sync_ch >= 0:
+                n = max(n, sync_ch + 1)
+            return n
+        hi = -1
+        for b in iter_ptu(p, sync_channel=sync_channel):
+            if len(b):
+                hi = max(hi, int(b.channels.max()))
+        return hi + 1
+    zf, _, chm = _npz_members(p)
+    hi = -1
+    with zf:
+        done = 0
+        while done < chm.n:
+            n = min(DEFAULT_CHUNK_RECORDS, chm.n - done)
+            ch = chm.read(n)
+            hi = max(hi, int(ch.max()))
+            done += n
+    return hi + 1

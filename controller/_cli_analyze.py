@@ -1,0 +1,669 @@
+"""``qnet analyze FILE``: singles, coincidences, CAR, QBER and key rates of a tag file.
+
+Reads ``.npz`` or PicoQuant ``.ptu`` T2 files in chunks (any size) through the
+coincidence core and prints rich tables, or JSON with ``--json``.
+``--find-delay CH_A CH_B`` instead finds the delay between two channels.
+
+Progress: a transient progress bar (on stderr, driven by records read) appears
+only when the run has taken longer than a second and stderr is a terminal, so
+short runs, pipes and ``--json`` output stay clean.
+
+The rendering helpers (``analysis_dict``, ``print_analysis``) are shared with
+``qnet demo``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from coincidence import CoincidenceReport, DelayEstimate, QberReport, RoleMap
+
+_LABELS = ("H", "V", "D", "A")
+#: Seconds a run must take before the progress bar appears.
+PROGRESS_DELAY_S = 1.0
+
+
+class UsageError(Exception):
+    """Bad input to ``qnet analyze``: reported as one line on stderr, exit code 2."""
+
+
+def _fail(command: str, message: str) -> NoReturn:
+    """Print one error line naming the problem and exit with code 2."""
+    typer.echo(f"qnet {command}: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def parse_delays(text: str | None) -> list[int] | None:
+    """``"0,1200,-300"`` -> ``[0, 1200, -300]`` (picoseconds, one per channel)."""
+    if text is None or not text.strip():
+        return None
+    out = []
+    for k, part in enumerate(text.split(",")):
+        try:
+            out.append(int(part.strip()))
+        except ValueError:
+            raise UsageError(
+                f"--delays-ps: item {k} ({part.strip()!r}) is not an integer number of ps"
+            ) from None
+    return out
+
+
+def _parse_side(side: str, value: str) -> dict[str, int]:
+    """``"0,1,2,3"`` -> ``{"H": 0, "V": 1, "D": 2, "A": 3}`` (H,V,D,A order; 2 = H,V only)."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if len(parts) not in (2, 4):
+        raise UsageError(f"--roles: {side} needs 2 (H,V) or 4 (H,V,D,A) channels, got {value!r}")
+    out = {}
+    for label, p in zip(_LABELS, parts, strict=False):
+        try:
+            out[label] = int(p)
+        except ValueError:
+            raise UsageError(f"--roles: {side} channel {p!r} is not an integer") from None
+    return out
+
+
+def parse_roles(text: str | None, bell_state: str | None) -> RoleMap | None:
+    """A RoleMap from ``"alice=0,1,2,3 bob=4,5,6,7"`` or a YAML/JSON file; None if no text."""
+    from coincidence import CoincidenceError, RoleMap
+
+    if text is None or not text.strip():
+        if bell_state is not None:
+            raise UsageError("--bell-state needs --roles (which channel is which detector)")
+        return None
+    path = Path(text)
+    if path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file():
+        if not path.is_file():
+            raise UsageError(f"--roles: role file {text} does not exist")
+        try:
+            raw = path.read_text()
+            if path.suffix.lower() == ".json":
+                data = json.loads(raw)
+            else:
+                import yaml
+
+                data = yaml.safe_load(raw)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--roles: cannot read role file {text}: {e}") from None
+        if isinstance(data, dict) and "roles" in data and "alice" not in data:
+            data = data["roles"]
+        if not isinstance(data, dict):
+            raise UsageError(f"--roles: role file {text} must hold a mapping with alice and bob")
+        if bell_state is not None:
+            data = {**data, "bell_state": bell_state}
+        try:
+            return RoleMap.from_dict(data)
+        except (CoincidenceError, TypeError, ValueError) as e:
+            raise UsageError(f"--roles: {text}: {e}") from None
+    sides: dict[str, dict[str, int]] = {}
+    for item in text.replace(";", " ").split():
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in ("alice", "bob"):
+            raise UsageError(
+                f"--roles: expected 'alice=H,V,D,A bob=H,V,D,A' channel lists or a YAML/JSON "
+                f"file, got {item!r}"
+            )
+        sides[key] = _parse_side(key, value)
+    for key in ("alice", "bob"):
+        if key not in sides:
+            raise UsageError(f"--roles: no channels for {key} (e.g. alice=0,1,2,3 bob=4,5,6,7)")
+    try:
+        return RoleMap(alice=sides["alice"], bob=sides["bob"], bell_state=bell_state or "phi+")
+    except CoincidenceError as e:
+        raise UsageError(f"--roles: {e}") from None
+
+
+def parse_sync_channel(text: str) -> int | str:
+    """``auto`` / ``drop`` / a channel number."""
+    t = text.strip().lower()
+    if t in ("auto", "drop"):
+        return t
+    try:
+        n = int(t)
+    except ValueError:
+        raise UsageError(
+            f"--sync-channel must be 'auto', 'drop' or a channel number, got {text!r}"
+        ) from None
+    if not 0 <= n < 256:
+        raise UsageError(f"--sync-channel {n} is outside 0..255")
+    return n
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class DelayedProgress:
+    """A transient rich progress bar on stderr that appears after ``delay_s`` seconds.
+
+    Call the instance with ``(done, total)`` records; use as a context manager.
+    Shown only on a terminal (or with ``force=True``).
+    """
+
+    def __init__(
+        self, description: str, *, delay_s: float = PROGRESS_DELAY_S, force: bool = False
+    ) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = force or self.console.is_terminal
+        self.description = description
+        self.delay_s = delay_s
+        self.t0 = time.monotonic()
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+        self.shown = False
+
+    def __enter__(self) -> DelayedProgress:
+        self.t0 = time.monotonic()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        """Update with records done / total; start the bar once the delay has passed."""
+        if not self.enabled:
+            return
+        if self.progress is None:
+            if time.monotonic() - self.t0 < self.delay_s:
+                return
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("records"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(self.description, total=total)
+            self.shown = True
+        assert self.task is not None
+        self.progress.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+# ----------------------------------------------------------------------------- the work
+
+
+def count_file(
+    path: str,
+    *,
+    window_ps: int,
+    delays_ps: Sequence[int] | None,
+    n_channels: int | None,
+    sync_channel: int | str = "auto",
+    chunk_records: int | None = None,
+    force_progress: bool = False,
+) -> CoincidenceReport:
+    """Stream a tag file through a CoincidenceCounter; UsageError on bad input."""
+    from coincidence import (
+        DEFAULT_CHUNK_RECORDS,
+        CoincidenceCounter,
+        CoincidenceError,
+        TagFileError,
+        iter_tag_file,
+        n_channels_hint,
+    )
+
+    try:
+        if n_channels is None:
+            # from the data; a longer delay list may name channels that saw no tags
+            n_channels = max(n_channels_hint(path, sync_channel=sync_channel), 1)
+            if delays_ps is not None and len(delays_ps) > n_channels:
+                n_channels = len(delays_ps)
+        if delays_ps is not None and len(delays_ps) != n_channels:
+            raise UsageError(
+                f"--delays-ps has {len(delays_ps)} values but there are {n_channels} channels "
+                "(give one delay per channel)"
+            )
+        counter = CoincidenceCounter(n_channels, window_ps, delays_ps)
+        with DelayedProgress(f"reading {Path(path).name}", force=force_progress) as bar:
+            for batch in iter_tag_file(
+                path,
+                chunk_records=chunk_records or DEFAULT_CHUNK_RECORDS,
+                sync_channel=sync_channel,
+                progress=bar,
+            ):
+                if len(batch) and int(batch.channels.max()) >= n_channels:
+                    hi = int(batch.channels.max())
+                    raise UsageError(
+                        f"{path}: channel {hi} is out of range for {n_channels} channels "
+                        f"(0..{n_channels - 1}); raise --channels"
+                    )
+                counter.process(batch)
+        return counter.result()
+    except TagFileError as e:
+        raise UsageError(str(e)) from None
+    except CoincidenceError as e:
+        raise UsageError(str(e)) from None
+
+
+def find_delay_file(
+    path: str,
+    channel_a: int,
+    channel_b: int,
+    *,
+    max_delay_ps: int,
+    resolution_ps: int,
+    min_significance: float,
+    sync_channel: int | str = "auto",
+) -> DelayEstimate:
+    """Collect two channels' tags from a file and find their delay (``t_b - t_a``)."""
+    import numpy as np
+
+    from coincidence import CoincidenceError, NoSignificantPeakError, find_delay, iter_tag_file
+
+    for name, ch in (("CH_A", channel_a), ("CH_B", channel_b)):
+        if not 0 <= ch < 256:
+            raise UsageError(f"--find-delay {name} = {ch} is outside 0..255")
+    if channel_a == channel_b:
+        raise UsageError(f"--find-delay needs two different channels, got {channel_a} twice")
+    ta: list[np.ndarray] = []
+    tb: list[np.ndarray] = []
+    try:
+        with DelayedProgress(f"reading {Path(path).name}") as bar:
+            for batch in iter_tag_file(path, sync_channel=sync_channel, progress=bar):
+                ta.append(batch.timestamps[batch.channels == channel_a])
+                tb.append(batch.timestamps[batch.channels == channel_b])
+        a = np.concatenate(ta) if ta else np.empty(0, np.int64)
+        b = np.concatenate(tb) if tb else np.empty(0, np.int64)
+        for name, ch, arr in (("CH_A", channel_a, a), ("CH_B", channel_b, b)):
+            if arr.size == 0:
+                raise UsageError(f"{path}: channel {ch} ({name}) has no tags")
+        return find_delay(
+            a,
+            b,
+            max_delay_ps=max_delay_ps,
+            resolution_ps=resolution_ps,
+            min_significance=min_significance,
+        )
+    except NoSignificantPeakError:
+        raise
+    except CoincidenceError as e:
+        raise UsageError(str(e)) from None
+
+
+def key_rates(
+    report: CoincidenceReport, roles: RoleMap | None, f_ec: float, key_basis: str
+) -> tuple[QberReport | None, float | None, str | None]:
+    """QBER per basis and the asymptotic BBM92 secure key rate (bits/s), with a note if none."""
+    from coincidence import CoincidenceError, bbm92_key_rate, qber_from_matrix
+
+    if roles is None:
+        return None, None, "no --roles given: QBER and key rates need the detector roles"
+    if report.duration_ps <= 0:
+        return None, None, "no measured time: QBER and rates undefined"
+    if roles.max_channel >= report.n_channels:
+        raise UsageError(
+            f"--roles uses channel {roles.max_channel} but there are only "
+            f"{report.n_channels} channels (0..{report.n_channels - 1})"
+        )
+    try:
+        qber = qber_from_matrix(report.coincidences, report.duration_s, roles)
+    except CoincidenceError as e:
+        raise UsageError(str(e)) from None
+    try:
+        secure = bbm92_key_rate(qber, f_ec=f_ec, key_basis=key_basis)
+    except CoincidenceError as e:
+        return qber, None, str(e)
+    return qber, secure, None
+
+
+def _num(x: Any) -> Any:
+    """JSON-safe number: nan/inf -> None, numpy scalars -> Python."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _jsonable(a: Any) -> Any:
+    import numpy as np
+
+    if isinstance(a, np.ndarray):
+        return _jsonable(a.tolist())
+    if isinstance(a, list | tuple):
+        return [_jsonable(v) for v in a]
+    if isinstance(a, dict):
+        return {k: _jsonable(v) for k, v in a.items()}
+    if isinstance(a, np.generic):
+        return _num(a.item())
+    return _num(a)
+
+
+def analysis_dict(
+    report: CoincidenceReport,
+    *,
+    source: str,
+    roles: RoleMap | None,
+    qber: QberReport | None,
+    secure_rate_bps: float | None,
+    note: str | None,
+    f_ec: float,
+    key_basis: str,
+) -> dict[str, Any]:
+    """Everything ``qnet analyze --json`` prints, as plain JSON-ready values."""
+    out: dict[str, Any] = {
+        "file": source,
+        "n_channels": report.n_channels,
+        "window_ps": report.window_ps,
+        "delays_ps": report.delays_ps,
+        "duration_ps": report.duration_ps,
+        "duration_s": report.duration_s,
+        "singles": report.singles,
+        "singles_rate_hz": report.singles_rate_hz,
+        "coincidences": report.coincidences,
+        "coincidence_rate_hz": report.coincidence_rate_hz,
+        "accidentals": report.accidentals,
+        "car": report.car,
+        "roles": None,
+        "qber": None,
+        "sifted": None,
+        "sifted_rate_hz": None,
+        "secure_key_rate_bps": secure_rate_bps,
+        "f_ec": f_ec,
+        "key_basis": key_basis,
+        "note": note,
+    }
+    if roles is not None:
+        out["roles"] = {"alice": roles.alice, "bob": roles.bob, "bell_state": roles.bell_state}
+    if qber is not None:
+        out["qber"] = {
+            b.basis: {
+                "sifted": b.sifted,
+                "errors": b.errors,
+                "qber": b.qber,
+                "sifted_rate_hz": b.sifted_rate_hz,
+            }
+            for b in (qber.z, qber.x)
+        }
+        out["sifted"] = qber.sifted
+        out["sifted_rate_hz"] = qber.sifted_rate_hz
+    return _jsonable(out)
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}g}"
+
+
+def print_analysis(console: Console, d: dict[str, Any], *, max_pairs: int = 40) -> None:
+    """Render an ``analysis_dict`` as rich tables."""
+    from rich.table import Table
+
+    n = d["n_channels"]
+    role_of: dict[int, str] = {}
+    if d["roles"]:
+        for side in ("alice", "bob"):
+            for label, ch in d["roles"][side].items():
+                role_of[ch] = f"{side} {label}"
+    console.print(
+        f"[bold]{d['file']}[/]: {d['duration_s']:.6g} s measured, {n} channels, "
+        f"window {d['window_ps']} ps"
+    )
+    t = Table(title="Singles")
+    for col in ("channel", "role", "delay (ps)", "counts", "rate (Hz)"):
+        t.add_column(col, justify="right" if col != "role" else "left")
+    for c in range(n):
+        t.add_row(
+            str(c),
+            role_of.get(c, ""),
+            str(d["delays_ps"][c]),
+            str(d["singles"][c]),
+            _fmt(d["singles_rate_hz"][c]),
+        )
+    console.print(t)
+
+    m = Table(title=f"Coincidences (counts in a {d['window_ps']} ps window)")
+    m.add_column("", justify="right", style="bold")
+    for c in range(n):
+        m.add_column(str(c), justify="right")
+    for i in range(n):
+        m.add_row(str(i), *(str(d["coincidences"][i][j]) if i != j else "-" for j in range(n)))
+    console.print(m)
+
+    pairs = [
+        (i, j)
+        for i in range(n)
+        for j in range(i + 1, n)
+        if d["coincidences"][i][j] > 0 or (i in role_of and j in role_of)
+    ]
+    if pairs:
+        p = Table(title="Pairs: coincidences, accidentals and CAR")
+        for col in ("pair", "coincidences", "rate (Hz)", "accidentals", "CAR"):
+            p.add_column(col, justify="right")
+        for i, j in pairs[:max_pairs]:
+            p.add_row(
+                f"{i}-{j}",
+                str(d["coincidences"][i][j]),
+                _fmt(d["coincidence_rate_hz"][i][j]),
+                _fmt(d["accidentals"][i][j]),
+                _fmt(d["car"][i][j]),
+            )
+        console.print(p)
+        if len(pairs) > max_pairs:
+            console.print(f"({len(pairs) - max_pairs} more pairs: use --json)")
+
+    if d["qber"] is not None:
+        q = Table(title=f"QBER ({d['roles']['bell_state']})")
+        for col in ("basis", "sifted", "errors", "QBER", "sifted rate (Hz)"):
+            q.add_column(col, justify="right")
+        for basis, b in d["qber"].items():
+            qb = "-" if b["qber"] is None else f"{100 * b['qber']:.2f} %"
+            q.add_row(basis, str(b["sifted"]), str(b["errors"]), qb, _fmt(b["sifted_rate_hz"]))
+        console.print(q)
+        k = Table(title="Key rates")
+        k.add_column("quantity")
+        k.add_column("value", justify="right")
+        k.add_row("sifted rate", f"{_fmt(d['sifted_rate_hz'])} Hz")
+        rate = d["secure_key_rate_bps"]
+        k.add_row(
+            f"secure key rate (BBM92, f_EC {d['f_ec']}, key {d['key_basis']})",
+            "-" if rate is None else f"{_fmt(rate)} bit/s",
+        )
+        console.print(k)
+    if d["note"]:
+        console.print(f"[yellow]note:[/] {d['note']}")
+
+
+def print_delay(console: Console, est: DelayEstimate, ch_a: int, ch_b: int) -> None:
+    """Render a DelayEstimate as a small table."""
+    from rich.table import Table
+
+    console.print(
+        f"Delay of channel {ch_b} relative to channel {ch_a} (t_b - t_a): "
+        f"[bold]{est.delay_ps} ps[/]",
+        soft_wrap=True,
+    )
+    t = Table()
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    t.add_row("delay", f"{est.delay_ps} ps")
+    t.add_row("significance", f"{est.significance:.1f} sigma")
+    t.add_row("peak counts", _fmt(est.peak_counts))
+    t.add_row("background per bin", _fmt(est.background_counts))
+    t.add_row("resolution", f"{est.resolution_ps} ps")
+    console.print(t)
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def analyze(
+    file: Annotated[Path, typer.Argument(help="tag file: .npz (timestamps, channels) or .ptu T2")],
+    window_ps: Annotated[
+        int, typer.Option("--window-ps", help="coincidence window, full width, ps")
+    ] = 1000,
+    delays_ps: Annotated[
+        str | None,
+        typer.Option(
+            "--delays-ps",
+            help="comma list, one delay per channel, ps (subtracted from that channel's tags)",
+        ),
+    ] = None,
+    channels: Annotated[
+        int | None,
+        typer.Option("--channels", help="number of channels (default: from the data)"),
+    ] = None,
+    roles: Annotated[
+        str | None,
+        typer.Option(
+            "--roles",
+            help="detector roles: 'alice=0,1,2,3 bob=4,5,6,7' (H,V,D,A order) or a "
+            "YAML/JSON file with alice/bob maps",
+        ),
+    ] = None,
+    bell_state: Annotated[
+        str | None,
+        typer.Option("--bell-state", help="phi+, phi-, psi+ or psi- (default phi+)"),
+    ] = None,
+    f_ec: Annotated[
+        float, typer.Option("--f-ec", help="error-correction inefficiency (>= 1)")
+    ] = 1.16,
+    key_basis: Annotated[
+        str, typer.Option("--key-basis", help="key basis for the key rate: Z, X or both")
+    ] = "both",
+    sync_channel: Annotated[
+        str,
+        typer.Option(
+            "--sync-channel",
+            help="PTU HydraHarp/MultiHarp sync events: 'auto' (channel HW_InpChannels), "
+            "'drop', or a channel number",
+        ),
+    ] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    find_delay: Annotated[
+        tuple[int, int] | None,
+        typer.Option(
+            "--find-delay",
+            metavar="CH_A CH_B",
+            help="find the delay t_b - t_a between two channels instead of analysing",
+        ),
+    ] = None,
+    max_delay_ps: Annotated[
+        int, typer.Option("--max-delay-ps", help="--find-delay: search +- this range, ps")
+    ] = 1_000_000,
+    resolution_ps: Annotated[
+        int, typer.Option("--resolution-ps", help="--find-delay: delay resolution, ps")
+    ] = 10,
+    min_significance: Annotated[
+        float,
+        typer.Option("--min-significance", help="--find-delay: required peak height, sigma"),
+    ] = 6.0,
+) -> None:
+    """Singles, coincidence matrix, accidentals, CAR, QBER per basis and key rates of a file.
+
+    Exit codes: 0 ok; 1 --find-delay found no significant peak; 2 bad input.
+    """
+    from rich.console import Console
+
+    from coincidence import NoSignificantPeakError
+
+    path = str(file)
+    try:
+        if not file.exists():
+            raise UsageError(f"{path}: no such file")
+        if file.is_dir():
+            raise UsageError(f"{path} is a directory, not a tag file")
+        sync = parse_sync_channel(sync_channel)
+        if find_delay is not None:
+            if max_delay_ps <= 0 or resolution_ps <= 0:
+                raise UsageError("--max-delay-ps and --resolution-ps must be positive")
+            ch_a, ch_b = find_delay
+            try:
+                est = find_delay_file(
+                    path,
+                    ch_a,
+                    ch_b,
+                    max_delay_ps=max_delay_ps,
+                    resolution_ps=resolution_ps,
+                    min_significance=min_significance,
+                    sync_channel=sync,
+                )
+            except NoSignificantPeakError as e:
+                typer.echo(f"qnet analyze: no delay found: {e}", err=True)
+                raise typer.Exit(1) from None
+            if as_json:
+                typer.echo(
+                    json.dumps(
+                        _jsonable(
+                            {
+                                "file": path,
+                                "channel_a": ch_a,
+                                "channel_b": ch_b,
+                                "delay_ps": est.delay_ps,
+                                "significance": est.significance,
+                                "peak_counts": est.peak_counts,
+                                "background_counts": est.background_counts,
+                                "resolution_ps": est.resolution_ps,
+                            }
+                        )
+                    )
+                )
+            else:
+                print_delay(Console(), est, ch_a, ch_b)
+            return
+        if window_ps <= 0:
+            raise UsageError(f"--window-ps must be positive, got {window_ps}")
+        if channels is not None and not 1 <= channels <= 256:
+            raise UsageError(f"--channels must be in 1..256, got {channels}")
+        if not (math.isfinite(f_ec) and f_ec >= 1.0):
+            raise UsageError(f"--f-ec must be >= 1 (1 is the Shannon limit), got {f_ec}")
+        if key_basis not in ("Z", "X", "both"):
+            raise UsageError(f"--key-basis must be Z, X or both, got {key_basis!r}")
+        delays = parse_delays(delays_ps)
+        if delays is not None and channels is not None and len(delays) != channels:
+            raise UsageError(
+                f"--delays-ps has {len(delays)} values but --channels is {channels} "
+                "(give one delay per channel)"
+            )
+        role_map = parse_roles(roles, bell_state)
+        report = count_file(
+            path, window_ps=window_ps, delays_ps=delays, n_channels=channels, sync_channel=sync
+        )
+        qber, secure, note = key_rates(report, role_map, f_ec, key_basis)
+    except UsageError as e:
+        _fail("analyze", str(e))
+    d = analysis_dict(
+        report,
+        source=path,
+        roles=role_map,
+        qber=qber,
+        secure_rate_bps=secure,
+        note=note,
+        f_ec=f_ec,
+        key_basis=key_basis,
+    )
+    if as_json:
+        typer.echo(json.dumps(d))
+    else:
+        print_analysis(Console(), d)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``qnet analyze`` to the command line."""
+    app.command("analyze")(analyze)

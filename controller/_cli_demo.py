@@ -1,0 +1,256 @@
+"""``qnet demo``: the interim main job - analyse a generated BBM92 sample end to end.
+
+Until the controller drives a real acquisition, ``make demo`` runs this: it
+generates a BBM92-like 8-channel tag stream with known pairs (Alice H,V,D,A on
+channels 0-3, Bob's on 4-7, phi+ state, ~3 % intrinsic QBER, known per-channel
+cable delays, detector jitter and dark counts), writes it to
+``runs/demo-<UTC timestamp>/sample.npz``, finds every channel's delay from the
+tags alone, counts coincidences at those delays, prints the same tables as
+``qnet analyze`` and saves ``analysis.json`` and a PNG of the Alice-H / Bob-H
+coincidence histogram at the found delay in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from coincidence import DelayEstimate, RoleMap, TagBatch
+
+#: Alice's H,V,D,A detectors are channels 0-3, Bob's 4-7.
+ALICE = {"H": 0, "V": 1, "D": 2, "A": 3}
+BOB = {"H": 4, "V": 5, "D": 6, "A": 7}
+#: Cable/detector delays of the generated sample, ps (what the demo must find).
+TRUE_DELAYS_PS = (0, 1_300, -700, 2_100, 23_400, 24_900, 22_600, 25_700)
+#: Intrinsic error probability within a matched basis: 1/32 (about 3.1 %).
+ERROR_WEIGHT, RIGHT_WEIGHT, MISMATCH_WEIGHT = 1, 31, 16
+
+
+def bbm92_pair_channels() -> list[tuple[int, int]]:
+    """Channel pairs of a phi+ BBM92 source, repeated in proportion to their probability.
+
+    Per matched basis: right outcomes (H-H, V-V / D-D, A-A) 31 each, wrong ones
+    1 each (QBER 1/32); mismatched bases (8 combinations): 16 each, half of all.
+    """
+    out: list[tuple[int, int]] = []
+    for a_label, a_ch in ALICE.items():
+        for b_label, b_ch in BOB.items():
+            same_basis = (a_label in "HV") == (b_label in "HV")
+            if not same_basis:
+                weight = MISMATCH_WEIGHT
+            elif a_label == b_label:
+                weight = RIGHT_WEIGHT
+            else:
+                weight = ERROR_WEIGHT
+            out += [(a_ch, b_ch)] * weight
+    return out
+
+
+def delays_from_pairs(
+    batch: TagBatch,
+    channels_a: Sequence[int],
+    channels_b: Sequence[int],
+    *,
+    reference: int,
+    max_delay_ps: int,
+    resolution_ps: int,
+) -> tuple[list[int | None], dict[tuple[int, int], DelayEstimate]]:
+    """Per-channel delays (relative to ``reference``) from pairwise correlation peaks.
+
+    Finds the delay of every (a, b) pair with a significant peak, then assigns
+    delays along the most significant pairs outward from ``reference`` (a maximum
+    spanning tree): ``d[b] = d[a] + delay(a, b)``. Channels no significant pair
+    reaches get None. Subtracting ``d`` from each channel's tags aligns them.
+    """
+    from coincidence import NoSignificantPeakError, find_delay_in_batch
+
+    n = max([*channels_a, *channels_b]) + 1
+    est: dict[tuple[int, int], DelayEstimate] = {}
+    for a in channels_a:
+        for b in channels_b:
+            try:
+                est[(a, b)] = find_delay_in_batch(
+                    batch, a, b, max_delay_ps=max_delay_ps, resolution_ps=resolution_ps
+                )
+            except NoSignificantPeakError:
+                continue
+    delays: list[int | None] = [None] * n
+    delays[reference] = 0
+    while True:
+        best: tuple[float, int, int] | None = None
+        for (a, b), e in est.items():
+            known_a, known_b = delays[a] is not None, delays[b] is not None
+            if known_a != known_b and (best is None or e.significance > best[0]):
+                best = (e.significance, a, b)
+        if best is None:
+            break
+        _, a, b = best
+        da, db = delays[a], delays[b]
+        if da is not None:
+            delays[b] = da + est[(a, b)].delay_ps
+        elif db is not None:
+            delays[a] = db - est[(a, b)].delay_ps
+    return delays, est
+
+
+def _run_dir(out: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = out / f"demo-{stamp}"
+    k = 1
+    while path.exists():
+        k += 1
+        path = out / f"demo-{stamp}-{k}"
+    path.mkdir(parents=True)
+    return path
+
+
+def _plot_histogram(path: Path, hist: object, title: str, window_ps: int) -> None:
+    """Save a correlation histogram (a HistogramReport) as a PNG, the window shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centers = hist.bin_centers_ps  # type: ignore[attr-defined]
+    counts = hist.counts  # type: ignore[attr-defined]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.axvspan(-window_ps / 2, window_ps / 2, color="tab:orange", alpha=0.2, label="window")
+    ax.step(centers, counts, where="mid", color="tab:blue")
+    ax.legend(loc="upper right")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_xlabel("t_bob - t_alice - delay (ps)")
+    ax.set_ylabel(f"counts per {hist.bin_width_ps} ps bin")  # type: ignore[attr-defined]
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def demo(
+    duration_s: Annotated[
+        float, typer.Option("--duration-s", help="length of the generated sample, s")
+    ] = 2.0,
+    out: Annotated[
+        Path, typer.Option("--out", help="folder that gets the demo-<timestamp> run folder")
+    ] = Path("runs"),
+    window_ps: Annotated[
+        int, typer.Option("--window-ps", help="coincidence window, full width, ps")
+    ] = 400,
+    seed: Annotated[int, typer.Option("--seed", help="random seed of the sample")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+) -> None:
+    """Generate a BBM92 sample, find the delays, analyse it and save a histogram plot.
+
+    The interim main job (``make demo``) until the controller exists. Writes
+    ``sample.npz``, ``analysis.json`` and ``coincidence_histogram.png`` to
+    ``OUT/demo-<UTC timestamp>/``.
+    """
+    from rich.console import Console
+
+    from controller._cli_analyze import UsageError, _fail, analysis_dict, key_rates, print_analysis
+
+    if not 0 < duration_s <= 60:
+        _fail("demo", f"--duration-s must be in (0, 60], got {duration_s}")
+    if window_ps <= 0:
+        _fail("demo", f"--window-ps must be positive, got {window_ps}")
+
+    from coincidence import (
+        CoincidenceCounter,
+        CorrelationHistogram,
+        RoleMap,
+        generate_pairs,
+        write_npz,
+    )
+
+    console = Console()
+    t0 = time.monotonic()
+    try:
+        run = _run_dir(out)
+    except OSError as e:
+        _fail("demo", f"cannot create a run folder in {out}: {e.strerror or e}")
+    roles: RoleMap = RoleMap(alice=dict(ALICE), bob=dict(BOB), bell_state="phi+")
+    batch = generate_pairs(
+        duration_ps=round(duration_s * 1e12),
+        pair_rate_hz=150_000.0,
+        noise_rate_hz=90_000.0,
+        n_channels=8,
+        pair_channels=bbm92_pair_channels(),
+        delays_ps=list(TRUE_DELAYS_PS),
+        jitter_ps=40.0,
+        seed=seed,
+    )
+    sample = run / "sample.npz"
+    write_npz(sample, batch)
+
+    found, _ = delays_from_pairs(
+        batch,
+        list(ALICE.values()),
+        list(BOB.values()),
+        reference=ALICE["H"],
+        max_delay_ps=100_000,
+        resolution_ps=10,
+    )
+    missing = [c for c, d in enumerate(found) if d is None]
+    if missing:
+        typer.echo(f"qnet demo: no significant delay for channels {missing}", err=True)
+        raise typer.Exit(1)
+    delays = [int(d) for d in found if d is not None]
+
+    counter = CoincidenceCounter(8, window_ps, delays)
+    counter.process(batch)
+    report = counter.result()
+    try:
+        qber, secure, note = key_rates(report, roles, 1.16, "both")
+    except UsageError as e:
+        _fail("demo", str(e))
+    d = analysis_dict(
+        report,
+        source=str(sample),
+        roles=roles,
+        qber=qber,
+        secure_rate_bps=secure,
+        note=note,
+        f_ec=1.16,
+        key_basis="both",
+    )
+    d["true_delays_ps"] = list(TRUE_DELAYS_PS)
+    d["found_delays_ps"] = delays
+    (run / "analysis.json").write_text(json.dumps(d, indent=1))
+
+    a, b = ALICE["H"], BOB["H"]
+    hist = CorrelationHistogram(a, b, bin_width_ps=20, range_ps=3_000, delay_ps=delays[b])
+    hist.process(batch)
+    png = run / "coincidence_histogram.png"
+    _plot_histogram(
+        png,
+        hist.result(),
+        f"Alice H (ch {a}) / Bob H (ch {b}) at delay {delays[b]} ps",
+        window_ps,
+    )
+    elapsed = time.monotonic() - t0
+
+    if as_json:
+        typer.echo(json.dumps({**d, "run_dir": str(run), "png": str(png)}))
+        return
+    print_analysis(console, d)
+    console.print(
+        "delays found (ps): "
+        + ", ".join(f"{c}: {x}" for c, x in enumerate(delays))
+        + f"  (generated with {', '.join(str(x - TRUE_DELAYS_PS[0]) for x in TRUE_DELAYS_PS)})"
+    )
+    console.print(f"files written to [bold]{run}[/] ({elapsed:.1f} s):")
+    for f in (sample, run / "analysis.json", png):
+        console.print(f"  {f}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``qnet demo`` to the command line."""
+    app.command("demo")(demo)

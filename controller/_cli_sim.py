@@ -1,0 +1,120 @@
+"""``qnet sim CONFIG``: serve the emulated entanglement-distribution testbed until stopped."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+
+def sim(
+    config: Annotated[
+        Path, typer.Argument(help="testbed YAML (e.g. configs/testbed.yaml)", show_default=False)
+    ],
+    speed: Annotated[
+        float | None,
+        typer.Option(
+            "--speed",
+            help="simulated seconds per wall-clock second of the served tag streams and "
+            "the physics clock (default: the config's speed; 0 means 1 here)",
+            min=0.0,
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", help="stop after this many wall-clock seconds", min=0.0),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="override the config's random seed")
+    ] = None,
+) -> None:
+    """Serve every instrument of the emulated node on loopback, with physics behind them.
+
+    Each SCPI instrument listens on its TCPIP::127.0.0.1::PORT::SOCKET address and
+    each serial one on its socket://127.0.0.1:PORT URL (from the node config the
+    testbed config names); the time taggers stream tags from the physics model.
+    Runs until Ctrl-C, SIGTERM or --duration, then closes every socket.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from drivers.sim.testbed import Testbed, TestbedConfig, TestbedError
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    try:
+        cfg = TestbedConfig.load(config)
+        changes: dict[str, object] = {}
+        if speed is not None:
+            changes["speed"] = speed
+        if seed is not None:
+            changes["seed"] = seed
+        if changes:
+            cfg = cfg.model_copy(update=changes)
+        testbed = Testbed(cfg)
+    except TestbedError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not cfg.instruments:
+        console.print(f"[red]error:[/red] {config}: no instruments to serve (set node_config)")
+        raise typer.Exit(2)
+    try:
+        served = testbed.serve()
+    except OSError as exc:
+        console.print(f"[red]error:[/red] cannot serve the testbed: {exc}")
+        raise typer.Exit(1) from None
+    except TestbedError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old = signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        clock_speed = cfg.speed if cfg.speed > 0 else 1.0
+        testbed.start_clock(clock_speed)
+        table = Table(title=f"qnet sim: {config} (seed {cfg.seed}, speed {clock_speed:g}x)")
+        for col in ("instrument", "driver", "address", "stream", "fault", "channels"):
+            table.add_column(col)
+        for name, address in served.items():
+            spec = cfg.instruments[name]
+            server = testbed.servers[name]
+            table.add_row(
+                name,
+                spec.driver,
+                address,
+                f"tcp://127.0.0.1:{server.stream_port}" if server.stream_port else "",
+                cfg.faults.get(name, ""),
+                ",".join(str(c) for c in spec.channels),
+            )
+        console.print(table)
+        exp = testbed.expected_rates()
+        console.print(
+            f"pump {testbed.pump_power_w() * 1e3:.2f} mW, pairs {exp['pair_rate_hz']:.3g}/s, "
+            f"clocks {cfg.physics.clocks.mode}; channels Alice H,V,D,A = 0-3, Bob = 4-7. "
+            "Ctrl-C to stop."
+        )
+        t_end = None if duration is None else time.monotonic() + duration
+        while not stop.is_set():
+            wait = 0.2 if t_end is None else min(0.2, max(0.0, t_end - time.monotonic()))
+            if stop.wait(wait) or (t_end is not None and time.monotonic() >= t_end):
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        testbed.stop()
+    console.print(f"stopped at simulated t = {testbed.sim_time_ps * 1e-12:.3f} s")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``qnet sim`` to the command line."""
+    app.command("sim")(sim)

@@ -1,0 +1,69 @@
+"""``qnet status CONFIG``: a live terminal view of a running node over MQTT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def status(
+    config: Annotated[Path, typer.Argument(help="the node's daemon config (node name, broker)")],
+    broker: Annotated[str | None, typer.Option(help="HOST:PORT overriding the broker")] = None,
+    mqtt_user: Annotated[str | None, typer.Option(help="MQTT username")] = None,
+    mqtt_password_env: Annotated[
+        str | None, typer.Option(help="environment variable holding the MQTT password")
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="print one JSON snapshot and exit")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
+    duration: Annotated[
+        float | None, typer.Option(help="stop after this many seconds (default: until Ctrl-C)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each reply")] = 5.0,
+) -> None:
+    """Show rates, QBER and key rate with a short history, device states and interlock events.
+
+    Polls the daemon's ``status`` over MQTT every ``--interval`` seconds. Exit 0
+    on Ctrl-C or after ``--duration``; 1 if the daemon is unreachable.
+    """
+    import asyncio
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from controller._remote import RemoteError, broker_from, request, run_request
+    from controller.status_view import render
+
+    node, b = broker_from(config, broker, mqtt_user, mqtt_password_env)
+    body = {"device": "daemon", "action": "status"}
+    if once:
+        reply = run_request(b, node, body, timeout, as_json=False)
+        typer.echo(json.dumps(reply["result"], indent=2))
+        return
+    end = None if duration is None else time.monotonic() + duration
+    console = Console()
+    failures = 0
+    try:
+        with Live(console=console, refresh_per_second=4, screen=False) as live:
+            while end is None or time.monotonic() < end:
+                try:
+                    reply = asyncio.run(request(b, node, body, timeout))
+                    failures = 0
+                    if reply.get("ok"):
+                        live.update(render(reply["result"], f"qnet status - {node}"))
+                except RemoteError as exc:
+                    failures += 1
+                    live.update(f"[red]{exc}[/red] (attempt {failures})")
+                    if failures >= 5:
+                        raise typer.Exit(1) from None
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``qnet status`` to the app."""
+    app.command("status")(status)

@@ -1,0 +1,250 @@
+"""The daemon's config: the node config (instruments) plus a ``daemon:`` section.
+
+One YAML file per node. It either lists its ``instruments`` itself or names a
+node config to take them from (``node_config: sim-node.yaml``, relative to the
+file; its own ``instruments`` entries are added on top). Example::
+
+    node: alice
+    instruments: {...}                 # as in controller.config (drivers, limits)
+    daemon:
+      link: alice-bob
+      acquisition:
+        source: {kind: taggers, taggers: [{device: time_tagger, channel_offset: 0}]}
+        n_channels: 8
+        window_s: 1.0
+        coincidence_window_ps: 1000
+        roles: {alice: {H: 0, V: 1, D: 2, A: 3}, bob: {H: 4, V: 5, D: 6, A: 7}}
+      calibration: {at_start: true, capture_s: 1.0, max_delay_ps: 50000000}
+      monitor: {snspd_bias: [latched], pump_laser: [tec_temperature_c]}
+      interlocks: {count_rate: {reading: max_singles_rate_hz, trip_above: 2.0e7, ...}}
+      compensation: {device: polarization_controller, target_qber: 0.03}
+      safe_state: [{device: pump_laser, setting: laser_on, value: false}]
+      telemetry: {broker: {host: 127.0.0.1, port: 1883, client_id: qnet-alice}}
+      permissions: {default_role: viewer, users: {op: {role: operator}}}
+
+Validated whole at start: an error names the file, the key path and what was
+expected, and nothing starts half-configured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from coincidence import CoincidenceError, RoleMap
+from telemetry import BrokerSettings, OutboxSettings
+
+from .commands import PermissionsConfig
+from .compensation import CompensationSettings
+from .config import ConfigError, NodeConfig
+from .interlocks import ActionSpec, InterlockRule
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaggerSpec(_Section):
+    """One time tagger feeding the acquisition: its channel ``k`` becomes ``channel_offset + k``."""
+
+    device: str
+    channel_offset: int = Field(0, ge=0, le=255)
+
+
+class TaggersSource(_Section):
+    """Tags from the node's time-tagger instruments (merged in time order)."""
+
+    kind: Literal["taggers"] = "taggers"
+    taggers: list[TaggerSpec] = Field(min_length=1)
+
+
+class TestbedSource(_Section):
+    """Tags from an in-process emulated testbed (demo, benchmarks)."""
+
+    kind: Literal["testbed"] = "testbed"
+    config: str = Field(description="testbed YAML, relative to this file")
+    speed: float = Field(1.0, ge=0.0, description="simulated s per wall s (0 = unpaced)")
+    serve: bool = Field(True, description="also serve the emulated instruments")
+
+
+class AcquisitionConfig(_Section):
+    """Windows, coincidence window, channel roles and key-rate settings."""
+
+    source: TaggersSource | TestbedSource = Field(discriminator="kind")
+    n_channels: int = Field(8, ge=1, le=256)
+    window_s: float = Field(1.0, gt=0.0, le=60.0)
+    coincidence_window_ps: int = Field(1000, gt=0)
+    roles: dict[str, Any]
+    min_sifted: int = Field(100, ge=1, description="sifted counts needed to trust a QBER")
+    f_ec: float = Field(1.16, ge=1.0)
+    key_basis: Literal["Z", "X", "both"] = "Z"
+    delays_ps: list[int] | None = None
+    read_timeout_s: float = Field(0.5, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> AcquisitionConfig:
+        try:
+            roles = RoleMap.from_dict(self.roles)
+        except CoincidenceError as exc:
+            raise ValueError(f"roles: {exc}") from None
+        if roles.max_channel >= self.n_channels:
+            raise ValueError(
+                f"roles use channel {roles.max_channel}, but n_channels is {self.n_channels}"
+            )
+        if self.delays_ps is not None and len(self.delays_ps) != self.n_channels:
+            raise ValueError(f"delays_ps needs {self.n_channels} entries")
+        return self
+
+    def role_map(self) -> RoleMap:
+        """The roles as a ``RoleMap``."""
+        return RoleMap.from_dict(self.roles)
+
+
+class CalibrationConfig(_Section):
+    """Delay finding at start / on command, and drift tracking while running."""
+
+    at_start: bool = True
+    capture_s: float = Field(1.0, gt=0.0, le=60.0)
+    max_delay_ps: int = Field(50_000_000, gt=0)
+    resolution_ps: int = Field(20, gt=0)
+    min_significance: float = Field(6.0, gt=0.0)
+    track: bool = True
+    track_every: int = Field(5, ge=1, description="windows between drift checks")
+    track_max_shift_ps: int = Field(2000, gt=0)
+
+
+class CompensationConfig(CompensationSettings):
+    """Which controller compensates, and when (settings of the optimizer inherited)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str
+    auto: bool = Field(True, description="start when the QBER interlock trips")
+    settle_windows: int = Field(1, ge=1, description="windows to wait after each move")
+    window_s: float | None = Field(None, gt=0.0, description="measurement time per point")
+
+
+class TelemetryConfig(_Section):
+    """Broker (None: the demo starts an embedded one) and the outbox."""
+
+    broker: BrokerSettings | None = None
+    outbox: OutboxSettings | None = None
+    max_lines_per_message: int = Field(500, ge=1)
+
+
+class DaemonSection(_Section):
+    """Everything the daemon adds to the node config."""
+
+    link: str = Field("link", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    acquisition: AcquisitionConfig | None = Field(
+        None, description="tag analysis; None for a node that only runs instruments"
+    )
+    calibration: CalibrationConfig = CalibrationConfig()
+    monitor: dict[str, list[str]] = Field(default_factory=dict)
+    interlocks: dict[str, InterlockRule] = Field(default_factory=dict)
+    compensation: CompensationConfig | None = None
+    safe_state: list[ActionSpec] = Field(default_factory=list)
+    telemetry: TelemetryConfig = TelemetryConfig()
+    permissions: PermissionsConfig = PermissionsConfig()
+    shutdown_timeout_s: float = Field(5.0, gt=0.0, le=60.0)
+
+
+class DaemonConfig(NodeConfig):
+    """A node config with its daemon section (``node_config`` may supply the instruments)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_config: str | None = None
+    daemon: DaemonSection
+    _base_dir: str = PrivateAttr(".")
+
+    @model_validator(mode="after")
+    def _references(self) -> DaemonConfig:
+        devices = set(self.instruments)
+        d = self.daemon
+
+        def need(name: str, where: str) -> None:
+            if name != "daemon" and name not in devices:
+                raise ValueError(
+                    f"{where}: no instrument {name!r} (instruments: {', '.join(sorted(devices))})"
+                )
+
+        src = d.acquisition.source if d.acquisition is not None else None
+        if d.acquisition is None and d.compensation is not None:
+            raise ValueError("daemon.compensation needs daemon.acquisition (QBER is its cost)")
+        if isinstance(src, TaggersSource):
+            for k, t in enumerate(src.taggers):
+                need(t.device, f"daemon.acquisition.source.taggers.{k}.device")
+        for dev in d.monitor:
+            need(dev, f"daemon.monitor.{dev}")
+        for name, rule in d.interlocks.items():
+            for k, a in enumerate((*rule.actions, *rule.on_clear)):
+                need(a.device, f"daemon.interlocks.{name}.actions.{k}.device")
+        if d.compensation is not None:
+            need(d.compensation.device, "daemon.compensation.device")
+        for k, a in enumerate(d.safe_state):
+            need(a.device, f"daemon.safe_state.{k}.device")
+        return self
+
+    def base_dir(self) -> Path:
+        """Folder relative paths in the config resolve against (set by the loader)."""
+        return Path(self._base_dir)
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+        if len(got) > 200:
+            got = got[:200] + "...)"
+        lines.append(f"{path}: {key}: {err['msg']}{got}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_daemon_config(path: str | Path) -> DaemonConfig:
+    """Read and validate a daemon config; ConfigError names the file, key path and expectation."""
+    p = Path(path)
+    data = _read_yaml(p)
+    ref = data.get("node_config")
+    if ref is not None:
+        if not isinstance(ref, str):
+            raise ConfigError(f"{p}: node_config: expected a file name, got {ref!r}")
+        node_path = (p.parent / ref).resolve()
+        node = _read_yaml(node_path)
+        merged = dict(node.get("instruments") or {})
+        own = data.get("instruments") or {}
+        if not isinstance(own, dict):
+            raise ConfigError(f"{p}: instruments: expected a mapping")
+        merged.update(own)
+        data = {**data, "instruments": merged}
+        data.setdefault("node", node.get("node"))
+        try:
+            NodeConfig.model_validate(
+                {"node": data["node"], "instruments": node.get("instruments") or {}}
+            )
+        except ValidationError as exc:
+            raise ConfigError(_format_errors(node_path, exc)) from None
+    try:
+        cfg = DaemonConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(p, exc)) from None
+    cfg._base_dir = str(p.parent.resolve())
+    return cfg

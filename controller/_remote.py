@@ -1,0 +1,121 @@
+"""Talk to a running daemon over MQTT: one request, one reply (used by the CLI and tests).
+
+A request goes to ``qnet/v1/<node>/cmd/<suffix>`` with a suffix unique to this
+client, and the reply comes back on ``qnet/v1/<node>/reply/<suffix>``, so
+several operators never see each other's replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from telemetry import BrokerSettings
+
+
+class RemoteError(Exception):
+    """The daemon could not be reached or did not answer in time."""
+
+
+def client_id() -> str:
+    """A fresh MQTT client id for a CLI invocation."""
+    return f"qnet-cli-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def broker_from(
+    config: Path | None, broker: str | None, user: str | None, password_env: str | None
+) -> tuple[str, BrokerSettings]:
+    """(node, broker settings) from a daemon config and/or ``--broker host:port``.
+
+    Raises ``typer.BadParameter`` for unusable input (exit 2).
+    """
+    from ._daemon_config import ConfigError, load_daemon_config
+
+    node = None
+    host, port = "127.0.0.1", 1883
+    if config is not None:
+        try:
+            cfg = load_daemon_config(config)
+        except ConfigError as exc:
+            raise typer.BadParameter(f"bad config:\n{exc}") from None
+        node = cfg.node
+        b = cfg.daemon.telemetry.broker
+        if b is not None:
+            host, port = b.host, b.port
+    if broker:
+        h, _, p = broker.rpartition(":")
+        if not h or not p.isdigit():
+            raise typer.BadParameter(f"--broker must be HOST:PORT, got {broker!r}")
+        host, port = h, int(p)
+    if node is None:
+        raise typer.BadParameter("give the daemon's CONFIG (or --node)")
+    pw = None
+    if password_env:
+        pw = {"env": password_env}
+    settings = BrokerSettings.model_validate(
+        {"host": host, "port": port, "client_id": client_id(), "username": user, "password": pw}
+    )
+    return node, settings
+
+
+async def request(
+    broker: BrokerSettings, node: str, body: dict[str, Any], timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """Send one request and return the decoded reply; RemoteError if none arrives."""
+    import aiomqtt
+
+    from telemetry import command_topic, reply_topic
+
+    suffix = uuid.uuid4().hex[:12]
+    body = {"id": suffix, **body}
+    try:
+        async with aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=broker.client_id,
+            username=broker.username,
+            password=broker.password_value(),
+            clean_session=True,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            timeout=timeout_s,
+        ) as client:
+            await client.subscribe(reply_topic(node, suffix), qos=1)
+            await client.publish(command_topic(node, suffix), json.dumps(body), qos=1)
+            async with asyncio.timeout(timeout_s):
+                async for msg in client.messages:
+                    payload = msg.payload if isinstance(msg.payload, bytes) else b"{}"
+                    reply = json.loads(payload)
+                    if reply.get("id") in (body["id"], None):
+                        return reply
+    except aiomqtt.MqttError as exc:
+        raise RemoteError(f"broker {broker.host}:{broker.port} unreachable: {exc}") from None
+    except TimeoutError:
+        raise RemoteError(
+            f"no reply from node {node!r} within {timeout_s:g} s (is `qnet run` running?)"
+        ) from None
+    raise RemoteError("connection closed before a reply arrived")
+
+
+def run_request(
+    broker: BrokerSettings, node: str, body: dict[str, Any], timeout_s: float, as_json: bool
+) -> dict[str, Any]:
+    """Send a request from a CLI command; print errors and exit 1 on failure."""
+    try:
+        reply = asyncio.run(request(broker, node, body, timeout_s))
+    except RemoteError as exc:
+        typer.echo(f"qnet: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(reply, indent=2))
+    if not reply.get("ok"):
+        err = reply.get("error") or {}
+        if not as_json:
+            typer.echo(f"qnet: refused ({err.get('code')}): {err.get('message')}", err=True)
+        raise typer.Exit(1)
+    return reply

@@ -1,0 +1,159 @@
+"""Channel-delay calibration and drift tracking from raw tags (pure; uses the core's delay finder).
+
+Every Alice channel is correlated with every Bob channel (``find_delay``;
+cross-basis pairs still coincide, so all 16 pairs usually have a peak). Each
+significant pair ``(a, b)`` gives an equation ``delay_b - delay_a = d_ab``;
+the delays are their least-squares solution with Alice's first channel at 0,
+weighted by significance. Channels without any significant pair keep their
+previous delay; if no pair is significant the calibration fails with a clear
+message (no light? wrong channels?).
+
+``delay_ps`` follows the core's convention: it is subtracted from a channel's
+timestamps, so aligned partners have equal corrected times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from coincidence import NoSignificantPeakError, RoleMap, TagBatch, find_delay
+
+
+class CalibrationError(RuntimeError):
+    """No usable correlation peak: the message says what was searched and found."""
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Delays per channel (ps), the pairwise estimates used, and the channels left unchanged."""
+
+    delays_ps: np.ndarray
+    pairs: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
+    unresolved: tuple[int, ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly digest for replies and logs."""
+        return {
+            "delays_ps": [int(x) for x in self.delays_ps],
+            "pairs": {
+                f"{a}-{b}": {k: round(v, 2) for k, v in info.items()}
+                for (a, b), info in self.pairs.items()
+            },
+            "unresolved": list(self.unresolved),
+        }
+
+
+def find_channel_delays(
+    batch: TagBatch,
+    roles: RoleMap,
+    n_channels: int,
+    *,
+    max_delay_ps: int,
+    resolution_ps: int = 20,
+    min_significance: float = 6.0,
+    previous_ps: np.ndarray | None = None,
+) -> CalibrationResult:
+    """Delays of every role channel from a capture of raw tags (see the module docstring)."""
+    prev = (
+        np.zeros(n_channels, np.int64)
+        if previous_ps is None
+        else np.asarray(previous_ps, np.int64).copy()
+    )
+    alice = sorted(set(roles.alice.values()))
+    bob = sorted(set(roles.bob.values()))
+    times = {c: batch.timestamps[batch.channels == c] for c in (*alice, *bob)}
+    pairs: dict[tuple[int, int], dict[str, float]] = {}
+    for a in alice:
+        for b in bob:
+            if times[a].size < 2 or times[b].size < 2:
+                continue
+            try:
+                est = find_delay(
+                    times[a],
+                    times[b],
+                    max_delay_ps=max_delay_ps,
+                    resolution_ps=resolution_ps,
+                    min_significance=min_significance,
+                )
+            except NoSignificantPeakError:
+                continue
+            pairs[(a, b)] = {"delay_ps": float(est.delay_ps), "significance": est.significance}
+    if not pairs:
+        counts = {c: int(t.size) for c, t in times.items()}
+        raise CalibrationError(
+            f"no significant coincidence peak between Alice {alice} and Bob {bob} within "
+            f"+-{max_delay_ps} ps over {batch.duration_ps * 1e-12:.3g} s (tags per channel: "
+            f"{counts}); is the source on and are the channels right?"
+        )
+    chans = [*alice, *bob]
+    col = {c: k for k, c in enumerate(chans)}
+    rows, rhs, weights = [], [], []
+    for (a, b), info in pairs.items():
+        r = np.zeros(len(chans))
+        r[col[b]], r[col[a]] = 1.0, -1.0
+        rows.append(r)
+        rhs.append(info["delay_ps"])
+        weights.append(max(1.0, info["significance"]))
+    # connected component of the reference channel (first Alice channel with a pair)
+    linked = {alice[0]} if any(a == alice[0] for a, _ in pairs) else {next(iter(pairs))[0]}
+    changed = True
+    while changed:
+        changed = False
+        for a, b in pairs:
+            if (a in linked) != (b in linked):
+                linked |= {a, b}
+                changed = True
+    ref = alice[0] if alice[0] in linked else min(linked)
+    anchor = np.zeros(len(chans))
+    anchor[col[ref]] = 1.0
+    rows.append(anchor)
+    rhs.append(0.0)
+    weights.append(1e6)
+    w = np.sqrt(np.asarray(weights))
+    sol, *_ = np.linalg.lstsq(np.asarray(rows) * w[:, None], np.asarray(rhs) * w, rcond=None)
+    delays = prev.copy()
+    for c in linked:
+        delays[c] = round(float(sol[col[c]]))
+    # shift so that the reference keeps its previous delay (no jump in the time base)
+    delays[list(linked)] += prev[ref] - delays[ref]
+    unresolved = tuple(c for c in chans if c not in linked)
+    return CalibrationResult(delays, pairs, unresolved)
+
+
+def track_shift(
+    batch: TagBatch,
+    roles: RoleMap,
+    delays_ps: np.ndarray,
+    *,
+    max_shift_ps: int,
+    resolution_ps: int = 20,
+    min_significance: float = 6.0,
+) -> float | None:
+    """Residual delay of Bob's channels relative to Alice's after applying ``delays_ps``.
+
+    Merges each side's channels (delay-corrected) and finds the peak within
+    ``+-max_shift_ps``; add the result to every Bob delay to follow a drift.
+    None when there is no significant peak.
+    """
+    d = np.asarray(delays_ps, np.int64)
+    sides = []
+    for chans in (roles.alice.values(), roles.bob.values()):
+        mask = np.isin(batch.channels, list(chans))
+        t = batch.timestamps[mask] - d[batch.channels[mask]]
+        sides.append(np.sort(t))
+    if sides[0].size < 2 or sides[1].size < 2:
+        return None
+    try:
+        est = find_delay(
+            sides[0],
+            sides[1],
+            max_delay_ps=max_shift_ps,
+            resolution_ps=resolution_ps,
+            min_significance=min_significance,
+        )
+    except NoSignificantPeakError:
+        return None
+    return float(est.delay_ps)

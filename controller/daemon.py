@@ -1,0 +1,743 @@
+"""The node daemon: config -> devices -> acquisition -> interlocks -> telemetry -> commands.
+
+:class:`Daemon` composes the pieces on one asyncio loop:
+
+* a :class:`~controller.supervisor.Supervisor` keeps each instrument connected
+  in its own worker thread and polls the ``monitor`` readings;
+* an :class:`~controller.acquisition.Acquisition` thread cuts the tag stream
+  into windows (singles, coincidences, CAR, QBER, key rate);
+* every window and every poll feeds the :class:`~controller.interlocks.InterlockEngine`;
+  its actions go through the same validation as operator commands;
+* records go to the telemetry ``Publisher`` (outbox first, then MQTT);
+* requests on ``qnet/v1/<node>/cmd/<suffix>`` are validated and answered on
+  ``qnet/v1/<node>/reply/<suffix>``;
+* calibration (delays at start / on command, drift tracking) and polarization
+  compensation (QBER as the cost) run as tasks.
+
+``stop()`` (SIGTERM / SIGINT in ``qnet run``) brings every instrument to its
+configured safe state, flushes the outbox and closes everything within
+``shutdown_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drivers import DRIVERS, InstrumentError, TagSource
+
+from ._daemon_config import ConfigError, DaemonConfig, TaggersSource, TestbedSource
+from .acquisition import Acquisition, Windower, WindowResult, window_records
+from .calibration import CalibrationError, find_channel_delays, track_shift
+from .commands import (
+    DAEMON,
+    CommandError,
+    DeviceSurface,
+    ValidRequest,
+    error_reply,
+    ok_reply,
+    surface_for,
+    validate_request,
+)
+from .compensation import CompensationResult, compensate
+from .interlocks import ActionSpec, InterlockEngine, InterlockEvent
+from .merge import MergedTagSource
+from .supervisor import DeviceUnavailable, DeviceWorker, Supervisor
+
+log = logging.getLogger("qnet.daemon")
+
+HISTORY = 600
+
+
+class Daemon:
+    """One node's daemon (see the module docstring).
+
+    Args:
+        cfg: the validated daemon config.
+        broker: overrides the config's broker (the demo's embedded broker); None keeps it.
+        testbed: an in-process testbed to read tags from (source kind ``testbed``); if
+            None and the config asks for one, the daemon loads and owns it.
+    """
+
+    def __init__(self, cfg: DaemonConfig, *, broker: Any = None, testbed: Any = None) -> None:
+        self.cfg = cfg
+        self.node = cfg.node
+        d = cfg.daemon
+        self.roles = d.acquisition.role_map() if d.acquisition is not None else None
+        self.broker = broker if broker is not None else d.telemetry.broker
+        self.testbed = testbed
+        self._own_testbed = False
+        self.instruments: dict[str, Any] = {}
+        self.surfaces: dict[str, DeviceSurface] = {}
+        for name, ic in cfg.instruments.items():
+            inst = ic.build(name)
+            self.instruments[name] = inst
+            self.surfaces[name] = surface_for(name, DRIVERS[ic.driver], inst.limits)
+        workers: dict[str, DeviceWorker] = {}
+        for name, ic in cfg.instruments.items():
+            surf = self.surfaces[name]
+            monitor: dict[str, Callable[[Any], Any]] = {}
+            for key in d.monitor.get(name, []):
+                if key in surf.readables:
+                    monitor[key] = surf.readables[key]
+                elif key in surf.settings:
+                    monitor[key] = surf.settings[key].getter
+                else:
+                    known = ", ".join(sorted({*surf.readables, *surf.settings}))
+                    raise ConfigError(
+                        f"daemon.monitor.{name}: {key!r} is not a reading of {surf.model} "
+                        f"(readings: {known})"
+                    )
+            workers[name] = DeviceWorker(
+                name,
+                self.instruments[name],
+                poll_interval_s=ic.poll_interval_s,
+                call_timeout_s=max(2.0, 4 * ic.timeout_s),
+                monitor=monitor,
+            )
+        self.workers = workers
+        self.supervisor = Supervisor(workers, self._on_device_state, self._on_device_readings)
+        self.engine = InterlockEngine(d.interlocks)
+        acq = d.acquisition
+        self.windower: Windower | None = None
+        if acq is not None:
+            self.windower = Windower(
+                acq.n_channels,
+                acq.window_s,
+                acq.coincidence_window_ps,
+                self.roles,
+                acq.delays_ps,
+                f_ec=acq.f_ec,
+                key_basis=acq.key_basis,
+            )
+        self.acquisition: Acquisition | None = None
+        self.publisher: Any = None
+        self.key_paused = False
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.events: deque[dict[str, Any]] = deque(maxlen=200)
+        self.calibration: dict[str, Any] = {"state": "not run"}
+        self.compensation: dict[str, Any] = {"state": "idle"}
+        self.acquisition_state = "stopped"
+        self.windows_missed = 0
+        self.requests_handled = 0
+        self.requests_refused = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._comp_task: asyncio.Task[Any] | None = None
+        self._comp_stop = threading.Event()
+        self._cal_lock = asyncio.Lock()
+        self._window_waiters: list[asyncio.Future[WindowResult]] = []
+        self._started_wall = time.time()
+        self._first_tag_wall: float | None = None
+        self._last_window: WindowResult | None = None
+        self.stopped = asyncio.Event()
+
+    # -- lifecycle --
+    async def start(self) -> None:
+        """Start devices, acquisition, telemetry and the command listener (returns at once)."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.stopped = asyncio.Event()
+        d = self.cfg.daemon
+        src = d.acquisition.source if d.acquisition is not None else None
+        if isinstance(src, TestbedSource) and self.testbed is None:
+            from drivers.sim.testbed import load_testbed
+
+            self.testbed = load_testbed(self.cfg.base_dir() / src.config)
+            self._own_testbed = True
+            if src.serve:
+                self.testbed.serve()
+        self.supervisor.start()
+        if self.broker is not None:
+            self._start_publisher()
+            self._tasks.append(asyncio.create_task(self._command_loop(), name="qnet-commands"))
+        if d.acquisition is None or self.windower is None:
+            return
+        self.acquisition = Acquisition(
+            self._open_source,
+            self.windower,
+            self._on_window_thread,
+            self._on_acq_state_thread,
+            read_timeout_s=d.acquisition.read_timeout_s,
+        )
+        self.acquisition.start()
+        if d.calibration.at_start:
+            self._tasks.append(asyncio.create_task(self._calibrate_at_start()))
+
+    async def run(self) -> None:
+        """Start, wait until ``stop()`` is asked, then shut down."""
+        await self.start()
+        await self._stop.wait()
+        await self.shutdown()
+
+    def stop(self) -> None:
+        """Ask the daemon to shut down (safe from signal handlers on the loop)."""
+        self._stop.set()
+
+    async def shutdown(self) -> dict[str, Any]:
+        """Safe state, flush, close; bounded by ``shutdown_timeout_s``. Returns what happened."""
+        budget = self.cfg.daemon.shutdown_timeout_s
+        t0 = time.monotonic()
+        report: dict[str, Any] = {"safe_state": [], "flushed": None}
+        self._comp_stop.set()
+        for t in self._tasks:
+            t.cancel()
+        if self._comp_task is not None:
+            self._comp_task.cancel()
+        acq_stop = asyncio.to_thread(self.acquisition.stop, 1.0) if self.acquisition else None
+        # safe state first: it matters most
+        for spec in self.cfg.daemon.safe_state:
+            left = budget * 0.6 - (time.monotonic() - t0)
+            try:
+                vreq = validate_request(
+                    {"id": "shutdown", **spec.as_request()},
+                    self.surfaces,
+                    self.cfg.daemon.permissions,
+                    role="system",
+                )
+                await asyncio.wait_for(self._device_op(vreq, force=True), max(0.1, left))
+                report["safe_state"].append({**spec.as_request(), "ok": True})
+            except Exception as exc:
+                log.error("safe state %s failed: %s", spec.as_request(), exc)
+                report["safe_state"].append({**spec.as_request(), "ok": False, "error": str(exc)})
+        await self.supervisor.stop()
+        if acq_stop is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(acq_stop, 1.5)
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self.publisher is not None:
+            left = budget - (time.monotonic() - t0) - 0.5
+            with contextlib.suppress(Exception):
+                report["flushed"] = await self.publisher.wait_drained(max(0.1, left))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.publisher.close(drain_s=0.1), 1.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.supervisor.close(), 1.0)
+        if self._own_testbed and self.testbed is not None:
+            self.testbed.stop()
+        report["elapsed_s"] = time.monotonic() - t0
+        log.info("shut down in %.2f s", report["elapsed_s"])
+        self.stopped.set()
+        return report
+
+    # -- tag source --
+    def _open_source(self) -> TagSource:
+        """Build the configured TagSource (runs in the acquisition thread)."""
+        acq = self.cfg.daemon.acquisition
+        assert acq is not None
+        src = acq.source
+        if isinstance(src, TestbedSource):
+            return self.testbed.tag_source("both", speed=src.speed)
+        assert isinstance(src, TaggersSource)
+        assert self._loop is not None
+        sources: list[TagSource] = []
+        offsets: list[int] = []
+        try:
+            for spec in src.taggers:
+                worker = self.workers[spec.device]
+                inst = self.instruments[spec.device]
+                deadline = time.monotonic() + 5 * worker.call_timeout_s
+                while worker.state != "ready" and time.monotonic() < deadline:
+                    time.sleep(0.05)  # the supervisor is (re)connecting it
+                fut = asyncio.run_coroutine_threadsafe(
+                    worker.call(lambda i: i.set_streaming(True)), self._loop
+                )
+                fut.result(timeout=worker.call_timeout_s + 1)
+                sources.append(inst.tag_source())
+                offsets.append(spec.channel_offset)
+        except Exception:
+            for s in sources:
+                s.close()
+            raise
+        return MergedTagSource(sources, offsets, acq.n_channels)
+
+    # -- callbacks from threads --
+    def _on_window_thread(self, result: WindowResult) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_window, result)
+
+    def _on_acq_state_thread(self, state: str) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_acq_state, state)
+
+    def _on_acq_state(self, state: str) -> None:
+        self.acquisition_state = state
+        self._event("acquisition", state, None)
+
+    def _on_window(self, result: WindowResult) -> None:
+        acq = self.cfg.daemon.acquisition
+        assert acq is not None and self.roles is not None
+        self._last_window = result
+        now = time.time()
+        if self._first_tag_wall is None:
+            self._first_tag_wall = now - result.duration_s
+        summary = result.summary()
+        summary["time_s"] = now
+        summary["key_paused"] = self.key_paused
+        summary["qber"] = _fin(result.link_qber(acq.min_sifted))
+        self.history.append(summary)
+        readings = result.readings(acq.min_sifted)
+        self._evaluate(readings)
+        if self.publisher is not None:
+            try:
+                recs = window_records(result, self.node, self.cfg.daemon.link, self.roles)
+                if self.key_paused:
+                    recs = [_zero_secure(r) for r in recs]
+                self.publisher.submit(recs)
+            except Exception as exc:
+                log.warning("window %d: telemetry failed: %s", result.index, exc)
+        for fut in self._window_waiters:
+            if not fut.done():
+                fut.set_result(result)
+        self._window_waiters.clear()
+        cal = self.cfg.daemon.calibration
+        if (
+            cal.track
+            and self.calibration.get("state") == "done"
+            and result.index % cal.track_every == 0
+            and not self._cal_lock.locked()
+        ):
+            self._tasks.append(asyncio.create_task(self._track_drift()))
+            self._tasks = [t for t in self._tasks if not t.done()]
+
+    def _on_device_state(self, device: str, state: str, error: str) -> None:
+        self._event("device", f"{device}: {state}" + (f" ({error})" if error else ""), device)
+        if self.publisher is not None:
+            import telemetry as tm
+
+            w = self.workers[device]
+            with contextlib.suppress(Exception):
+                self.publisher.submit(
+                    [
+                        tm.health(
+                            node=self.node,
+                            device=device,
+                            ok=state == "ready",
+                            state=state,
+                            errors=w.errors,
+                            latency_s=w.latency_s,
+                            message=(error or state)[:1000],
+                            time_ns=time.time_ns(),
+                        )
+                    ]
+                )
+
+    def _on_device_readings(self, device: str, values: dict[str, Any]) -> None:
+        readings: dict[str, Any] = {}
+        for k, v in values.items():
+            if isinstance(v, bool | int | float):
+                readings[f"{device}.{k}"] = v
+        self._evaluate(readings)
+
+    # -- interlocks --
+    def _evaluate(self, readings: dict[str, Any]) -> None:
+        for ev in self.engine.evaluate(readings, time.monotonic()):
+            self._on_interlock(ev)
+
+    def _on_interlock(self, ev: InterlockEvent) -> None:
+        log.warning("interlock %s %s: %s", ev.interlock, ev.event, ev.reason)
+        self._event("interlock", f"{ev.interlock} {ev.event}: {ev.reason}", ev.device)
+        if self.publisher is not None:
+            import telemetry as tm
+
+            with contextlib.suppress(Exception):
+                self.publisher.submit(
+                    [
+                        tm.interlock(
+                            node=self.node,
+                            interlock=ev.interlock,
+                            active=ev.event != "clear",
+                            event=ev.event,
+                            reason=ev.reason[:1000],
+                            device=ev.device,
+                            time_ns=time.time_ns(),
+                        )
+                    ]
+                )
+        for action in ev.actions:
+            self._tasks.append(asyncio.create_task(self._run_action(ev.interlock, action)))
+
+    async def _run_action(self, source: str, action: ActionSpec) -> None:
+        body = {"id": f"interlock:{source}", **action.as_request()}
+        try:
+            vreq = validate_request(body, self.surfaces, self.cfg.daemon.permissions, role="system")
+            result = await self.execute(vreq)
+            self._event("action", f"{source}: {action.as_request()} -> {result!r}"[:500], None)
+        except Exception as exc:
+            log.error("interlock %s action %s failed: %s", source, action.as_request(), exc)
+            self._event("action", f"{source}: {action.as_request()} failed: {exc}"[:500], None)
+
+    def _event(self, kind: str, text: str, device: str | None) -> None:
+        self.events.append({"time_s": time.time(), "kind": kind, "text": text, "device": device})
+
+    # -- requests --
+    async def handle_payload(self, payload: bytes | str) -> bytes:
+        """Validate, execute and answer one request (never raises)."""
+        try:
+            vreq = validate_request(payload, self.surfaces, self.cfg.daemon.permissions)
+        except CommandError as exc:
+            self.requests_refused += 1
+            return error_reply(exc.request_id, exc.code, exc.message)
+        except Exception as exc:  # defensive: a reply always goes out
+            self.requests_refused += 1
+            return error_reply(None, "bad_request", f"unreadable request: {exc}")
+        try:
+            result = await self.execute(vreq)
+        except CommandError as exc:
+            self.requests_refused += 1
+            return error_reply(vreq.id, exc.code, exc.message)
+        except DeviceUnavailable as exc:
+            return error_reply(vreq.id, "device_unavailable", str(exc))
+        except TimeoutError:
+            return error_reply(vreq.id, "device_timeout", f"{vreq.device} did not answer in time")
+        except InstrumentError as exc:
+            return error_reply(vreq.id, "device_error", str(exc))
+        except Exception as exc:
+            log.exception("request %r failed", vreq)
+            return error_reply(vreq.id, "internal_error", f"{type(exc).__name__}: {exc}")
+        self.requests_handled += 1
+        return ok_reply(vreq.id, result)
+
+    async def execute(self, vreq: ValidRequest, quiet: bool = False) -> Any:
+        """Run a validated request (device operation or daemon action); ``quiet``: no event."""
+        if vreq.device == DAEMON:
+            return await self._daemon_action(vreq.name)
+        return await self._device_op(vreq, quiet=quiet)
+
+    async def _device_op(self, vreq: ValidRequest, force: bool = False, quiet: bool = False) -> Any:
+        surf = self.surfaces[vreq.device]
+        worker = self.workers[vreq.device]
+        if vreq.op == "get":
+            getter = (
+                surf.settings[vreq.name].getter
+                if vreq.name in surf.settings
+                else surf.readables[vreq.name]
+            )
+            return {"value": await worker.call(getter)}
+        if vreq.op == "set":
+            spec = surf.settings[vreq.name]
+            value = vreq.value
+            if force and worker.state != "ready":
+                # at shutdown try even a faulted device once, directly in its thread
+                await worker.run_sync(lambda: spec.setter(worker.instrument, value))
+            else:
+                await worker.call(lambda inst: spec.setter(inst, value))
+            if not quiet:
+                text = f"{vreq.device}.{vreq.name} = {value!r} ({vreq.role})"
+                self._event("set", text, vreq.device)
+            return {"value": value}
+        fn = surf.actions[vreq.name]
+        timeout = 30.0 if vreq.name == "reset_latch" else None
+        result = await worker.call(fn, timeout)
+        self._event("action", f"{vreq.device}.{vreq.name} ({vreq.role})", vreq.device)
+        return {"value": result}
+
+    async def _daemon_action(self, name: str) -> Any:
+        if name == "status":
+            return self.status()
+        if name == "devices":
+            return {
+                n: {**self.surfaces[n].describe(), **s} for n, s in self.supervisor.states().items()
+            }
+        if name == "interlocks":
+            return {"interlocks": self.engine.status(), "active": self.engine.active()}
+        if name == "pause_key":
+            if not self.key_paused:
+                self._event("key", "key generation paused", None)
+            self.key_paused = True
+            return {"key_paused": True}
+        if name == "resume_key":
+            if self.key_paused:
+                self._event("key", "key generation resumed", None)
+            self.key_paused = False
+            return {"key_paused": False}
+        if name == "calibrate":
+            return await self.calibrate()
+        if name == "compensate":
+            return self.start_compensation()
+        raise CommandError("unknown_action", f"daemon action {name!r} is not implemented")
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for ``qnet status`` and the ``daemon.status`` request."""
+        return {
+            "node": self.node,
+            "link": self.cfg.daemon.link,
+            "uptime_s": time.time() - self._started_wall,
+            "acquisition": self.acquisition_state,
+            "windows": self.acquisition.windows if self.acquisition else 0,
+            "source_errors": self.acquisition.source_errors if self.acquisition else 0,
+            "key_paused": self.key_paused,
+            "delays_ps": [int(x) for x in self.windower.delays_ps] if self.windower else None,
+            "calibration": self.calibration,
+            "compensation": self.compensation,
+            "devices": {n: s["state"] for n, s in self.supervisor.states().items()},
+            "interlocks_active": self.engine.active(),
+            "last_window": self.history[-1] if self.history else None,
+            "history": list(self.history)[-60:],
+            "events": list(self.events)[-20:],
+            "requests": {"handled": self.requests_handled, "refused": self.requests_refused},
+            "capture": self.acquisition.capture_progress() if self.acquisition else None,
+        }
+
+    # -- MQTT --
+    def _start_publisher(self) -> None:
+        from telemetry import OutboxSettings, PublisherSettings
+        from telemetry._publisher import Publisher
+
+        tcfg = self.cfg.daemon.telemetry
+        outbox = tcfg.outbox or OutboxSettings(path=Path("runs") / f"outbox-{self.node}.sqlite")
+        outbox.path.parent.mkdir(parents=True, exist_ok=True)
+        settings = PublisherSettings(
+            node=self.node,
+            broker=self.broker,
+            outbox=outbox,
+            max_lines_per_message=tcfg.max_lines_per_message,
+        )
+        self.publisher = Publisher(settings)
+        self.publisher.start()
+
+    async def _command_loop(self) -> None:
+        import aiomqtt
+
+        from telemetry import command_topic, reply_topic
+
+        b = self.broker
+        prefix = command_topic(self.node, "")
+        attempt = 0
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    b.host,
+                    b.port,
+                    identifier=f"{b.client_id}-cmd",
+                    username=b.username,
+                    password=b.password_value(),
+                    tls_context=b.tls.context() if b.tls else None,
+                    keepalive=b.keepalive_s,
+                    clean_session=True,
+                    protocol=aiomqtt.ProtocolVersion.V311,
+                ) as client:
+                    attempt = 0
+                    await client.subscribe(prefix + "#", qos=1)
+                    self._event("mqtt", "command listener subscribed", None)
+                    async for msg in client.messages:
+                        suffix = str(msg.topic)[len(prefix) :] or "default"
+                        payload = msg.payload if isinstance(msg.payload, bytes) else b""
+                        reply = await self.handle_payload(payload)
+                        await client.publish(reply_topic(self.node, suffix), reply, qos=1)
+            except aiomqtt.MqttError as exc:
+                attempt += 1
+                delay = min(b.reconnect_max_s, b.reconnect_min_s * 2 ** min(attempt, 10))
+                log.warning("command listener: %s; retry in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    # -- calibration --
+    async def _calibrate_at_start(self) -> None:
+        try:
+            await self.calibrate()
+        except CommandError as exc:
+            log.error("calibration at start failed: %s", exc.message)
+
+    async def _capture(self, seconds: float) -> Any:
+        if self.acquisition is None:
+            raise CommandError("not_configured", "this node has no acquisition section")
+        cap = self.acquisition.capture(seconds)
+        wall_budget = seconds * 3 + 10.0
+        ok = await asyncio.to_thread(cap.done.wait, wall_budget)
+        if not ok or cap.error:
+            raise CommandError(
+                "calibration_failed",
+                cap.error
+                or f"no {seconds} s of tags arrived within {wall_budget:.0f} s "
+                f"(acquisition: {self.acquisition_state})",
+            )
+        return cap.batch()
+
+    async def calibrate(self) -> dict[str, Any]:
+        """Capture raw tags, find the channel delays and apply them from the next window."""
+        cal = self.cfg.daemon.calibration
+        acq = self.cfg.daemon.acquisition
+        if acq is None or self.windower is None or self.roles is None:
+            raise CommandError("not_configured", "this node has no acquisition section")
+        async with self._cal_lock:
+            self.calibration = {"state": "running", "started_s": time.time()}
+            self._event("calibration", "started", None)
+            try:
+                batch = await self._capture(cal.capture_s)
+                result = await asyncio.to_thread(
+                    find_channel_delays,
+                    batch,
+                    self.roles,
+                    acq.n_channels,
+                    max_delay_ps=cal.max_delay_ps,
+                    resolution_ps=cal.resolution_ps,
+                    min_significance=cal.min_significance,
+                    previous_ps=self.windower.delays_ps,
+                )
+            except CalibrationError as exc:
+                self.calibration = {"state": "failed", "error": str(exc)}
+                self._event("calibration", f"failed: {exc}", None)
+                raise CommandError("calibration_failed", str(exc)) from None
+            except CommandError as exc:
+                self.calibration = {"state": "failed", "error": exc.message}
+                self._event("calibration", f"failed: {exc.message}", None)
+                raise
+            except Exception as exc:
+                log.exception("calibration failed")
+                self.calibration = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                self._event("calibration", f"failed: {exc}", None)
+                raise CommandError("calibration_failed", str(exc)) from None
+            self.windower.set_delays(result.delays_ps)
+            self.calibration = {"state": "done", "finished_s": time.time(), **result.summary()}
+            self._event("calibration", f"delays {list(map(int, result.delays_ps))} ps", None)
+            return self.calibration
+
+    async def _track_drift(self) -> None:
+        cal = self.cfg.daemon.calibration
+        acq = self.cfg.daemon.acquisition
+        if self._cal_lock.locked() or acq is None or self.windower is None or self.roles is None:
+            return
+        async with self._cal_lock:
+            try:
+                batch = await self._capture(min(0.5, acq.window_s))
+            except CommandError:
+                return
+            delays = self.windower.delays_ps
+            shift = await asyncio.to_thread(
+                track_shift,
+                batch,
+                self.roles,
+                delays,
+                max_shift_ps=cal.track_max_shift_ps,
+                resolution_ps=cal.resolution_ps,
+                min_significance=cal.min_significance,
+            )
+            if shift is None or abs(shift) < max(cal.resolution_ps, 10):
+                return
+            bob = list(self.roles.bob.values())
+            delays[bob] += round(shift)
+            self.windower.set_delays(delays)
+            self.calibration["drift_corrections"] = self.calibration.get("drift_corrections", 0) + 1
+            self._event("calibration", f"drift: Bob's delays moved by {shift:+.0f} ps", None)
+
+    # -- compensation --
+    def start_compensation(self) -> dict[str, Any]:
+        """Start polarization compensation (no-op if it is already running)."""
+        if self.cfg.daemon.compensation is None:
+            raise CommandError("not_configured", "no compensation section in the daemon config")
+        if self._comp_task is not None and not self._comp_task.done():
+            return {"state": "running", "already": True}
+        self._comp_stop.clear()
+        self._comp_task = asyncio.create_task(self._compensate(), name="qnet-compensation")
+        self.compensation = {"state": "running", "started_s": time.time()}
+        return {"state": "started"}
+
+    async def _compensate(self) -> None:
+        comp = self.cfg.daemon.compensation
+        acq = self.cfg.daemon.acquisition
+        assert comp is not None and acq is not None and self._loop is not None
+        device = comp.device
+        worker = self.workers[device]
+        surf = self.surfaces[device]
+        names = sorted(n for n in surf.settings if n.startswith("element"))
+        self._event("compensation", f"started on {device}", device)
+        try:
+            start = [float(await worker.call(surf.settings[n].getter)) for n in names]
+        except Exception as exc:
+            self.compensation = {"state": "failed", "error": f"cannot read setpoints: {exc}"}
+            self._event("compensation", f"failed: {exc}", device)
+            return
+        limits = [surf.settings[n].limits or (0.0, 0.0) for n in names]
+        loop = self._loop
+        current = list(start)
+        window_s = comp.window_s or acq.window_s
+
+        def measure(x: list[float]) -> float:
+            for k, v in enumerate(x):
+                if v != current[k]:
+                    body = {"id": "compensation", "device": device, "setting": names[k], "value": v}
+                    vreq = validate_request(
+                        body, self.surfaces, self.cfg.daemon.permissions, role="system"
+                    )
+                    asyncio.run_coroutine_threadsafe(self.execute(vreq, quiet=True), loop).result(
+                        10.0
+                    )
+                    current[k] = v
+            fut = asyncio.run_coroutine_threadsafe(self._capture(window_s), loop)
+            batch = fut.result(window_s * 3 + 15)
+            return self._qber_of(batch)
+
+        try:
+            result: CompensationResult = await asyncio.to_thread(
+                compensate, measure, start, limits, comp, self._comp_stop.is_set
+            )
+        except Exception as exc:
+            self.compensation = {"state": "failed", "error": str(exc)}
+            self._event("compensation", f"failed: {exc}", device)
+            return
+        self.compensation = {
+            "state": "converged" if result.converged else "stopped",
+            "reason": result.reason,
+            "qber": _fin(result.qber),
+            "setpoints": [round(v, 4) for v in result.setpoints],
+            "evaluations": result.evaluations,
+            "finished_s": time.time(),
+        }
+        self._event(
+            "compensation",
+            f"{result.reason}: QBER {result.qber:.4f} after {result.evaluations} points",
+            device,
+        )
+
+    def _qber_of(self, batch: Any) -> float:
+        """Mean of the two bases' QBER of a raw capture (nan with too few sifted counts)."""
+        from coincidence import CoincidenceCounter, qber_from_matrix
+
+        acq = self.cfg.daemon.acquisition
+        assert acq is not None and self.windower is not None and self.roles is not None
+        counter = CoincidenceCounter(
+            acq.n_channels, acq.coincidence_window_ps, self.windower.delays_ps
+        )
+        counter.process(batch)
+        rep = counter.result()
+        if rep.duration_ps <= 0:
+            return math.nan
+        q = qber_from_matrix(rep.coincidences, rep.duration_s, self.roles)
+        vals = [b.qber for b in (q.z, q.x) if b.sifted >= max(20, acq.min_sifted // 4)]
+        return float(np.mean(vals)) if vals else math.nan
+
+    async def wait_window(self, timeout_s: float) -> WindowResult:
+        """The next completed window (for tests and the demo)."""
+        assert self._loop is not None
+        fut: asyncio.Future[WindowResult] = self._loop.create_future()
+        self._window_waiters.append(fut)
+        return await asyncio.wait_for(fut, timeout_s)
+
+
+def _fin(x: float) -> float | None:
+    return float(x) if isinstance(x, float | int) and math.isfinite(x) else None
+
+
+def _zero_secure(rec: Any) -> Any:
+    """A key_rate record with ``secure_bps`` 0 (key generation paused); others unchanged."""
+    if rec.measurement != "key_rate":
+        return rec
+    from telemetry import Record
+
+    fields = dict(rec.fields)
+    fields["secure_bps"] = 0.0
+    return Record(rec.measurement, rec.tags, fields, rec.time_ns)

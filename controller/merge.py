@@ -1,0 +1,95 @@
+"""Several time taggers as one TagSource: channels remapped, streams merged in time order.
+
+Each tagger's channel ``k`` becomes ``channel_offset + k``. The merged stream
+advances only as far as *every* tagger has reported (the smallest ``end_ps``),
+so no tag arrives late; the first batch starts where the last tagger started.
+The taggers must share a time base (one reference clock, as in the emulated
+testbed's ``shared`` mode); independently clocked taggers need their offset
+found and removed first (not done here).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from coincidence import TagBatch
+from drivers import TagSource
+
+
+class MergedTagSource(TagSource):
+    """Merge ``sources`` (channel ``k`` of source ``i`` -> ``offsets[i] + k``)."""
+
+    def __init__(self, sources: list[TagSource], offsets: list[int], n_channels: int) -> None:
+        if len(sources) != len(offsets) or not sources:
+            raise ValueError("need one channel offset per source, and at least one source")
+        for s, off in zip(sources, offsets, strict=True):
+            if off < 0 or off + s.n_channels > n_channels:
+                raise ValueError(
+                    f"channels {off}..{off + s.n_channels - 1} do not fit in {n_channels} channels"
+                )
+        self._sources = sources
+        self._offsets = [int(o) for o in offsets]
+        self._n = int(n_channels)
+        self._pending: list[list[TagBatch]] = [[] for _ in sources]
+        self._t: int | None = None
+
+    @property
+    def n_channels(self) -> int:
+        """Channels of the merged stream."""
+        return self._n
+
+    def _end(self, i: int) -> int | None:
+        return self._pending[i][-1].end_ps if self._pending[i] else None
+
+    def read(self, timeout_s: float = 1.0) -> TagBatch | None:
+        """Tags up to the point every source has reported, within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ends = [self._end(i) for i in range(len(self._sources))]
+            if self._t is None and all(e is not None for e in ends):
+                self._t = max(p[0].begin_ps for p in self._pending)
+            if self._t is not None and all(e is not None and e > self._t for e in ends):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                t = self._t or 0
+                return TagBatch.empty(t, t)
+            # read from the source that is furthest behind (or has nothing yet)
+            i = min(
+                range(len(self._sources)),
+                key=lambda k: -(2**62) if ends[k] is None else ends[k],  # type: ignore[return-value]
+            )
+            batch = self._sources[i].read(left)
+            if batch is None:
+                return None
+            if batch.duration_ps == 0 and not len(batch):
+                continue
+            ch = batch.channels
+            if self._offsets[i]:
+                ch = (ch.astype(np.int64) + self._offsets[i]).astype(np.uint8)
+            if self._pending[i] and batch.begin_ps != self._pending[i][-1].end_ps:
+                batch = TagBatch(batch.timestamps, ch, self._pending[i][-1].end_ps, batch.end_ps)
+            else:
+                batch = TagBatch(batch.timestamps, ch, batch.begin_ps, batch.end_ps)
+            self._pending[i].append(batch)
+        assert self._t is not None
+        cut = min(int(p[-1].end_ps) for p in self._pending)
+        heads = []
+        for i, parts in enumerate(self._pending):
+            whole = parts[0] if len(parts) == 1 else TagBatch.concatenate(parts)
+            if whole.begin_ps < self._t:
+                whole = whole.split(min(self._t, whole.end_ps))[1]
+            head, tail = whole.split(cut)
+            heads.append(head)
+            self._pending[i] = [tail] if tail.duration_ps > 0 else []
+        ts = np.concatenate([h.timestamps for h in heads])
+        ch = np.concatenate([h.channels for h in heads])
+        begin, self._t = self._t, cut
+        return TagBatch.sorted(ts, ch, begin, cut)
+
+    def close(self) -> None:
+        """Close every source."""
+        for s in self._sources:
+            s.close()

@@ -1,0 +1,97 @@
+"""An emulated node on free loopback ports: the testbed plus a matching daemon config.
+
+The shipped ``configs/testbed.yaml`` and ``configs/sim-daemon.yaml`` use fixed
+ports (15101-15109). The demo, the integration test and the benchmark need a
+node that never collides with anything else on the machine: :func:`make_sim_node`
+re-addresses every instrument (and tag stream) of both configs to free ports,
+writes the daemon config into a work folder, and returns the (unserved)
+testbed and the path of that config.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _readdress(resource: str, port: int) -> str:
+    out = re.sub(r"(?i)(TCPIP\d*::[^:]+::)\d+(::SOCKET)", rf"\g<1>{port}\g<2>", resource)
+    return re.sub(r"(socket://[^:/]+:)\d+", rf"\g<1>{port}", out)
+
+
+def make_sim_node(
+    workdir: Path,
+    *,
+    broker: tuple[str, int] | None = None,
+    testbed_changes: Callable[[dict[str, Any]], None] | None = None,
+    daemon_changes: Callable[[dict[str, Any]], None] | None = None,
+    testbed_yaml: Path = CONFIGS / "testbed.yaml",
+    daemon_yaml: Path = CONFIGS / "sim-daemon.yaml",
+) -> tuple[Any, Path]:
+    """(Testbed, daemon config path) of the emulated node on free ports (see module docstring).
+
+    ``testbed_changes`` / ``daemon_changes`` edit the raw config mappings in place
+    before they are validated/written (e.g. lower an interlock threshold).
+    """
+    from drivers.sim.testbed import Testbed, TestbedConfig
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tcfg = TestbedConfig.load(testbed_yaml).model_dump()
+    ports: dict[str, tuple[int, int | None]] = {}
+    for name, spec in tcfg["instruments"].items():
+        if not spec.get("resource"):
+            continue
+        port = free_port()
+        stream = free_port() if spec.get("stream_port") else None
+        ports[name] = (port, stream)
+        spec["resource"] = _readdress(spec["resource"], port)
+        if stream is not None:
+            spec["stream_port"] = stream
+    if testbed_changes is not None:
+        testbed_changes(tcfg)
+    testbed = Testbed(TestbedConfig.model_validate(tcfg))
+
+    raw = yaml.safe_load(daemon_yaml.read_text())
+    ref = raw.pop("node_config", None)
+    instruments: dict[str, Any] = {}
+    if ref:
+        node = yaml.safe_load((daemon_yaml.parent / ref).read_text())
+        instruments.update(node.get("instruments") or {})
+        raw.setdefault("node", node.get("node"))
+    instruments.update(raw.get("instruments") or {})
+    for name, spec in instruments.items():
+        if name in ports:
+            port, stream = ports[name]
+            spec["resource"] = _readdress(spec["resource"], port)
+            if stream is not None:
+                spec.setdefault("options", {})["stream_port"] = stream
+    raw["instruments"] = instruments
+    tel = raw["daemon"].setdefault("telemetry", {})
+    if broker is None:
+        tel["broker"] = None
+    else:
+        b = dict(tel.get("broker") or {})
+        b.update(host=broker[0], port=broker[1])
+        b.setdefault("client_id", f"qnet-{raw['node']}")
+        tel["broker"] = b
+    tel["outbox"] = {"path": str(workdir / "outbox.sqlite")}
+    if daemon_changes is not None:
+        daemon_changes(raw)
+    path = workdir / "daemon.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return testbed, path

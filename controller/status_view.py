@@ -1,0 +1,107 @@
+"""The live terminal view of a node (``qnet status``, the demo), from ``daemon.status``."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None], width: int = 40) -> str:
+    """A one-line chart of the last ``width`` values (gaps for missing values)."""
+    vals = values[-width:]
+    finite = [v for v in vals if v is not None and math.isfinite(v)]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = hi - lo or 1.0
+    out = []
+    for v in vals:
+        if v is None or not math.isfinite(v):
+            out.append(" ")
+        else:
+            out.append(_SPARK[min(len(_SPARK) - 1, int((v - lo) / span * (len(_SPARK) - 1)))])
+    return "".join(out)
+
+
+def _fmt_rate(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.1f} "
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f} %"
+
+
+def render(status: dict[str, Any], title: str = "") -> Any:
+    """A rich renderable of one ``daemon.status`` snapshot."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    hist = status.get("history") or []
+    last = status.get("last_window") or {}
+    head = Table.grid(padding=(0, 2))
+    head.add_row(
+        f"node [bold]{status.get('node')}[/bold]",
+        f"link {status.get('link')}",
+        f"acquisition {status.get('acquisition')}",
+        f"windows {status.get('windows')}",
+        f"uptime {status.get('uptime_s', 0):.0f} s",
+    )
+    key = "[red]PAUSED[/red]" if status.get("key_paused") else "[green]running[/green]"
+    cal = status.get("calibration") or {}
+    comp = status.get("compensation") or {}
+    head.add_row(
+        f"key {key}",
+        f"calibration {cal.get('state')}",
+        f"compensation {comp.get('state')}"
+        + (f" (QBER {_pct(comp.get('qber'))})" if comp.get("qber") is not None else ""),
+        "",
+        "",
+    )
+    rates = Table(title="link", expand=True)
+    for col in ("quantity", "now", "history (last 40 windows)"):
+        rates.add_column(col)
+    qbers = [h.get("qber") for h in hist]
+    rows = [
+        ("QBER (worse basis)", _pct(last.get("qber")), qbers),
+        ("QBER Z", _pct(last.get("qber_z")), [h.get("qber_z") for h in hist]),
+        ("QBER X", _pct(last.get("qber_x")), [h.get("qber_x") for h in hist]),
+        (
+            "sifted rate",
+            _fmt_rate(last.get("sifted_rate_hz")) + "Hz",
+            [h.get("sifted_rate_hz") for h in hist],
+        ),
+        (
+            "secure key rate",
+            _fmt_rate(last.get("secure_rate_bps")) + "bit/s",
+            [h.get("secure_rate_bps") for h in hist],
+        ),
+    ]
+    for name, now, series in rows:
+        rates.add_row(name, now, Text(sparkline(series), style="cyan"))
+    singles = last.get("singles_rate_hz") or []
+    rates.add_row("singles", ", ".join(_fmt_rate(s).strip() for s in singles) + " Hz", "")
+    dev = Table(title="devices", expand=True)
+    dev.add_column("device")
+    dev.add_column("state")
+    for name, state in (status.get("devices") or {}).items():
+        style = "green" if state == "ready" else "red" if state == "faulted" else "yellow"
+        dev.add_row(name, f"[{style}]{state}[/{style}]")
+    active = status.get("interlocks_active") or []
+    ev = Table(title="interlocks: " + (", ".join(active) if active else "none active"), expand=True)
+    ev.add_column("time")
+    ev.add_column("event", overflow="fold")
+    for e in (status.get("events") or [])[-8:]:
+        t = time.strftime("%H:%M:%S", time.localtime(e.get("time_s", 0)))
+        style = "red" if e.get("kind") == "interlock" else ""
+        ev.add_row(t, Text(f"{e.get('kind')}: {e.get('text')}", style=style))
+    return Panel(Group(head, rates, dev, ev), title=title or "qnet status")

@@ -1,0 +1,164 @@
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coincidence import RoleMap, TagBatch
+from controller.acquisition import Acquisition, Windower, window_records
+from controller.calibration import CalibrationError, find_channel_delays, track_shift
+from drivers import TagSource
+from drivers.sim import physics as ph
+from drivers.sim.testbed import Testbed, TestbedConfig
+
+ROLES = RoleMap(alice={"H": 0, "V": 1, "D": 2, "A": 3}, bob={"H": 4, "V": 5, "D": 6, "A": 7})
+TESTBED = Path(__file__).resolve().parents[2] / "configs" / "testbed.yaml"
+
+
+@pytest.fixture(scope="module")
+def testbed_tags():
+    """0.4 s of the emulated link's 8-channel stream (no polarization drift)."""
+    raw = TestbedConfig.load(TESTBED).model_dump()
+    raw["physics"]["bob"]["drift_rad_per_sqrt_s"] = 0.0
+    cfg = TestbedConfig.model_validate(raw)
+    tb = Testbed(cfg)
+    src = tb.tag_source("both", speed=0)
+    batches = [src.read() for _ in range(42)]
+    src.close()
+    delays = ph.channel_delays_ps(cfg.physics)
+    return batches, delays - delays[0]
+
+
+def test_calibration_finds_the_testbed_delays(testbed_tags):
+    batches, truth = testbed_tags
+    res = find_channel_delays(
+        TagBatch.concatenate(batches[:20]), ROLES, 8, max_delay_ps=50_000_000, resolution_ps=20
+    )
+    assert res.unresolved == ()
+    assert np.all(np.abs(res.delays_ps - truth) < 60), (res.delays_ps, truth)
+    # a shift of Bob's side shows up in track_shift
+    shifted = truth.copy()
+    shifted[4:] -= 500
+    s = track_shift(TagBatch.concatenate(batches[20:]), ROLES, shifted, max_shift_ps=2000)
+    assert s is not None and abs(s - 500) < 60
+
+
+def test_calibration_without_light_fails_clearly():
+    b = TagBatch(np.arange(0, 10**9, 10**6, dtype=np.int64), np.zeros(1000, np.uint8), 0, 10**9)
+    with pytest.raises(CalibrationError, match="no significant"):
+        find_channel_delays(b, ROLES, 8, max_delay_ps=10**6)
+
+
+def test_windows_are_exact_and_give_low_qber_once_aligned(testbed_tags):
+    batches, truth = testbed_tags
+    w = Windower(8, 0.1, 1000, ROLES, truth)
+    results = []
+    for b in batches:
+        results += w.feed(b)
+    covered = batches[-1].end_ps - batches[0].begin_ps
+    assert len(results) == covered // 100_000_000_000  # whole 0.1 s windows
+    for k, r in enumerate(results):
+        assert r.index == k
+        assert r.end_ps - r.begin_ps == 100_000_000_000
+        assert r.report.duration_ps == 100_000_000_000
+        assert r.n_tags == int(r.report.singles.sum())
+    end = results[-1].end_ps
+    total = sum(int(np.count_nonzero(b.timestamps < end)) for b in batches)
+    assert sum(r.n_tags for r in results) == total
+    r = results[-1]
+    assert r.qber_z < 0.03 and r.qber_x < 0.03  # visibility 0.98 -> about 1 %
+    assert r.secure_rate_bps > 0
+    assert r.readings()["max_singles_rate_hz"] == pytest.approx(r.report.singles_rate_hz.max())
+    recs = window_records(r, "sim-node", "alice-bob", ROLES)
+    kinds = {x.measurement for x in recs}
+    assert kinds == {"singles", "coincidences", "qber", "key_rate"}
+    # misaligned (no delays): no coincidences in the Alice-Bob pairs
+    w0 = Windower(8, 0.1, 1000, ROLES)
+    out = []
+    for b in batches[:12]:
+        out += w0.feed(b)
+    assert out[0].qber is None or out[0].sifted_rate_hz < r.sifted_rate_hz / 50
+
+
+def test_new_delays_apply_from_the_next_window(testbed_tags):
+    batches, truth = testbed_tags
+    w = Windower(8, 0.1, 1000, ROLES)
+    out = []
+    for k, b in enumerate(batches):
+        if k == 5:
+            w.set_delays(truth)
+        out += w.feed(b)
+    assert math.isnan(out[0].link_qber(100)) or out[0].sifted_rate_hz < 1000
+    assert np.array_equal(out[0].delays_ps, np.zeros(8))
+    assert np.array_equal(out[1].delays_ps, truth)
+    assert out[1].link_qber(100) < 0.03
+
+
+def test_batch_splitting_handles_any_batch_size():
+    ts = np.arange(0, 1_000_000, 7, dtype=np.int64)
+    ch = (ts % 3).astype(np.uint8)
+    whole = TagBatch(ts, ch, 0, 1_000_000)
+    w = Windower(3, 1e-7, 10)  # 100 ns windows
+    pieces = [whole.split(c) for c in (123_457,)]
+    head, tail = pieces[0]
+    out = w.feed(head) + w.feed(tail)
+    assert len(out) == 10
+    assert [r.n_tags for r in out] == [
+        int(np.count_nonzero((ts >= k * 100_000) & (ts < (k + 1) * 100_000))) for k in range(10)
+    ]
+
+
+class _Flaky(TagSource):
+    def __init__(self, batches, fail_after):
+        self.batches = list(batches)
+        self.fail_after = fail_after
+
+    @property
+    def n_channels(self):
+        return 8
+
+    def read(self, timeout_s=1.0):
+        if self.fail_after == 0:
+            raise ConnectionError("tagger unplugged")
+        self.fail_after -= 1
+        if not self.batches:
+            time.sleep(0.01)
+            return None
+        return self.batches.pop(0)
+
+
+def test_acquisition_thread_reopens_a_failed_source(testbed_tags):
+    batches, truth = testbed_tags
+    opened = []
+    states = []
+    got = []
+    done = threading.Event()
+
+    def open_source():
+        opened.append(1)
+        if len(opened) == 1:
+            return _Flaky(batches[:5], fail_after=3)
+        return _Flaky(batches[3:], fail_after=10**6)
+
+    def on_window(r):
+        got.append(r)
+        if len(got) >= 3:
+            done.set()
+
+    acq = Acquisition(
+        open_source,
+        Windower(8, 0.1, 1000, ROLES, truth),
+        on_window,
+        states.append,
+        backoff_s=(0.01, 0.05),
+    )
+    acq.start()
+    cap = acq.capture(0.05)
+    assert done.wait(10)
+    assert cap.done.wait(5) and cap.collected_ps >= 50_000_000_000
+    acq.stop()
+    assert len(opened) >= 2
+    assert any(s.startswith("faulted") for s in states)
+    assert acq.source_errors >= 1

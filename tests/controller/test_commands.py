@@ -1,0 +1,213 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.commands import (
+    CommandError,
+    PermissionsConfig,
+    error_reply,
+    ok_reply,
+    surface_for,
+    validate_request,
+)
+from drivers import DRIVERS
+
+LIMITS = {"current_setpoint_a": (0.0, 0.1), "tec_temperature_setpoint_c": (20.0, 30.0)}
+
+
+def _surfaces():
+    return {
+        "pump_laser": surface_for("pump_laser", DRIVERS["thorlabs_cld1015"], LIMITS),
+        "pol": surface_for("pol", DRIVERS["meadowlark_d3050"], {"element_voltage_v": (0.0, 8.0)}),
+        "bias": surface_for("bias", DRIVERS["keithley_2400"], {"bias_current_a": (0.0, 2e-5)}),
+    }
+
+
+OPS = PermissionsConfig(default_role="operator")
+
+
+@pytest.fixture
+def surfaces():
+    return _surfaces()
+
+
+SURFACES = _surfaces()
+
+
+def test_surface_lists_controls_switches_and_extras(surfaces):
+    laser = surfaces["pump_laser"].describe()
+    assert laser["settings"]["current_setpoint_a"] == {"kind": "number", "limits": [0.0, 0.1]}
+    assert laser["settings"]["laser_on"]["kind"] == "bool"
+    assert "tec_temperature_c" in laser["readables"]
+    pol = surfaces["pol"].describe()
+    assert pol["settings"]["element3_voltage_v"]["limits"] == [0.0, 8.0]
+    assert "reset_latch" in surfaces["bias"].describe()["actions"]
+    # a control without a configured range (compliance_v) is not settable over the API
+    assert "compliance_v" not in surfaces["bias"].settings
+
+
+def test_valid_set_get_action(surfaces):
+    r = validate_request(
+        '{"id": 1, "device": "pump_laser", "setting": "current_setpoint_a", "value": 0.05}',
+        surfaces,
+        OPS,
+    )
+    assert (r.op, r.name, r.value) == ("set", "current_setpoint_a", 0.05)
+    r = validate_request({"id": "a", "device": "pump_laser", "setting": "current_a"}, surfaces, OPS)
+    assert r.op == "get"
+    r = validate_request({"id": "b", "device": "bias", "action": "reset_latch"}, surfaces, OPS)
+    assert r.op == "action"
+    r = validate_request({"id": "c", "device": "daemon", "action": "calibrate"}, surfaces, OPS)
+    assert (r.device, r.name) == ("daemon", "calibrate")
+
+
+@pytest.mark.parametrize(
+    ("req", "code"),
+    [
+        (b"\xff\xfe", "bad_request"),
+        ("not json", "bad_request"),
+        ("[1, 2]", "bad_request"),
+        ({"device": "pump_laser", "setting": "laser_on", "value": True}, "bad_request"),
+        ({"id": True, "device": "pump_laser", "setting": "laser_on"}, "bad_request"),
+        ({"id": 1, "device": "pump_laser"}, "bad_request"),
+        ({"id": 1, "device": "pump_laser", "setting": "x", "action": "y"}, "bad_request"),
+        ({"id": 1, "device": "pump_laser", "setting": "laser_on", "extra": 1}, "bad_request"),
+        ({"id": 1, "device": "nope", "setting": "laser_on"}, "unknown_device"),
+        ({"id": 1, "device": "pump_laser", "setting": "nope", "value": 1}, "unknown_setting"),
+        ({"id": 1, "device": "pump_laser", "setting": "current_a", "value": 1}, "unknown_setting"),
+        ({"id": 1, "device": "pump_laser", "action": "selfdestruct"}, "unknown_action"),
+        ({"id": 1, "device": "daemon", "action": "explode"}, "unknown_action"),
+        (
+            {"id": 1, "device": "pump_laser", "setting": "current_setpoint_a", "value": 0.2},
+            "out_of_limits",
+        ),
+        (
+            {"id": 1, "device": "pump_laser", "setting": "current_setpoint_a", "value": -1e-9},
+            "out_of_limits",
+        ),
+        (
+            {"id": 1, "device": "pump_laser", "setting": "current_setpoint_a", "value": "0.05"},
+            "bad_value",
+        ),
+        (
+            {"id": 1, "device": "pump_laser", "setting": "current_setpoint_a", "value": True},
+            "bad_value",
+        ),
+        ({"id": 1, "device": "pump_laser", "setting": "laser_on", "value": 1}, "bad_value"),
+        (
+            {"id": 1, "device": "pol", "setting": "element2_voltage_v", "value": 9.0},
+            "out_of_limits",
+        ),
+        ({"id": 1, "device": "bias", "action": "reset_latch", "value": 3}, "bad_value"),
+    ],
+)
+def test_bad_requests_get_clear_codes(surfaces, req, code):
+    with pytest.raises(CommandError) as info:
+        validate_request(req, surfaces, OPS)
+    assert info.value.code == code
+    assert info.value.message
+
+
+def test_non_finite_values_refused(surfaces):
+    with pytest.raises(CommandError) as info:
+        validate_request(
+            '{"id": 1, "device": "pump_laser", "setting": "current_setpoint_a", "value": NaN}',
+            surfaces,
+            OPS,
+        )
+    assert info.value.code == "bad_value"
+    assert info.value.request_id == 1
+
+
+def test_permissions(surfaces, monkeypatch):
+    monkeypatch.setenv("QNET_TEST_TOKEN", "s3cret")
+    perms = PermissionsConfig.model_validate(
+        {
+            "default_role": "viewer",
+            "users": {"op": {"role": "operator", "token": {"env": "QNET_TEST_TOKEN"}}},
+        }
+    )
+    set_req = {"id": 1, "device": "pump_laser", "setting": "laser_on", "value": False}
+    with pytest.raises(CommandError) as info:
+        validate_request(set_req, surfaces, perms)
+    assert info.value.code == "forbidden"
+    # a viewer may read
+    validate_request({"id": 2, "device": "pump_laser", "setting": "laser_on"}, surfaces, perms)
+    with pytest.raises(CommandError):
+        validate_request({**set_req, "user": "op", "token": "wrong"}, surfaces, perms)
+    with pytest.raises(CommandError):
+        validate_request({**set_req, "user": "mallory"}, surfaces, perms)
+    ok = validate_request({**set_req, "user": "op", "token": "s3cret"}, surfaces, perms)
+    assert ok.role == "operator"
+    assert validate_request(set_req, surfaces, perms, role="system").op == "set"
+
+
+def test_replies_are_json():
+    body = json.loads(ok_reply(3, {"x": float("nan"), "y": [1, 2]}))
+    assert body == {
+        "id": 3,
+        "ok": True,
+        "result": {"x": None, "y": [1, 2]},
+        "time_ns": body["time_ns"],
+    }
+    err = json.loads(error_reply(None, "bad_request", "nope"))
+    assert err["ok"] is False and err["error"]["code"] == "bad_request"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        json_values,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "id": json_values,
+                "device": st.sampled_from(["pump_laser", "pol", "bias", "daemon", "x"])
+                | json_values,
+                "setting": st.sampled_from(["current_setpoint_a", "laser_on", "element1_voltage_v"])
+                | json_values,
+                "action": st.sampled_from(["reset_latch", "calibrate", "readings"]) | json_values,
+                "value": json_values,
+            },
+        ),
+    )
+)
+def test_fuzz_never_passes_out_of_range_values(payload):
+    surfaces = SURFACES
+    if not isinstance(payload, bytes):
+        try:
+            payload = json.dumps(payload)
+        except (TypeError, ValueError):
+            return
+    try:
+        r = validate_request(payload, surfaces, OPS)
+    except CommandError as exc:
+        assert exc.code in {
+            "bad_request",
+            "unknown_device",
+            "unknown_setting",
+            "unknown_action",
+            "bad_value",
+            "out_of_limits",
+            "forbidden",
+        }
+        return
+    if r.op == "set":
+        spec = surfaces[r.device].settings[r.name]
+        if spec.kind == "number":
+            lo, hi = spec.limits
+            assert lo <= r.value <= hi
+        else:
+            assert isinstance(r.value, bool)

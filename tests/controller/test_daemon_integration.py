@@ -1,0 +1,320 @@
+"""The daemon (`qnet run`, a real subprocess) against the emulated testbed and a real mosquitto.
+
+One scenario, in order: calibrates and reports QBER below the threshold; trips and recovers
+each interlock (count rate, SNSPD latch, laser TEC, QBER -> compensation of an imposed
+polarization drift); survives an instrument emulator being killed and restarted; rejects
+thousands of fuzzed commands without any setpoint changing; shuts down cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from controller._remote import request
+from controller.simnode import make_sim_node
+from telemetry import BrokerSettings, command_topic, reply_topic
+from tests import servers
+
+pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(400)]
+
+NODE = "sim-node"
+QNET = str(Path(sys.executable).parent / "qnet")
+
+
+def _daemon_changes(raw):
+    d = raw["daemon"]
+    # the emulated SNSPDs see ~160 kHz at the default pump current: trip at 300 kHz
+    d["interlocks"]["count_rate"].update(trip_above=3.0e5, clear_below=2.0e5)
+    d["calibration"]["track_every"] = 3
+    d["compensation"].update(window_s=0.25, target_qber=0.02)
+
+
+def _testbed_changes(raw):
+    raw["physics"]["bob"]["drift_rad_per_sqrt_s"] = 0.0  # drift is imposed by the test
+
+
+@pytest.fixture
+def sim(tmp_path):
+    servers.require("mosquitto")
+    broker = servers.start_mosquitto(tmp_path / "mosquitto")
+    tb, cfg_path = make_sim_node(
+        tmp_path / "node",
+        broker=("127.0.0.1", broker.port),
+        testbed_changes=_testbed_changes,
+        daemon_changes=_daemon_changes,
+    )
+    tb.serve()
+    env = dict(os.environ)
+    proc = subprocess.Popen(
+        [QNET, "run", str(cfg_path), "--log-level", "INFO"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    try:
+        yield tb, broker, proc, cfg_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        tb.stop()
+        broker.stop()
+
+
+def _broker(port):
+    return BrokerSettings(host="127.0.0.1", port=port, client_id=f"test-{random.random()}")
+
+
+def _ask(port, body, timeout=15.0):
+    return asyncio.run(request(_broker(port), NODE, body, timeout))
+
+
+def _status(port):
+    r = _ask(port, {"device": "daemon", "action": "status"})
+    assert r["ok"], r
+    return r["result"]
+
+
+def _wait(port, cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = _status(port)
+        except Exception as exc:  # daemon not up yet
+            last = {"error": str(exc)}
+            time.sleep(0.3)
+            continue
+        if cond(last):
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last status: {json.dumps(last)[:3000]}")
+
+
+def _events(st, kind):
+    return [e["text"] for e in st["events"] if e["kind"] == kind]
+
+
+def _window_ok(st):
+    lw = st.get("last_window") or {}
+    return lw.get("qber") is not None and lw["qber"] < 0.06
+
+
+def test_daemon_end_to_end(sim):
+    tb, broker, proc, _ = sim
+    port = broker.port
+
+    # -- calibrates, then QBER below the interlock threshold, key running
+    st = _wait(
+        port,
+        lambda s: s["calibration"].get("state") == "done" and _window_ok(s),
+        90,
+        "calibration and a good QBER",
+    )
+    assert all(v == "ready" for v in st["devices"].values()), st["devices"]
+    assert st["key_paused"] is False
+    assert st["last_window"]["secure_rate_bps"] > 0
+    import numpy as np
+
+    from drivers.sim import physics as ph
+
+    truth = ph.channel_delays_ps(tb.params)
+    truth = truth - truth[0]
+    assert np.all(np.abs(np.array(st["delays_ps"]) - truth) < 100), (st["delays_ps"], truth)
+
+    laser = tb.emulators["pump_laser"]
+
+    # -- count-rate interlock: pump up -> rates above 300 kHz -> laser off -> clear
+    r = _ask(port, {"device": "pump_laser", "setting": "current_setpoint_a", "value": 0.1})
+    assert r["ok"], r
+    st = _wait(
+        port,
+        lambda s: any("count_rate clear" in t for t in _events(s, "interlock")),
+        60,
+        "count-rate trip and clear",
+    )
+    assert any("count_rate trip" in t for t in _events(st, "interlock"))
+    assert laser.output_on is False
+    # operator restores the pump
+    assert _ask(port, {"device": "pump_laser", "setting": "current_setpoint_a", "value": 0.05})[
+        "ok"
+    ]
+    assert _ask(port, {"device": "pump_laser", "setting": "laser_on", "value": True})["ok"]
+    _wait(port, _window_ok, 60, "light back after the count-rate interlock")
+
+    # -- SNSPD latch: reset sequence brings it back
+    smu = tb.emulators["snspd_bias"]
+    with smu.lock:
+        smu.latched = True
+    st = _wait(
+        port,
+        lambda s: any("snspd_latch clear" in t for t in _events(s, "interlock")),
+        30,
+        "latch trip and recovery",
+    )
+    assert any("snspd_latch trip" in t for t in _events(st, "interlock"))
+    assert smu.latched is False and smu.bias_current_a > 10e-6
+
+    # -- laser TEC out of range -> laser off; back in range -> clear
+    with laser.lock:
+        laser.read_tec_temperature_c = lambda sp, on: 35.0
+    _wait(port, lambda s: "laser_tec" in s["interlocks_active"], 30, "TEC trip")
+    assert laser.output_on is False
+    with laser.lock:
+        laser.read_tec_temperature_c = lambda sp, on: 25.0
+    _wait(port, lambda s: "laser_tec" not in s["interlocks_active"], 30, "TEC clear")
+    assert _ask(port, {"device": "pump_laser", "setting": "laser_on", "value": True})["ok"]
+    _wait(port, _window_ok, 60, "light back after the TEC interlock")
+
+    # -- imposed polarization drift: QBER trips, key paused, compensation brings it back
+    tb.impose_rotation((0.0, 1.0, 0.6))
+    st = _wait(port, lambda s: s["key_paused"], 60, "QBER trip pausing the key")
+    assert "qber" in st["interlocks_active"] or any(
+        "qber trip" in t for t in _events(st, "interlock")
+    )
+    st = _wait(
+        port,
+        lambda s: (
+            not s["key_paused"] and s["compensation"].get("state") in ("converged", "stopped")
+        ),
+        240,
+        "compensation and key resumed",
+    )
+    assert st["compensation"]["state"] == "converged", st["compensation"]
+    assert st["compensation"]["qber"] < 0.02
+    _wait(port, _window_ok, 30, "good QBER after compensation")
+
+    # -- an emulator killed and restarted: only that device faults, then it recovers
+    windows_before = _status(port)["windows"]
+    tb.inject_fault("spad", "disconnect")
+    _wait(port, lambda s: s["devices"]["spad"] == "faulted", 30, "spad faulted")
+    r = _ask(port, {"device": "spad", "setting": "bias_v"})
+    assert not r["ok"] and r["error"]["code"] in ("device_unavailable", "device_timeout")
+    tb.inject_fault("spad", "none")
+    st = _wait(port, lambda s: s["devices"]["spad"] == "ready", 30, "spad back")
+    assert st["windows"] > windows_before
+    assert all(v == "ready" for v in st["devices"].values())
+
+    # -- fuzzed commands: each gets an error reply, daemon stays up, no setpoint changes
+    before = (
+        laser.current_setpoint_a,
+        laser.output_on,
+        smu.bias_current_a,
+        list(tb.emulators["polarization_controller"].setpoints),
+    )
+    n_sent, replies = asyncio.run(_fuzz(port, 2000))
+    assert replies["total"] == n_sent, replies
+    assert replies["ok"] == 0, replies
+    assert (
+        replies["codes"]
+        - {
+            "bad_request",
+            "unknown_device",
+            "unknown_setting",
+            "unknown_action",
+            "bad_value",
+            "out_of_limits",
+            "forbidden",
+        }
+        == set()
+    ), replies
+    after = (
+        laser.current_setpoint_a,
+        laser.output_on,
+        smu.bias_current_a,
+        list(tb.emulators["polarization_controller"].setpoints),
+    )
+    assert after == before
+    assert proc.poll() is None
+    assert _status(port)["acquisition"] == "running"
+
+    # -- SIGTERM: safe state, outbox flushed, exit 0 within 5 s
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(10)
+    elapsed = time.monotonic() - t0
+    out = proc.stdout.read().decode(errors="replace")
+    assert rc == 0, out[-3000:]
+    assert elapsed < 5.5, elapsed
+    assert laser.output_on is False
+    assert smu.bias_current_a == 0.0
+    assert "shut down in" in out
+
+
+def _malformed(rng: random.Random) -> bytes:
+    """A request that must be refused (bad JSON, bad shape, unknown names, out of range)."""
+    choices = [
+        lambda: bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40))),
+        lambda: b"{" * rng.randint(1, 50),
+        lambda: json.dumps(rng.choice([[], 1, "x", None, 3.5])).encode(),
+        lambda: json.dumps({"device": "pump_laser", "setting": "laser_on", "value": True}).encode(),
+        lambda: (
+            json.dumps(
+                {
+                    "id": rng.randint(0, 9),
+                    "device": "pump_laser",
+                    "setting": "current_setpoint_a",
+                    "value": rng.choice([0.2, -0.1, 1e9, "0.05", True, None, [0.05]]),
+                }
+            )
+            .encode()
+            .replace(b'"value": null', b'"value": "nan"')
+        ),
+        lambda: json.dumps(
+            {"id": "x", "device": rng.choice(["laser", "", "daemon"]), "action": "explode"}
+        ).encode(),
+        lambda: json.dumps(
+            {"id": 1, "device": "snspd_bias", "setting": "bias_current_a", "value": 1e-3}
+        ).encode(),
+        lambda: json.dumps(
+            {
+                "id": 1,
+                "device": "polarization_controller",
+                "setting": "element2_voltage_v",
+                "value": rng.choice([-1, 11, 1e300]),
+            }
+        ).encode(),
+        lambda: json.dumps(
+            {"id": 1, "device": "pump_laser", "setting": "laser_on", "value": 1, "extra": 1}
+        ).encode(),
+        lambda: (
+            b'{"id": 1, "device": "pump_laser", "setting": "current_setpoint_a", "value": Infinity}'
+        ),
+    ]
+    return rng.choice(choices)()
+
+
+async def _fuzz(port: int, n: int) -> tuple[int, dict]:
+    rng = random.Random(7)
+    suffix = "fuzz"
+    counts = {"total": 0, "ok": 0, "codes": set()}
+    async with aiomqtt.Client("127.0.0.1", port, identifier="fuzzer") as client:
+        await client.subscribe(reply_topic(NODE, suffix), qos=1)
+        for _ in range(n):
+            await client.publish(command_topic(NODE, suffix), _malformed(rng), qos=1)
+        try:
+            async with asyncio.timeout(60):
+                async for msg in client.messages:
+                    body = json.loads(msg.payload)
+                    counts["total"] += 1
+                    if body.get("ok"):
+                        counts["ok"] += 1
+                    else:
+                        counts["codes"].add(body["error"]["code"])
+                    if counts["total"] >= n:
+                        break
+        except TimeoutError:
+            pass
+    return n, counts

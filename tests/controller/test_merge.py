@@ -1,0 +1,64 @@
+import numpy as np
+
+from coincidence import TagBatch
+from controller.merge import MergedTagSource
+from drivers import TagSource
+
+
+class ListSource(TagSource):
+    def __init__(self, batches, n=4):
+        self.batches = list(batches)
+        self.n = n
+        self.closed = False
+
+    @property
+    def n_channels(self):
+        return self.n
+
+    def read(self, timeout_s=1.0):
+        return self.batches.pop(0) if self.batches else None
+
+    def close(self):
+        self.closed = True
+
+
+def _stream(rng, begin, ends, rate=1e-3):
+    out = []
+    t = begin
+    for e in ends:
+        n = rng.poisson((e - t) * rate)
+        ts = np.sort(rng.integers(t, e, n))
+        out.append(TagBatch(ts, rng.integers(0, 4, n).astype(np.uint8), t, e))
+        t = e
+    return out
+
+
+def test_merge_is_sorted_contiguous_and_loses_nothing_after_common_start():
+    rng = np.random.default_rng(1)
+    a = _stream(rng, 0, [1000, 5000, 6000, 20000])
+    b = _stream(rng, 300, [300, 2500, 9000, 12000, 30000])  # a zero-length first batch
+    src = MergedTagSource([ListSource(a), ListSource(b)], [0, 4], 8)
+    got = []
+    while True:
+        batch = src.read(0.1)
+        if batch is None:
+            break
+        got.append(batch)
+    merged = TagBatch.concatenate(got)
+    assert merged.begin_ps == 300  # where both had started
+    assert merged.end_ps == 20000  # as far as both reported
+    assert np.all(np.diff(merged.timestamps) >= 0)
+    ta = np.concatenate([x.timestamps for x in a])
+    tb = np.concatenate([x.timestamps for x in b])
+    expect_a = ta[(ta >= 300) & (ta < 20000)]
+    expect_b = tb[(tb >= 300) & (tb < 20000)]
+    assert np.array_equal(np.sort(merged.timestamps[merged.channels < 4]), expect_a)
+    assert np.array_equal(np.sort(merged.timestamps[merged.channels >= 4]), expect_b)
+    src.close()
+
+
+def test_channel_range_is_checked():
+    import pytest
+
+    with pytest.raises(ValueError, match="fit"):
+        MergedTagSource([ListSource([]), ListSource([])], [0, 6], 8)

@@ -1,0 +1,191 @@
+"""Every settable quantity refuses out-of-range values before a byte is sent (hypothesis)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drivers import (
+    DRIVERS,
+    IDQuantiqueID1000,
+    LimitError,
+    MeadowlarkD3050,
+    control,
+)
+
+CONTROLS = [
+    (cls, attr, desc)
+    for cls in DRIVERS.values()
+    for attr, desc in vars(cls).items()
+    if isinstance(desc, control)
+]
+NARROW = {"lo_frac": 0.25, "hi_frac": 0.75}
+values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=-1e3, max_value=1e3),
+    st.floats(min_value=-1e-3, max_value=1e-3),
+    st.integers(min_value=-100000, max_value=100000),
+)
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def narrowed(cls, key):
+    lo, hi = cls.DEFAULT_LIMITS[key]
+    span = hi - lo
+    return (lo + NARROW["lo_frac"] * span, lo + NARROW["hi_frac"] * span)
+
+
+def wire_number(fmt: str, command: str) -> float:
+    prefix = fmt.split("{")[0]
+    assert command.startswith(prefix)
+    return float(re.sub(r"[^0-9eE+\-.]", "", command[len(prefix) :]))
+
+
+@pytest.mark.parametrize(("cls", "attr", "desc"), CONTROLS, ids=lambda x: getattr(x, "__name__", x))
+def test_control_never_sends_out_of_range(cls, attr, desc, fake_instrument):
+    key = desc.limits_key
+    lo, hi = narrowed(cls, key)
+    inst, fake = fake_instrument(cls, limits={key: (lo, hi)})
+    err = cls.ERROR_QUERY
+
+    @SETTINGS
+    @given(v=values)
+    def check(v):
+        fake.sent.clear()
+        inside = math.isfinite(v) and lo <= v <= hi
+        if not inside:
+            with pytest.raises(LimitError, match=re.escape(key)):
+                setattr(inst, attr, v)
+            assert fake.sent == [], "an out-of-range value reached the transport"
+            return
+        cmd = desc.format(inst, v)
+        fake.expect([(cmd, None)] + ([(err, '0,"No error"')] if err else []))
+        setattr(inst, attr, v)
+        assert fake.sent[0] == (cmd + cls.WRITE_TERMINATION).encode()
+        wire = wire_number(desc.set_fmt, cmd) / desc.scale
+        tol = 1e-9 * max(abs(lo), abs(hi)) + 1e-6 * abs(wire)
+        assert lo - tol <= wire <= hi + tol
+
+    check()
+
+
+@pytest.mark.parametrize(("cls", "attr", "desc"), CONTROLS, ids=lambda x: getattr(x, "__name__", x))
+def test_control_accepts_its_own_reading(cls, attr, desc, fake_instrument):
+    """QCoDeS: a value read back from the instrument can be set again unchanged."""
+    inst, fake = fake_instrument(cls)
+    lo, hi = cls.DEFAULT_LIMITS[desc.limits_key]
+    mid = (lo + hi) / 2
+    wire_cmd = desc.format(inst, mid)
+    reply = wire_cmd[len(desc.set_fmt.split("{")[0]) :]
+    fake.expect([(desc.get_cmd, reply)])
+    reading = getattr(inst, attr)
+    again = desc.format(inst, reading)
+    assert again == wire_cmd
+
+
+@SETTINGS
+@given(element=st.integers(-2, 6), v=values)
+def test_d3050_elements(element, v, fake_instrument):
+    inst, fake = fake_instrument(MeadowlarkD3050, limits={"element2_voltage_v": (1.0, 4.0)})
+    lo, hi = (1.0, 4.0) if element == 2 else (0.0, 10.0)
+    ok = 1 <= element <= 4 and math.isfinite(v) and lo <= v <= hi
+    if not ok:
+        with pytest.raises(LimitError):
+            inst.set_voltage(element, v)
+        assert fake.sent == []
+        return
+    cmd = inst.format_setpoint(element, v)
+    fake.expect([(cmd, cmd)])
+    inst.set_voltage(element, v)
+    counts = int(cmd.split(",")[1])
+    assert lo - 1e-9 <= counts / 6553.5 <= hi + 1e-9
+
+
+@SETTINGS
+@given(inp=st.integers(-1, 6), v=values)
+def test_id1000_threshold(inp, v, fake_instrument):
+    inst, fake = fake_instrument(IDQuantiqueID1000, limits={"threshold_v": (-0.5, 0.5)})
+    ok = 1 <= inp <= 4 and math.isfinite(v) and -0.5 <= v <= 0.5
+    if not ok:
+        with pytest.raises(LimitError):
+            inst.set_threshold(inp, v)
+        assert fake.sent == []
+        return
+    fake.expect([(f"INPU{inp}:THRE {v:.3f}V", None)])
+    inst.set_threshold(inp, v)
+    assert -0.5005 <= float(fake.sent[0].decode()[len("INPU1:THRE ") : -2]) <= 0.5005
+
+
+@SETTINGS
+@given(width=st.integers(-5, 2_000_000), count=st.integers(-5, 20000))
+def test_id1000_histogram_limits(width, count, fake_instrument):
+    inst, fake = fake_instrument(IDQuantiqueID1000)
+    if not (1 <= width <= 1e6 and 1 <= count <= 16384):
+        with pytest.raises(LimitError):
+            inst.configure_histogram(1, width, count)
+        assert fake.sent == []
+        return
+    fake.expect(
+        [(f"HIST1:BWID {width}", None), (f"HIST1:BCOU {count}", None), ("HIST1:FLUS", None)]
+    )
+    inst.configure_histogram(1, width, count)
+
+
+def test_limit_error_names_instrument_command_and_range(fake_instrument):
+    from drivers import ThorlabsCLD1015
+
+    inst, _ = fake_instrument(ThorlabsCLD1015, limits={"current_setpoint_a": (0.0, 0.08)})
+    with pytest.raises(LimitError) as info:
+        inst.current_setpoint_a = 0.2
+    msg = str(info.value)
+    assert "dev" in msg and "SOUR1:CURR" in msg and "[0, 0.08]" in msg
+    assert isinstance(info.value, ValueError)
+
+
+def test_unknown_limit_key_is_refused(fake_instrument):
+    from drivers import ThorlabsPM100
+
+    with pytest.raises(ValueError, match="unknown limit 'wavelenght_m'"):
+        fake_instrument(ThorlabsPM100, limits={"wavelenght_m": (1e-6, 2e-6)})
+
+
+@pytest.mark.parametrize("bad", [True, "1.0", None])
+def test_non_numbers_are_refused(bad, fake_instrument):
+    from drivers import ThorlabsPM100
+
+    inst, fake = fake_instrument(ThorlabsPM100)
+    with pytest.raises(LimitError):
+        inst.wavelength_m = bad
+    assert fake.sent == []
+
+
+def test_numpy_numbers_are_checked_like_floats(fake_instrument):
+    import numpy as np
+
+    from drivers import ThorlabsPM100
+
+    inst, fake = fake_instrument(ThorlabsPM100)
+    with pytest.raises(LimitError):
+        inst.averages = np.int64(0)
+    assert fake.sent == []
+    fake.expect([("SENS:AVER:COUN 12", None), ("SYST:ERR?", '0,"No error"')])
+    inst.averages = np.int64(12)
+    fake.expect([("SENS:CORR:WAV 850.000", None), ("SYST:ERR?", '0,"No error"')])
+    inst.wavelength_m = np.float64(850e-9)
+    assert not fake.script
+
+
+@pytest.mark.parametrize("bad", [2, "ON", None, 0.5])
+def test_switch_refuses_non_booleans(bad, fake_instrument):
+    from drivers import ThorlabsCLD1015
+
+    inst, fake = fake_instrument(ThorlabsCLD1015)
+    with pytest.raises(TypeError, match="laser_on"):
+        inst.laser_on = bad
+    assert fake.sent == []

@@ -1,0 +1,31 @@
+"""Fixtures of the telemetry tests: real mosquitto, VictoriaMetrics and InfluxDB 1.x servers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import servers
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    servers.require("mosquitto")
+    srv = servers.start_mosquitto(tmp_path / "mosquitto")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def vm(tmp_path):
+    servers.require("victoria-metrics")
+    srv = servers.start_victoria_metrics(tmp_path / "vm")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def influxdb1(tmp_path_factory):
+    servers.require("influxd")
+    srv = servers.start_influxdb1(tmp_path_factory.mktemp("influxd"))
+    yield srv
+    srv.stop()

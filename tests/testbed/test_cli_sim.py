@@ -1,0 +1,99 @@
+"""``qnet sim``: serves the configured instruments to the real drivers and stops cleanly."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drivers import InstrumentTimeout, make_instrument
+
+from .conftest import REPO, TESTBED_YAML
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _configs(tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the sim node on free ports, and a testbed config pointing at it."""
+    node = yaml.safe_load((REPO / "configs" / "sim-node.yaml").read_text())
+    for spec in node["instruments"].values():
+        port = _free_port()
+        r = spec["resource"]
+        spec["resource"] = (
+            f"socket://127.0.0.1:{port}"
+            if r.startswith("socket://")
+            else (f"TCPIP::127.0.0.1::{port}::SOCKET")
+        )
+        if (spec.get("options") or {}).get("stream_port"):
+            spec["options"]["stream_port"] = _free_port()
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(node))
+    tb = yaml.safe_load(TESTBED_YAML.read_text())
+    tb["node_config"] = "node.yaml"
+    tb["instruments"].pop("bob_tagger")
+    tb["faults"] = {"spad": "timeout"}
+    (tmp_path / "testbed.yaml").write_text(yaml.safe_dump(tb))
+    return tmp_path / "testbed.yaml", node["instruments"]
+
+
+def _qnet(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from controller.cli import main; main()", "sim", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_sim_serves_every_node_instrument_and_stops_on_sigterm(tmp_path):
+    cfg, node = _configs(tmp_path)
+    proc = _qnet(str(cfg), "--speed", "2")
+    try:
+        pm = make_instrument(
+            "power_meter", "thorlabs_pm100", node["power_meter"]["resource"], timeout_s=1.0
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pm.connect()
+                break
+            except Exception:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "qnet sim did not come up"
+                time.sleep(0.2)
+        assert pm.power_w == pytest.approx(0.5 * 0.03 * 0.01, rel=1e-4)
+        pm.close()
+        spad = make_instrument("spad", "idq_id120", node["spad"]["resource"], timeout_s=0.3)
+        with pytest.raises(InstrumentTimeout):
+            spad.connect()  # the config injects a timeout fault on it
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    for name, spec in node.items():
+        assert name in out and spec["resource"] in out
+    assert "stopped at simulated t" in out
+    with socket.socket() as s:  # the ports are released
+        s.bind(("127.0.0.1", int(node["pump_laser"]["resource"].split("::")[2])))
+
+
+def test_sim_bad_config_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("physics:\n  laser:\n    slope_efficiency_w_per_a: -1\n")
+    proc = _qnet(str(bad), "--duration", "1")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "slope_efficiency_w_per_a" in out
