@@ -26,7 +26,7 @@ system-deps:  ## Debian packages for the real servers the tests start (mosquitto
 	else \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		$$SUDO apt-get install -y -qq --no-install-recommends mosquitto victoria-metrics influxdb >/dev/null && \
+		$$SUDO apt-get install -y -qq mosquitto victoria-metrics influxdb >/dev/null && \
 		echo "system-deps: installed mosquitto, victoria-metrics, influxdb"; \
 	fi
 

@@ -9,7 +9,7 @@ only when the run has taken longer than a second and stderr is a terminal, so
 short runs, pipes and ``--json`` output stay clean.
 
 The rendering helpers (``analysis_dict``, ``print_analysis``) are shared with
-``qnet demo``.
+``qnet sample``.
 """
 
 from __future__ import annotations

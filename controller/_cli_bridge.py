@@ -38,8 +38,7 @@ def register(app: typer.Typer) -> None:
         import signal
         import threading
 
-        from telemetry._bridge import Bridge
-        from telemetry._settings import SettingsError, load_bridge_settings
+        from telemetry import Bridge, SettingsError, load_bridge_settings
 
         logging.basicConfig(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

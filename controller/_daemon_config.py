@@ -52,6 +52,9 @@ class TaggerSpec(_Section):
 
     device: str
     channel_offset: int = Field(0, ge=0, le=255)
+    clock_offset_ps: int = Field(
+        0, description="this tagger's clock minus the reference clock, subtracted from its times"
+    )
 
 
 class TaggersSource(_Section):

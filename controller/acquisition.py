@@ -225,17 +225,16 @@ class Windower:
 
     @property
     def delays_ps(self) -> np.ndarray:
-        """The delays applied to the current window (a copy)."""
-        return self._delays.copy()
+        """The delays in force from the next window on (pending ones if set), a copy."""
+        pending = self._pending_delays
+        return (self._delays if pending is None else pending).copy()
 
     def set_delays(self, delays_ps: np.ndarray | list[int]) -> None:
-        """Use these delays from the next window on (the running window keeps its own)."""
-        d = self._check_delays(delays_ps)
-        if self._t0 is None:
-            self._delays = d
-            self._counter = self._counter_cls(self.n_channels, self.coincidence_window_ps, d)
-        else:
-            self._pending_delays = d
+        """Use these delays from the next window on (the running window keeps its own).
+
+        Safe to call from another thread: the worker applies them at a window edge.
+        """
+        self._pending_delays = self._check_delays(delays_ps)
 
     def _check_delays(self, delays_ps: np.ndarray | list[int]) -> np.ndarray:
         d = np.array(delays_ps, dtype=np.int64).reshape(-1)
@@ -254,8 +253,9 @@ class Windower:
         self._base_index = self._index
         self._tags = 0
         self._cpu_s = 0.0
-        if self._pending_delays is not None:
-            self._delays, self._pending_delays = self._pending_delays, None
+        pending, self._pending_delays = self._pending_delays, None
+        if pending is not None:
+            self._delays = pending
         self._counter = self._counter_cls(self.n_channels, self.coincidence_window_ps, self._delays)
 
     def _edge(self) -> int:
@@ -266,6 +266,12 @@ class Windower:
         """Add one batch; returns the windows it completed (often none, sometimes several)."""
         batch.check_channels(self.n_channels, "acquisition")
         if self._t0 is None:
+            pending, self._pending_delays = self._pending_delays, None
+            if pending is not None:
+                self._delays = pending
+                self._counter = self._counter_cls(
+                    self.n_channels, self.coincidence_window_ps, self._delays
+                )
             self._t0 = batch.begin_ps
         out: list[WindowResult] = []
         rest: TagBatch | None = batch
@@ -322,8 +328,9 @@ class Windower:
         self._index += 1
         self._tags = 0
         self._cpu_s = 0.0
-        if self._pending_delays is not None:
-            self._delays, self._pending_delays = self._pending_delays, None
+        pending, self._pending_delays = self._pending_delays, None
+        if pending is not None:
+            self._delays = pending
             self._counter = self._counter_cls(
                 self.n_channels, self.coincidence_window_ps, self._delays
             )
@@ -398,6 +405,11 @@ class Acquisition:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        with self._lock:
+            caps, self._captures = self._captures, []
+        for cap in caps:  # nobody waits for tags that will not come
+            cap.error = "acquisition stopped"
+            cap.done.set()
 
     def capture(self, duration_s: float) -> Capture:
         """Start collecting raw tags for ``duration_s`` of tag time; wait on ``.done``.

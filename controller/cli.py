@@ -24,7 +24,8 @@ app = typer.Typer(
 # One line per command module; a module listed here must exist.
 _COMMAND_MODULES: list[str] = [
     "_cli_analyze",
-    "_cli_demo",
+    "_cli_sample",
+    "demo",
     "_cli_bridge",
     "_cli_devices",
     "_cli_sim",

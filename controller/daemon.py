@@ -37,6 +37,7 @@ import numpy as np
 from drivers import DRIVERS, InstrumentError, TagSource
 
 from ._daemon_config import ConfigError, DaemonConfig, TaggersSource, TestbedSource
+from ._device_records import device_records
 from .acquisition import Acquisition, Windower, WindowResult, window_records
 from .calibration import CalibrationError, find_channel_delays, track_shift
 from .commands import (
@@ -57,6 +58,8 @@ from .supervisor import DeviceUnavailable, DeviceWorker, Supervisor
 log = logging.getLogger("qnet.daemon")
 
 HISTORY = 600
+#: Requests answered concurrently by the command listener.
+MAX_INFLIGHT = 64
 
 
 class Daemon:
@@ -191,11 +194,17 @@ class Daemon:
         t0 = time.monotonic()
         report: dict[str, Any] = {"safe_state": [], "flushed": None}
         self._comp_stop.set()
+        for fut in self._window_waiters:
+            fut.cancel()
         for t in self._tasks:
             t.cancel()
         if self._comp_task is not None:
             self._comp_task.cancel()
-        acq_stop = asyncio.to_thread(self.acquisition.stop, 1.0) if self.acquisition else None
+        acq_stop = (
+            asyncio.create_task(asyncio.to_thread(self.acquisition.stop, 1.0))
+            if self.acquisition
+            else None
+        )
         # safe state first: it matters most
         for spec in self.cfg.daemon.safe_state:
             left = budget * 0.6 - (time.monotonic() - t0)
@@ -246,6 +255,7 @@ class Daemon:
         assert self._loop is not None
         sources: list[TagSource] = []
         offsets: list[int] = []
+        clocks = [spec.clock_offset_ps for spec in src.taggers]
         try:
             for spec in src.taggers:
                 worker = self.workers[spec.device]
@@ -263,7 +273,7 @@ class Daemon:
             for s in sources:
                 s.close()
             raise
-        return MergedTagSource(sources, offsets, acq.n_channels)
+        return MergedTagSource(sources, offsets, acq.n_channels, clocks)
 
     # -- callbacks from threads --
     def _on_window_thread(self, result: WindowResult) -> None:
@@ -279,6 +289,7 @@ class Daemon:
         self._event("acquisition", state, None)
 
     def _on_window(self, result: WindowResult) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
         acq = self.cfg.daemon.acquisition
         assert acq is not None and self.roles is not None
         self._last_window = result
@@ -297,6 +308,7 @@ class Daemon:
                 recs = window_records(result, self.node, self.cfg.daemon.link, self.roles)
                 if self.key_paused:
                     recs = [_zero_secure(r) for r in recs]
+                recs += [self._health_record(n) for n in self.workers]
                 self.publisher.submit(recs)
             except Exception as exc:
                 log.warning("window %d: telemetry failed: %s", result.index, exc)
@@ -312,29 +324,27 @@ class Daemon:
             and not self._cal_lock.locked()
         ):
             self._tasks.append(asyncio.create_task(self._track_drift()))
-            self._tasks = [t for t in self._tasks if not t.done()]
+
+    def _health_record(self, device: str) -> Any:
+        import telemetry as tm
+
+        w = self.workers[device]
+        return tm.health(
+            node=self.node,
+            device=device,
+            ok=w.state == "ready",
+            state=w.state,
+            errors=w.errors,
+            latency_s=w.latency_s,
+            message=(w.last_error or w.state)[:1000],
+            time_ns=time.time_ns(),
+        )
 
     def _on_device_state(self, device: str, state: str, error: str) -> None:
         self._event("device", f"{device}: {state}" + (f" ({error})" if error else ""), device)
         if self.publisher is not None:
-            import telemetry as tm
-
-            w = self.workers[device]
             with contextlib.suppress(Exception):
-                self.publisher.submit(
-                    [
-                        tm.health(
-                            node=self.node,
-                            device=device,
-                            ok=state == "ready",
-                            state=state,
-                            errors=w.errors,
-                            latency_s=w.latency_s,
-                            message=(error or state)[:1000],
-                            time_ns=time.time_ns(),
-                        )
-                    ]
-                )
+                self.publisher.submit([self._health_record(device)])
 
     def _on_device_readings(self, device: str, values: dict[str, Any]) -> None:
         readings: dict[str, Any] = {}
@@ -342,6 +352,15 @@ class Daemon:
             if isinstance(v, bool | int | float):
                 readings[f"{device}.{k}"] = v
         self._evaluate(readings)
+        if self.publisher is not None:
+            try:
+                recs = device_records(
+                    self.node, device, self.cfg.instruments[device].driver, values, time.time_ns()
+                )
+                if recs:
+                    self.publisher.submit(recs)
+            except Exception as exc:
+                log.debug("%s: readings not published: %s", device, exc)
 
     # -- interlocks --
     def _evaluate(self, readings: dict[str, Any]) -> None:
@@ -495,8 +514,7 @@ class Daemon:
 
     # -- MQTT --
     def _start_publisher(self) -> None:
-        from telemetry import OutboxSettings, PublisherSettings
-        from telemetry._publisher import Publisher
+        from telemetry import OutboxSettings, Publisher, PublisherSettings
 
         tcfg = self.cfg.daemon.telemetry
         outbox = tcfg.outbox or OutboxSettings(path=Path("runs") / f"outbox-{self.node}.sqlite")
@@ -534,16 +552,37 @@ class Daemon:
                     attempt = 0
                     await client.subscribe(prefix + "#", qos=1)
                     self._event("mqtt", "command listener subscribed", None)
+                    # requests run concurrently (a calibration does not hold up a status),
+                    # at most MAX_INFLIGHT at a time
+                    sem = asyncio.Semaphore(MAX_INFLIGHT)
+                    inflight: set[asyncio.Task[None]] = set()
                     async for msg in client.messages:
                         suffix = str(msg.topic)[len(prefix) :] or "default"
                         payload = msg.payload if isinstance(msg.payload, bytes) else b""
-                        reply = await self.handle_payload(payload)
-                        await client.publish(reply_topic(self.node, suffix), reply, qos=1)
+                        await sem.acquire()
+                        topic = reply_topic(self.node, suffix)
+                        task = asyncio.create_task(self._answer(client, topic, payload, sem))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
             except aiomqtt.MqttError as exc:
                 attempt += 1
                 delay = min(b.reconnect_max_s, b.reconnect_min_s * 2 ** min(attempt, 10))
                 log.warning("command listener: %s; retry in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
+
+    async def _answer(
+        self, client: Any, topic: str, payload: bytes, sem: asyncio.Semaphore
+    ) -> None:
+        """Answer one request on ``topic``; releases ``sem`` when done."""
+        import aiomqtt
+
+        try:
+            reply = await self.handle_payload(payload)
+            await client.publish(topic, reply, qos=1)
+        except aiomqtt.MqttError as exc:
+            log.warning("reply on %s lost: %s", topic, exc)
+        finally:
+            sem.release()
 
     # -- calibration --
     async def _calibrate_at_start(self) -> None:

@@ -8,8 +8,8 @@
 4. the live status view (the same as ``qnet status``, fetched over MQTT).
 
 The daemon finds the delays (QBER and key rate climb from nothing), then at
-``--drift-at`` seconds the demo rotates Bob's fiber polarization: the QBER
-interlock pauses the key and the compensation drives the polarization
+``--drift-at`` seconds (default: 35 % of the run) the demo rotates Bob's fiber
+polarization: the QBER interlock pauses the key and the compensation drives the polarization
 controller until the QBER is back below target. After ``--duration`` seconds
 the daemon shuts down (safe state, outbox flushed) and the run folder
 ``runs/<UTC stamp>/`` gets ``summary.json``, ``histogram.png`` (Alice H /
@@ -132,7 +132,7 @@ async def run_demo(
     testbed.serve()
     daemon = Daemon(cfg)
     console = Console()
-    drift_at = duration_s * 0.45 if drift_at_s is None else drift_at_s
+    drift_at = duration_s * 0.35 if drift_at_s is None else drift_at_s
     drift_wall: float | None = None
     hist = None
     status: dict[str, Any] = {}
@@ -231,7 +231,9 @@ def demo(
         str | None, typer.Option(help="HOST:PORT of a broker (default: embedded amqtt)")
     ] = None,
     runs: Annotated[Path, typer.Option(help="folder for the run output")] = Path("runs"),
-    live: Annotated[bool, typer.Option(help="live status view (off: a line every 5 s)")] = True,
+    live: Annotated[
+        bool, typer.Option(help="live status view when on a terminal (off: a line every 5 s)")
+    ] = True,
 ) -> None:
     """Run the emulated node end to end and watch it live; summary and plots in runs/<stamp>/.
 
@@ -240,7 +242,10 @@ def demo(
     compensated. Exit 0 when the link ends calibrated with QBER below the
     interlock threshold, 1 otherwise, 2 for bad options.
     """
+    import sys
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    live = live and sys.stdout.isatty()
     if duration <= 5:
         raise typer.BadParameter("--duration must be more than 5 s")
     addr = None

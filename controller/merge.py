@@ -19,11 +19,24 @@ from drivers import TagSource
 
 
 class MergedTagSource(TagSource):
-    """Merge ``sources`` (channel ``k`` of source ``i`` -> ``offsets[i] + k``)."""
+    """Merge ``sources`` (channel ``k`` of source ``i`` -> ``offsets[i] + k``).
 
-    def __init__(self, sources: list[TagSource], offsets: list[int], n_channels: int) -> None:
+    ``clock_offsets_ps[i]`` (default 0) is subtracted from source ``i``'s times
+    (its clock minus the reference clock), e.g. a known offset between two taggers.
+    """
+
+    def __init__(
+        self,
+        sources: list[TagSource],
+        offsets: list[int],
+        n_channels: int,
+        clock_offsets_ps: list[int] | None = None,
+    ) -> None:
         if len(sources) != len(offsets) or not sources:
             raise ValueError("need one channel offset per source, and at least one source")
+        clocks = [0] * len(sources) if clock_offsets_ps is None else list(clock_offsets_ps)
+        if len(clocks) != len(sources):
+            raise ValueError("need one clock offset per source")
         for s, off in zip(sources, offsets, strict=True):
             if off < 0 or off + s.n_channels > n_channels:
                 raise ValueError(
@@ -31,6 +44,7 @@ class MergedTagSource(TagSource):
                 )
         self._sources = sources
         self._offsets = [int(o) for o in offsets]
+        self._clocks = [int(c) for c in clocks]
         self._n = int(n_channels)
         self._pending: list[list[TagBatch]] = [[] for _ in sources]
         self._t: int | None = None
@@ -69,10 +83,11 @@ class MergedTagSource(TagSource):
             ch = batch.channels
             if self._offsets[i]:
                 ch = (ch.astype(np.int64) + self._offsets[i]).astype(np.uint8)
-            if self._pending[i] and batch.begin_ps != self._pending[i][-1].end_ps:
-                batch = TagBatch(batch.timestamps, ch, self._pending[i][-1].end_ps, batch.end_ps)
-            else:
-                batch = TagBatch(batch.timestamps, ch, batch.begin_ps, batch.end_ps)
+            c = self._clocks[i]
+            ts, begin, end = batch.timestamps - c, batch.begin_ps - c, batch.end_ps - c
+            if self._pending[i] and begin != self._pending[i][-1].end_ps:
+                begin = self._pending[i][-1].end_ps
+            batch = TagBatch(ts, ch, begin, end)
             self._pending[i].append(batch)
         assert self._t is not None
         cut = min(int(p[-1].end_ps) for p in self._pending)

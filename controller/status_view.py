@@ -68,8 +68,9 @@ def render(status: dict[str, Any], title: str = "") -> Any:
         "",
     )
     rates = Table(title="link", expand=True)
-    for col in ("quantity", "now", "history (last 40 windows)"):
-        rates.add_column(col)
+    rates.add_column("quantity", no_wrap=True)
+    rates.add_column("now")
+    rates.add_column("history (last 32 windows)", no_wrap=True, min_width=32)
     qbers = [h.get("qber") for h in hist]
     rows = [
         ("QBER (worse basis)", _pct(last.get("qber")), qbers),
@@ -87,7 +88,7 @@ def render(status: dict[str, Any], title: str = "") -> Any:
         ),
     ]
     for name, now, series in rows:
-        rates.add_row(name, now, Text(sparkline(series), style="cyan"))
+        rates.add_row(name, now, Text(sparkline(series, 32), style="cyan"))
     singles = last.get("singles_rate_hz") or []
     rates.add_row("singles", ", ".join(_fmt_rate(s).strip() for s in singles) + " Hz", "")
     dev = Table(title="devices", expand=True)

@@ -9,6 +9,7 @@ from ._bridge import Bridge as Bridge
 from ._bridge import BridgeStats as BridgeStats
 from ._outbox import Outbox as Outbox
 from ._outbox import OutboxFull as OutboxFull
+from ._outbox import Spool as Spool
 from ._publisher import Publisher as Publisher
 from ._schema import MEASUREMENTS as MEASUREMENTS
 from ._schema import LineProtocolError as LineProtocolError
@@ -41,3 +42,4 @@ from ._settings import PublisherSettings as PublisherSettings
 from ._settings import Secret as Secret
 from ._settings import SettingsError as SettingsError
 from ._settings import SpoolSettings as SpoolSettings
+from ._settings import load_bridge_settings as load_bridge_settings

@@ -1,4 +1,4 @@
-"""``qnet analyze`` and ``qnet demo`` against an independent numpy computation."""
+"""``qnet analyze`` and ``qnet sample`` against an independent numpy computation."""
 
 from __future__ import annotations
 
@@ -249,8 +249,8 @@ def test_delayed_progress_shows_only_after_delay():
     assert quick.progress.tasks[0].completed == 100
 
 
-def test_demo_runs(tmp_path):
-    r = run("demo", "--out", tmp_path, "--duration-s", 1, "--json")
+def test_sample_runs(tmp_path):
+    r = run("sample", "--out", tmp_path, "--duration-s", 1, "--json")
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
     run_dir = Path(d["run_dir"])
@@ -264,7 +264,7 @@ def test_demo_runs(tmp_path):
     true = np.asarray(d["true_delays_ps"]) - d["true_delays_ps"][0]
     assert np.all(np.abs(np.asarray(d["found_delays_ps"]) - true) <= 25)
     assert d["secure_key_rate_bps"] > 0
-    r = run("demo", "--out", tmp_path, "--duration-s", 0.5)
+    r = run("sample", "--out", tmp_path, "--duration-s", 0.5)
     assert r.exit_code == 0, r.stderr
     assert "files written to" in r.stdout and "QBER" in r.stdout
 

@@ -162,3 +162,66 @@ def test_acquisition_thread_reopens_a_failed_source(testbed_tags):
     assert len(opened) >= 2
     assert any(s.startswith("faulted") for s in states)
     assert acq.source_errors >= 1
+
+
+class _ListSource(TagSource):
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    @property
+    def n_channels(self):
+        return 8
+
+    def read(self, timeout_s=1.0):
+        if not self.batches:
+            time.sleep(0.01)
+            return None
+        return self.batches.pop(0)
+
+
+def test_acquisition_on_generate_pairs_gives_the_known_qber():
+    from coincidence import generate_pairs
+
+    pairs = []
+    for i, a in enumerate("HVDA"):
+        for j, b in enumerate("HVDA"):
+            same_basis = (a in "HV") == (b in "HV")
+            pairs += [(i, 4 + j)] * (16 if not same_basis else (31 if a == b else 1))
+    delays = [0, 100, 200, 300, 9_000_000, 9_000_150, 9_000_300, 9_000_450]
+    whole = generate_pairs(
+        duration_ps=400_000_000_000,
+        pair_rate_hz=2e5,
+        noise_rate_hz=100.0,
+        n_channels=8,
+        pair_channels=pairs,
+        delays_ps=delays,
+        jitter_ps=20.0,
+        seed=5,
+    )
+    batches, rest = [], whole
+    for cut in range(10**10, 4 * 10**11, 10**10):
+        head, rest = rest.split(cut)
+        batches.append(head)
+    batches.append(rest)
+    # the calibration finds the generator's delays from the raw tags
+    cal = find_channel_delays(TagBatch.concatenate(batches[:10]), ROLES, 8, max_delay_ps=20_000_000)
+    assert np.all(np.abs(cal.delays_ps - np.array(delays)) <= 40), cal.delays_ps
+    got = []
+    done = threading.Event()
+
+    def on_window(r):
+        got.append(r)
+        if len(got) == 4:
+            done.set()
+
+    acq = Acquisition(
+        lambda: _ListSource(batches), Windower(8, 0.1, 1000, ROLES, cal.delays_ps), on_window
+    )
+    acq.start()
+    assert done.wait(30)
+    acq.stop()
+    qz = np.mean([r.qber_z for r in got])
+    qx = np.mean([r.qber_x for r in got])
+    assert abs(qz - 1 / 32) < 0.01 and abs(qx - 1 / 32) < 0.01, (qz, qx)
+    # half of the pairs are sifted: 2e5 pairs/s * 1/2
+    assert np.mean([r.sifted_rate_hz for r in got]) == pytest.approx(1e5, rel=0.05)

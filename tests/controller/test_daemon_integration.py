@@ -113,7 +113,7 @@ def _window_ok(st):
 
 
 def test_daemon_end_to_end(sim):
-    tb, broker, proc, _ = sim
+    tb, broker, proc, cfg_path = sim
     port = broker.port
 
     # -- calibrates, then QBER below the interlock threshold, key running
@@ -133,6 +133,26 @@ def test_daemon_end_to_end(sim):
     truth = ph.channel_delays_ps(tb.params)
     truth = truth - truth[0]
     assert np.all(np.abs(np.array(st["delays_ps"]) - truth) < 100), (st["delays_ps"], truth)
+
+    # -- telemetry reaches the broker: window records and polled device readings
+    seen = asyncio.run(_telemetry_topics(port, 3.0))
+    for m in ("singles", "coincidences", "qber", "key_rate", "laser", "polarization", "health"):
+        assert f"qnet/v1/{NODE}/telemetry/{m}" in seen, sorted(seen)
+
+    # -- the CLI against the running daemon (exit codes scripts can trust)
+    from typer.testing import CliRunner
+
+    from controller.cli import app
+
+    cli = CliRunner()
+    r = cli.invoke(app, ["get", str(cfg_path), "pump_laser", "current_setpoint_a"])
+    assert r.exit_code == 0 and float(r.output.strip()) == pytest.approx(0.05), r.output
+    r = cli.invoke(app, ["set", str(cfg_path), "pump_laser", "current_setpoint_a", "0.5"])
+    assert r.exit_code == 1 and "out_of_limits" in r.output, r.output
+    r = cli.invoke(app, ["calibrate", str(cfg_path)])
+    assert r.exit_code == 0 and "delays_ps" in r.output, r.output
+    r = cli.invoke(app, ["status", str(cfg_path), "--once"])
+    assert r.exit_code == 0 and json.loads(r.output)["node"] == NODE
 
     laser = tb.emulators["pump_laser"]
 
@@ -318,3 +338,19 @@ async def _fuzz(port: int, n: int) -> tuple[int, dict]:
         except TimeoutError:
             pass
     return n, counts
+
+
+async def _telemetry_topics(port: int, seconds: float) -> set[str]:
+    from telemetry import parse_lines
+
+    seen: set[str] = set()
+    async with aiomqtt.Client("127.0.0.1", port, identifier="telemetry-probe") as client:
+        await client.subscribe(f"qnet/v1/{NODE}/telemetry/#", qos=1)
+        try:
+            async with asyncio.timeout(seconds):
+                async for msg in client.messages:
+                    parse_lines(msg.payload.decode())  # valid line protocol of the schema
+                    seen.add(str(msg.topic))
+        except TimeoutError:
+            pass
+    return seen

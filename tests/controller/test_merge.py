@@ -62,3 +62,17 @@ def test_channel_range_is_checked():
 
     with pytest.raises(ValueError, match="fit"):
         MergedTagSource([ListSource([]), ListSource([])], [0, 6], 8)
+
+
+def test_clock_offset_is_removed_before_merging():
+    rng = np.random.default_rng(2)
+    a = _stream(rng, 0, [1000, 2000, 3000])
+    b = _stream(rng, 10_000, [11_000, 12_000, 13_000])  # same interval on a clock 10 ns ahead
+    src = MergedTagSource([ListSource(a), ListSource(b)], [0, 4], 8, [0, 10_000])
+    got = []
+    while (batch := src.read(0.1)) is not None:
+        got.append(batch)
+    merged = TagBatch.concatenate(got)
+    assert (merged.begin_ps, merged.end_ps) == (0, 3000)
+    tb = np.concatenate([x.timestamps for x in b]) - 10_000
+    assert np.array_equal(np.sort(merged.timestamps[merged.channels >= 4]), tb)

@@ -14,8 +14,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from telemetry import BridgeSettings, Publisher, status_topic
-from telemetry._bridge import Bridge
+from telemetry import Bridge, BridgeSettings, Publisher, status_topic
 from tests import servers
 from tests.telemetry._pipeline import REPO, publisher_settings, stored_seqs, stream_record
 

@@ -6,9 +6,16 @@ import logging
 
 import pytest
 
-from telemetry import BridgeSettings, Outbox, OutboxFull, Secret, SettingsError, singles
-from telemetry._outbox import Spool
-from telemetry._settings import load_bridge_settings
+from telemetry import (
+    BridgeSettings,
+    Outbox,
+    OutboxFull,
+    Secret,
+    SettingsError,
+    Spool,
+    load_bridge_settings,
+    singles,
+)
 
 T = 1_700_000_000_000_000_000
 

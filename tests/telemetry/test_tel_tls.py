@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from telemetry import BridgeSettings, Publisher
-from telemetry._bridge import Bridge
+from telemetry import Bridge, BridgeSettings, Publisher
 from tests import servers
 from tests.telemetry._pipeline import publisher_settings, stored_seqs, stream_record
 

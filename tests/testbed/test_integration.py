@@ -118,7 +118,7 @@ def _counts(batch: TagBatch, delays_ps):
         from coincidence import CoincidenceCounter
     except ImportError:  # the re-export may not be there yet
         try:
-            from coincidence._counter import CoincidenceCounter
+            from coincidence import CoincidenceCounter
         except ImportError:
             return (
                 np.bincount(batch.channels, minlength=8),

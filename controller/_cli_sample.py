@@ -1,13 +1,14 @@
-"""``qnet demo``: the interim main job - analyse a generated BBM92 sample end to end.
+"""``qnet sample``: analyse a generated BBM92 sample end to end (no daemon, no instruments).
 
-Until the controller drives a real acquisition, ``make demo`` runs this: it
-generates a BBM92-like 8-channel tag stream with known pairs (Alice H,V,D,A on
-channels 0-3, Bob's on 4-7, phi+ state, ~3 % intrinsic QBER, known per-channel
-cable delays, detector jitter and dark counts), writes it to
-``runs/demo-<UTC timestamp>/sample.npz``, finds every channel's delay from the
-tags alone, counts coincidences at those delays, prints the same tables as
-``qnet analyze`` and saves ``analysis.json`` and a PNG of the Alice-H / Bob-H
-coincidence histogram at the found delay in the run folder.
+A quick offline check of the coincidence core (``qnet demo`` runs the whole
+daemon against the emulated testbed). It generates a BBM92-like 8-channel tag
+stream with known pairs (Alice H,V,D,A on channels 0-3, Bob's on 4-7, phi+
+state, ~3 % intrinsic QBER, known per-channel cable delays, detector jitter and
+dark counts), writes it to ``runs/sample-<UTC timestamp>/sample.npz``, finds
+every channel's delay from the tags alone, counts coincidences at those delays,
+prints the same tables as ``qnet analyze`` and saves ``analysis.json`` and a
+PNG of the Alice-H / Bob-H coincidence histogram at the found delay in the run
+folder.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 #: Alice's H,V,D,A detectors are channels 0-3, Bob's 4-7.
 ALICE = {"H": 0, "V": 1, "D": 2, "A": 3}
 BOB = {"H": 4, "V": 5, "D": 6, "A": 7}
-#: Cable/detector delays of the generated sample, ps (what the demo must find).
+#: Cable/detector delays of the generated sample, ps (what the analysis must find).
 TRUE_DELAYS_PS = (0, 1_300, -700, 2_100, 23_400, 24_900, 22_600, 25_700)
 #: Intrinsic error probability within a matched basis: 1/32 (about 3.1 %).
 ERROR_WEIGHT, RIGHT_WEIGHT, MISMATCH_WEIGHT = 1, 31, 16
@@ -102,11 +103,11 @@ def delays_from_pairs(
 
 def _run_dir(out: Path) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = out / f"demo-{stamp}"
+    path = out / f"sample-{stamp}"
     k = 1
     while path.exists():
         k += 1
-        path = out / f"demo-{stamp}-{k}"
+        path = out / f"sample-{stamp}-{k}"
     path.mkdir(parents=True)
     return path
 
@@ -134,12 +135,12 @@ def _plot_histogram(path: Path, hist: object, title: str, window_ps: int) -> Non
     plt.close(fig)
 
 
-def demo(
+def sample(
     duration_s: Annotated[
         float, typer.Option("--duration-s", help="length of the generated sample, s")
     ] = 2.0,
     out: Annotated[
-        Path, typer.Option("--out", help="folder that gets the demo-<timestamp> run folder")
+        Path, typer.Option("--out", help="folder that gets the sample-<timestamp> run folder")
     ] = Path("runs"),
     window_ps: Annotated[
         int, typer.Option("--window-ps", help="coincidence window, full width, ps")
@@ -149,18 +150,18 @@ def demo(
 ) -> None:
     """Generate a BBM92 sample, find the delays, analyse it and save a histogram plot.
 
-    The interim main job (``make demo``) until the controller exists. Writes
+    No daemon and no instruments: a quick check of the coincidence core. Writes
     ``sample.npz``, ``analysis.json`` and ``coincidence_histogram.png`` to
-    ``OUT/demo-<UTC timestamp>/``.
+    ``OUT/sample-<UTC timestamp>/``.
     """
     from rich.console import Console
 
     from controller._cli_analyze import UsageError, _fail, analysis_dict, key_rates, print_analysis
 
     if not 0 < duration_s <= 60:
-        _fail("demo", f"--duration-s must be in (0, 60], got {duration_s}")
+        _fail("sample", f"--duration-s must be in (0, 60], got {duration_s}")
     if window_ps <= 0:
-        _fail("demo", f"--window-ps must be positive, got {window_ps}")
+        _fail("sample", f"--window-ps must be positive, got {window_ps}")
 
     from coincidence import (
         CoincidenceCounter,
@@ -175,7 +176,7 @@ def demo(
     try:
         run = _run_dir(out)
     except OSError as e:
-        _fail("demo", f"cannot create a run folder in {out}: {e.strerror or e}")
+        _fail("sample", f"cannot create a run folder in {out}: {e.strerror or e}")
     roles: RoleMap = RoleMap(alice=dict(ALICE), bob=dict(BOB), bell_state="phi+")
     batch = generate_pairs(
         duration_ps=round(duration_s * 1e12),
@@ -200,7 +201,7 @@ def demo(
     )
     missing = [c for c, d in enumerate(found) if d is None]
     if missing:
-        typer.echo(f"qnet demo: no significant delay for channels {missing}", err=True)
+        typer.echo(f"qnet sample: no significant delay for channels {missing}", err=True)
         raise typer.Exit(1)
     delays = [int(d) for d in found if d is not None]
 
@@ -210,7 +211,7 @@ def demo(
     try:
         qber, secure, note = key_rates(report, roles, 1.16, "both")
     except UsageError as e:
-        _fail("demo", str(e))
+        _fail("sample", str(e))
     d = analysis_dict(
         report,
         source=str(sample),
@@ -252,5 +253,5 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``qnet demo`` to the command line."""
-    app.command("demo")(demo)
+    """Add ``qnet sample`` to the command line."""
+    app.command("sample")(sample)
