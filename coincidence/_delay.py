@@ -432,13 +432,46 @@ class ClockDrift:
         corr = (self.offset0_ps + k * tb.astype(np.float64)) / (1.0 + k)
         return tb - np.rint(corr).astype(np.int64)
 
+    def compose(self, second: ClockDrift) -> ClockDrift:
+        """The raw-B-to-A relation when ``second`` was fitted on B already mapped by ``self``.
 
-def _compose(first: ClockDrift, second: ClockDrift) -> tuple[float, float]:
-    """Offset and drift (ppm) of B vs A when ``second`` was fitted on ``first``-corrected B."""
-    k1, k2 = first.drift_ppm * 1e-6, second.drift_ppm * 1e-6
-    o = first.offset0_ps + (1.0 + k1) * second.offset0_ps
-    k = (1.0 + k1) * (1.0 + k2) - 1.0
-    return o, k * 1e6
+        With ``B' = self.to_clock_a(B)`` and ``B' - A = o2 + k2 A``:
+        ``B - A = o1 + (1 + k1) o2 + ((1 + k1)(1 + k2) - 1) A``; ``second``'s window
+        offsets are carried onto B's raw clock the same way.
+        """
+        k1, k2 = self.drift_ppm * 1e-6, second.drift_ppm * 1e-6
+        t = second.window_times_ps
+        return ClockDrift(
+            offset0_ps=self.offset0_ps + (1.0 + k1) * second.offset0_ps,
+            drift_ppm=((1.0 + k1) * (1.0 + k2) - 1.0) * 1e6,
+            window_times_ps=t,
+            window_offsets_ps=self.offset0_ps + k1 * t + (1.0 + k1) * second.window_offsets_ps,
+            residual_rms_ps=second.residual_rms_ps,
+        )
+
+    @classmethod
+    def identity(cls) -> ClockDrift:
+        """The relation of a clock to itself (no offset, no drift, no windows)."""
+        return cls(0.0, 0.0, np.zeros(0), np.zeros(0), 0.0)
+
+
+def _fit_line(times_ps: np.ndarray, offsets_ps: np.ndarray) -> ClockDrift:
+    """Least-squares line ``offset = offset0 + drift * t`` through (time, offset) points."""
+    t = np.asarray(times_ps, np.float64)
+    y = np.asarray(offsets_ps, np.float64)
+    tc = t.mean()
+    dt = t - tc
+    den = float((dt * dt).sum())
+    slope = float((dt * (y - y.mean())).sum() / den) if den > 0 else 0.0
+    at_tc = float(y.mean())
+    resid = y - (at_tc + slope * dt)
+    return ClockDrift(
+        offset0_ps=float(at_tc - slope * tc),
+        drift_ppm=slope * 1e6,
+        window_times_ps=t,
+        window_offsets_ps=y,
+        residual_rms_ps=float(np.sqrt(np.mean(resid * resid))),
+    )
 
 
 class DriftTracker:
@@ -457,7 +490,10 @@ class DriftTracker:
         resolution_ps: int = 1000,
         min_significance: float = 6.0,
         expected_offset_ps: int = 0,
+        max_windows: int | None = None,
     ) -> None:
+        if max_windows is not None and int(max_windows) < 2:
+            raise CoincidenceError(f"max_windows must be >= 2 or None, got {max_windows}")
         if int(max_delay_ps) <= 0 or int(resolution_ps) <= 0:
             raise CoincidenceError(
                 f"max_delay_ps and resolution_ps must be positive, got {max_delay_ps} "
@@ -467,9 +503,36 @@ class DriftTracker:
         self.resolution_ps = int(resolution_ps)
         self.min_significance = float(min_significance)
         self.expected_offset_ps = int(expected_offset_ps)
+        self.max_windows = None if max_windows is None else int(max_windows)
         self._times: list[float] = []
         self._offsets: list[float] = []
         self.skipped_windows = 0
+        self.added_offsets = 0
+
+    @classmethod
+    def from_fit(
+        cls, fit: ClockDrift, *, max_delay_ps: int, max_windows: int | None = None
+    ) -> DriftTracker:
+        """A tracker seeded with ``fit``'s window offsets (e.g. from ``track_drift``)."""
+        tracker = cls(max_delay_ps=max_delay_ps, max_windows=max_windows)
+        for t, y in zip(fit.window_times_ps, fit.window_offsets_ps, strict=True):
+            tracker._append(float(t), float(y))
+        return tracker
+
+    def _append(self, t_a_ps: float, offset_ps: float) -> None:
+        self._times.append(t_a_ps)
+        self._offsets.append(offset_ps)
+        if self.max_windows is not None and len(self._times) > self.max_windows:
+            del self._times[: -self.max_windows], self._offsets[: -self.max_windows]
+
+    def add_offset(self, t_a_ps: float, offset_ps: float) -> ClockDrift | None:
+        """Add an offset ``t_b - t_a`` (ps) measured elsewhere at A-clock time ``t_a_ps``.
+
+        Returns the new fit (None while fewer than two windows are known).
+        """
+        self._append(float(t_a_ps), float(offset_ps))
+        self.added_offsets += 1
+        return self.fit() if len(self._times) >= 2 else None
 
     def add_window(
         self, times_a_ps: np.ndarray, times_b_ps: np.ndarray, begin_ps: int, end_ps: int
@@ -495,8 +558,7 @@ class DriftTracker:
         except NoSignificantPeakError:
             self.skipped_windows += 1
             return None
-        self._times.append(mid)
-        self._offsets.append(float(est.delay_ps))
+        self._append(mid, float(est.delay_ps))
         return est
 
     @property
@@ -511,21 +573,7 @@ class DriftTracker:
                 f"need offsets from at least 2 windows to fit a drift, have {len(self._times)} "
                 f"({self.skipped_windows} windows had no significant peak)"
             )
-        t = np.asarray(self._times)
-        y = np.asarray(self._offsets)
-        tc = t.mean()
-        dt = t - tc
-        den = float((dt * dt).sum())
-        slope = float((dt * (y - y.mean())).sum() / den) if den > 0 else 0.0
-        at_tc = float(y.mean())
-        resid = y - (at_tc + slope * dt)
-        return ClockDrift(
-            offset0_ps=float(at_tc - slope * tc),
-            drift_ppm=slope * 1e6,
-            window_times_ps=t,
-            window_offsets_ps=y,
-            residual_rms_ps=float(np.sqrt(np.mean(resid * resid))),
-        )
+        return _fit_line(np.asarray(self._times), np.asarray(self._offsets))
 
     @property
     def drift_ppm(self) -> float:
@@ -601,15 +649,7 @@ def track_drift(
             if wa.size and wb.size:
                 tracker.add_window(wa, wb, int(e0), int(e1))
         fit = tracker.fit()
-        if total is None:
-            total = fit
-        else:
-            o, k = _compose(total, fit)
-            t = fit.window_times_ps
-            line = o + k * 1e-6 * t
-            # offsets on B's original clock: the composed line plus this pass's residuals
-            offsets = line + (fit.window_offsets_ps - fit.offset_at(t))
-            total = ClockDrift(o, k, t, offsets, fit.residual_rms_ps)
+        total = fit if total is None else total.compose(fit)
         if res <= resolution_ps:
             break
         tb_cur = total.to_clock_a(tb)

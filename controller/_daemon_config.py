@@ -117,6 +117,12 @@ class CalibrationConfig(_Section):
     track: bool = True
     track_every: int = Field(5, ge=1, description="windows between drift checks")
     track_max_shift_ps: int = Field(2000, gt=0)
+    clock_drift: bool = Field(
+        True,
+        description="with two taggers, fit the second's clock (offset + ppm drift) at "
+        "calibration, map its drift away and follow it while running (the second tagger "
+        "must hold Bob's channels; the constant offset stays in the channel delays)",
+    )
 
 
 class CompensationConfig(CompensationSettings):

@@ -10,6 +10,11 @@ message (no light? wrong channels?).
 
 ``delay_ps`` follows the core's convention: it is subtracted from a channel's
 timestamps, so aligned partners have equal corrected times.
+
+Two independently clocked taggers: ``fit_clock`` fits Bob's tagger's offset and
+ppm drift against Alice's (``track_drift``), the merger maps the drift away
+(``pin_clock``: the constant offset stays in the channel delays), and
+the core's ``DriftTracker`` refits the line as later captures measure the residual offset.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from coincidence import NoSignificantPeakError, RoleMap, TagBatch, find_delay
+from coincidence import (
+    ClockDrift,
+    CoincidenceError,
+    NoSignificantPeakError,
+    RoleMap,
+    TagBatch,
+    find_delay,
+    track_drift,
+)
 
 
 class CalibrationError(RuntimeError):
@@ -157,3 +170,78 @@ def track_shift(
     except NoSignificantPeakError:
         return None
     return float(est.delay_ps)
+
+
+# ---------------------------------------------------------------- two taggers' clocks
+
+
+def pin_clock(fit: ClockDrift, pin_ps: float) -> ClockDrift:
+    """The merger's map for ``fit`` that removes the drift but leaves ``pin_ps`` of offset.
+
+    Clock offset and fiber delay cannot be told apart, so the constant part
+    (``fit``'s offset at the calibration) stays in the channel delays, as with a
+    shared clock; only the change of the offset since then is mapped away.
+    """
+    return ClockDrift(
+        fit.offset0_ps - pin_ps,
+        fit.drift_ppm,
+        fit.window_times_ps,
+        fit.window_offsets_ps - pin_ps,
+        fit.residual_rms_ps,
+    )
+
+
+def fit_clock(
+    batch: TagBatch,
+    roles: RoleMap,
+    current: ClockDrift | None,
+    *,
+    max_delay_ps: int,
+    resolution_ps: int = 20,
+    n_windows: int = 8,
+    max_drift_ppm: float = 100.0,
+    min_significance: float = 6.0,
+) -> tuple[ClockDrift, float, TagBatch]:
+    """Offset and drift of Bob's tagger vs Alice's from a merged capture: (fit, pin, fixed capture).
+
+    ``batch`` holds Bob's tags already mapped with ``current`` (None: unmapped);
+    the residual offset + ppm of one same-label Alice/Bob pair (H-H first) is fitted
+    with ``track_drift`` over ``n_windows`` windows, composed with ``current`` into
+    the raw map ``fit``. ``pin`` (ps) is that map's offset at the capture's middle,
+    to be kept in the channel delays (see ``pin_clock``); Bob's captured tags are
+    mapped as ``pin_clock(fit, pin)`` would have mapped them, so that
+    ``find_channel_delays`` can run on the returned batch.
+    """
+    if n_windows < 2:
+        raise CalibrationError(f"n_windows must be >= 2 to fit a drift, got {n_windows}")
+    window_ps = max(1, batch.duration_ps // n_windows)
+    labels = [lab for lab in ("H", "V", "D", "A") if lab in roles.alice and lab in roles.bob]
+    errors = []
+    for lab in labels:
+        a, b = roles.alice[lab], roles.bob[lab]
+        ta, tb = batch.timestamps[batch.channels == a], batch.timestamps[batch.channels == b]
+        try:
+            resid = track_drift(
+                ta,
+                tb,
+                window_ps=window_ps,
+                max_delay_ps=max_delay_ps,
+                resolution_ps=resolution_ps,
+                max_drift_ppm=max_drift_ppm,
+                min_significance=min_significance,
+            )
+        except CoincidenceError as exc:
+            errors.append(f"{lab}-{lab} (channels {a}, {b}): {exc}")
+            continue
+        total = (current or ClockDrift.identity()).compose(resid)
+        pin = float(total.offset_at(0.5 * (batch.begin_ps + batch.end_ps)))
+        bob = np.isin(batch.channels, list(roles.bob.values()))
+        ts = batch.timestamps.copy()
+        ts[bob] = resid.to_clock_a(ts[bob]) + round(pin / (1.0 + total.drift_ppm * 1e-6))
+        keep = (ts >= batch.begin_ps) & (ts < batch.end_ps)
+        fixed = TagBatch.sorted(ts[keep], batch.channels[keep], batch.begin_ps, batch.end_ps)
+        return total, pin, fixed
+    raise CalibrationError(
+        f"no clock offset/drift between the taggers within +-{max_delay_ps} ps over "
+        f"{batch.duration_ps * 1e-12:.3g} s: " + ("; ".join(errors) or "no same-label pair")
+    )

@@ -34,12 +34,19 @@ from typing import Any
 
 import numpy as np
 
+from coincidence import DriftTracker
 from drivers import DRIVERS, InstrumentError, TagSource
 
 from ._daemon_config import ConfigError, DaemonConfig, TaggersSource, TestbedSource
 from ._device_records import device_records
 from .acquisition import Acquisition, Windower, WindowResult, window_records
-from .calibration import CalibrationError, find_channel_delays, track_shift
+from .calibration import (
+    CalibrationError,
+    find_channel_delays,
+    fit_clock,
+    pin_clock,
+    track_shift,
+)
 from .commands import (
     DAEMON,
     CommandError,
@@ -144,6 +151,9 @@ class Daemon:
         self._started_wall = time.time()
         self._first_tag_wall: float | None = None
         self._last_window: WindowResult | None = None
+        self._merger: MergedTagSource | None = None  # two taggers: Bob's clock map lives here
+        self._clock: DriftTracker | None = None
+        self._clock_pin_ps = 0.0  # offset left in the channel delays (see pin_clock)
         self.stopped = asyncio.Event()
 
     # -- lifecycle --
@@ -250,7 +260,10 @@ class Daemon:
         assert acq is not None
         src = acq.source
         if isinstance(src, TestbedSource):
-            return self.testbed.tag_source("both", speed=src.speed)
+            if self.testbed.params.clocks.mode != "two_taggers":
+                return self.testbed.tag_source("both", speed=src.speed)
+            sides = [self.testbed.tag_source(s, speed=src.speed) for s in ("alice", "bob")]
+            return self._keep_merger(MergedTagSource(sides, [0, 4], acq.n_channels), range(4, 8))
         assert isinstance(src, TaggersSource)
         assert self._loop is not None
         sources: list[TagSource] = []
@@ -273,7 +286,26 @@ class Daemon:
             for s in sources:
                 s.close()
             raise
-        return MergedTagSource(sources, offsets, acq.n_channels, clocks)
+        merged = MergedTagSource(sources, offsets, acq.n_channels, clocks)
+        if len(sources) != 2:
+            return merged
+        return self._keep_merger(merged, range(offsets[1], offsets[1] + sources[1].n_channels))
+
+    def _keep_merger(self, merged: MergedTagSource, second: range) -> MergedTagSource:
+        """Remember a two-tagger merger (clock fitting) and re-apply the current clock map.
+
+        Only when the second tagger (merged channels ``second``) holds all of
+        Bob's channels, since the clock map is applied to that tagger.
+        """
+        assert self.roles is not None
+        bob = list(self.roles.bob.values())
+        if not all(c in second for c in bob):
+            log.warning("clock drift not tracked: Bob's channels %s are not all on tagger 2", bob)
+        elif self.cfg.daemon.calibration.clock_drift:
+            self._merger = merged
+            if self._clock is not None:
+                merged.set_clock_map(1, pin_clock(self._clock.fit(), self._clock_pin_ps))
+        return merged
 
     # -- callbacks from threads --
     def _on_window_thread(self, result: WindowResult) -> None:
@@ -617,6 +649,18 @@ class Daemon:
             self._event("calibration", "started", None)
             try:
                 batch = await self._capture(cal.capture_s)
+                merger = self._merger
+                clock, pin = None, 0.0
+                if merger is not None:  # two taggers: Bob's clock offset + drift first
+                    clock, pin, batch = await asyncio.to_thread(
+                        fit_clock,
+                        batch,
+                        self.roles,
+                        merger.clock_map(1),
+                        max_delay_ps=cal.max_delay_ps,
+                        resolution_ps=cal.resolution_ps,
+                        min_significance=cal.min_significance,
+                    )
                 result = await asyncio.to_thread(
                     find_channel_delays,
                     batch,
@@ -642,6 +686,14 @@ class Daemon:
                 raise CommandError("calibration_failed", str(exc)) from None
             self.windower.set_delays(result.delays_ps)
             self.calibration = {"state": "done", "finished_s": time.time(), **result.summary()}
+            if merger is not None and clock is not None:
+                self._clock = DriftTracker.from_fit(
+                    clock, max_delay_ps=cal.max_delay_ps, max_windows=64
+                )
+                self._clock_pin_ps = pin
+                merger.set_clock_map(1, pin_clock(clock, pin))
+                self.calibration["clock"] = _clock_summary(clock)
+                self._event("calibration", f"clock: {_clock_summary(clock)}", None)
             self._event("calibration", f"delays {list(map(int, result.delays_ps))} ps", None)
             return self.calibration
 
@@ -665,6 +717,17 @@ class Daemon:
                 resolution_ps=cal.resolution_ps,
                 min_significance=cal.min_significance,
             )
+            merger, clock = self._merger, self._clock
+            if shift is not None and merger is not None and clock is not None:
+                # two taggers: the residual is Bob's clock error; refit the clock line
+                mid = 0.5 * (batch.begin_ps + batch.end_ps)
+                now = clock.fit()
+                k = now.drift_ppm * 1e-6
+                clock.add_offset(mid, float(now.offset_at(mid)) + (1.0 + k) * shift)
+                fit = clock.fit()
+                merger.set_clock_map(1, pin_clock(fit, self._clock_pin_ps))
+                self.calibration["clock"] = {**_clock_summary(fit), "updates": clock.added_offsets}
+                return
             if shift is None or abs(shift) < max(cal.resolution_ps, 10):
                 return
             bob = list(self.roles.bob.values())
@@ -780,3 +843,12 @@ def _zero_secure(rec: Any) -> Any:
     fields = dict(rec.fields)
     fields["secure_bps"] = 0.0
     return Record(rec.measurement, rec.tags, fields, rec.time_ns)
+
+
+def _clock_summary(fit: Any) -> dict[str, float]:
+    """JSON-friendly digest of a ``ClockDrift`` (Bob's tagger vs Alice's)."""
+    return {
+        "offset0_ps": round(float(fit.offset0_ps), 1),
+        "drift_ppm": round(float(fit.drift_ppm), 6),
+        "residual_rms_ps": round(float(fit.residual_rms_ps), 1),
+    }

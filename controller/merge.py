@@ -3,9 +3,10 @@
 Each tagger's channel ``k`` becomes ``channel_offset + k``. The merged stream
 advances only as far as *every* tagger has reported (the smallest ``end_ps``),
 so no tag arrives late; the first batch starts where the last tagger started.
-The taggers must share a time base (one reference clock, as in the emulated
-testbed's ``shared`` mode); independently clocked taggers need their offset
-found and removed first (not done here).
+The taggers share a time base (one reference clock, as in the emulated
+testbed's ``shared`` mode), or an independently clocked tagger gets a linear
+clock map (``set_clock_map``: offset and ppm drift, a ``ClockDrift`` fitted by
+the calibration) that puts its times onto the first tagger's clock before merging.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 import numpy as np
 
-from coincidence import TagBatch
+from coincidence import ClockDrift, TagBatch
 from drivers import TagSource
 
 
@@ -23,6 +24,7 @@ class MergedTagSource(TagSource):
 
     ``clock_offsets_ps[i]`` (default 0) is subtracted from source ``i``'s times
     (its clock minus the reference clock), e.g. a known offset between two taggers.
+    A clock map set with ``set_clock_map`` is applied after that offset.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class MergedTagSource(TagSource):
         self._sources = sources
         self._offsets = [int(o) for o in offsets]
         self._clocks = [int(c) for c in clocks]
+        self._maps: list[ClockDrift | None] = [None] * len(sources)
         self._n = int(n_channels)
         self._pending: list[list[TagBatch]] = [[] for _ in sources]
         self._t: int | None = None
@@ -53,6 +56,20 @@ class MergedTagSource(TagSource):
     def n_channels(self) -> int:
         """Channels of the merged stream."""
         return self._n
+
+    def set_clock_map(self, index: int, fit: ClockDrift | None) -> None:
+        """Map source ``index``'s times onto the reference clock with ``fit`` (None: no map).
+
+        Takes effect from the next batch read from that source; tags that the new
+        map puts before what was already merged are dropped (the stream stays ordered).
+        """
+        if not 0 <= index < len(self._sources):
+            raise ValueError(f"no source {index}: have {len(self._sources)} sources")
+        self._maps[index] = fit
+
+    def clock_map(self, index: int) -> ClockDrift | None:
+        """The clock map of source ``index`` (None when none is set)."""
+        return self._maps[index]
 
     def _end(self, i: int) -> int | None:
         return self._pending[i][-1].end_ps if self._pending[i] else None
@@ -85,8 +102,21 @@ class MergedTagSource(TagSource):
                 ch = (ch.astype(np.int64) + self._offsets[i]).astype(np.uint8)
             c = self._clocks[i]
             ts, begin, end = batch.timestamps - c, batch.begin_ps - c, batch.end_ps - c
-            if self._pending[i] and begin != self._pending[i][-1].end_ps:
-                begin = self._pending[i][-1].end_ps
+            fit = self._maps[i]
+            if fit is not None:
+                ts = fit.to_clock_a(ts)
+                begin, end = (int(x) for x in fit.to_clock_a(np.array([begin, end])))
+                if ts.size and ts[-1] >= end:  # rounding at the edge
+                    keep = ts < end
+                    ts, ch = ts[keep], ch[keep]
+            prev = self._pending[i][-1].end_ps if self._pending[i] else self._t
+            if prev is not None and begin != prev:
+                if end <= prev:
+                    continue  # a map change moved this whole batch into merged time
+                begin = prev
+                if ts.size and ts[0] < begin:
+                    keep = ts >= begin
+                    ts, ch = ts[keep], ch[keep]
             batch = TagBatch(ts, ch, begin, end)
             self._pending[i].append(batch)
         assert self._t is not None
