@@ -31,7 +31,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from coincidence import CoincidenceError, RoleMap
@@ -39,7 +38,7 @@ from telemetry import BrokerSettings, OutboxSettings
 
 from .commands import PermissionsConfig
 from .compensation import CompensationSettings
-from .config import ConfigError, NodeConfig
+from .config import ConfigError, NodeConfig, format_validation_errors, read_yaml
 from .interlocks import ActionSpec, InterlockRule
 
 
@@ -203,41 +202,16 @@ class DaemonConfig(NodeConfig):
         return Path(self._base_dir)
 
 
-def _format_errors(path: Path, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
-        got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
-        if len(got) > 200:
-            got = got[:200] + "...)"
-        lines.append(f"{path}: {key}: {err['msg']}{got}")
-    return "\n".join(lines)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
 def load_daemon_config(path: str | Path) -> DaemonConfig:
     """Read and validate a daemon config; ConfigError names the file, key path and expectation."""
     p = Path(path)
-    data = _read_yaml(p)
+    data = read_yaml(p)
     ref = data.get("node_config")
     if ref is not None:
         if not isinstance(ref, str):
             raise ConfigError(f"{p}: node_config: expected a file name, got {ref!r}")
         node_path = (p.parent / ref).resolve()
-        node = _read_yaml(node_path)
+        node = read_yaml(node_path)
         merged = dict(node.get("instruments") or {})
         own = data.get("instruments") or {}
         if not isinstance(own, dict):
@@ -250,10 +224,10 @@ def load_daemon_config(path: str | Path) -> DaemonConfig:
                 {"node": data["node"], "instruments": node.get("instruments") or {}}
             )
         except ValidationError as exc:
-            raise ConfigError(_format_errors(node_path, exc)) from None
+            raise ConfigError(format_validation_errors(node_path, exc)) from None
     try:
         cfg = DaemonConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(p, exc)) from None
+        raise ConfigError(format_validation_errors(p, exc)) from None
     cfg._base_dir = str(p.parent.resolve())
     return cfg

@@ -110,29 +110,41 @@ class NodeConfig(BaseModel):
     instruments: dict[str, InstrumentConfig] = Field(default_factory=dict)
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "<top level>"
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; ConfigError names the file and what was wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def format_validation_errors(path: Path, exc: ValidationError, prefix: str = "") -> str:
+    """One line per pydantic error: file, key path, what was expected and what was found.
+
+    ``prefix`` (e.g. ``"hil."``) is put before each key path, for a validated sub-section.
+    """
+    lines = []
+    for err in exc.errors():
+        key = prefix + ".".join(str(p) for p in err["loc"]) or "<top level>"
+        got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+        if len(got) > 200:
+            got = got[:200] + "...)"
+        lines.append(f"{path}: {key}: {err['msg']}{got}")
+    return "\n".join(lines)
 
 
 def load_node_config(path: str | Path) -> NodeConfig:
     """Read and validate a node config YAML; ConfigError names the file and key path."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    data = read_yaml(p)
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"{p}: {_key_path(err['loc'])}: {err['msg']}"
-            + (f" (got {err['input']!r})" if err["type"] != "missing" else "")
-            for err in exc.errors()
-        ]
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(format_validation_errors(p, exc)) from None

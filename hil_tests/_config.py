@@ -16,10 +16,15 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.config import ConfigError, NodeConfig, load_node_config
+from controller.config import (
+    ConfigError,
+    NodeConfig,
+    format_validation_errors,
+    load_node_config,
+    read_yaml,
+)
 
 
 class _Model(BaseModel):
@@ -163,18 +168,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
-
-
 def _hil_section(path: Path, data: dict[str, Any], seen: tuple[Path, ...]) -> dict[str, Any]:
     """The ``hil:`` mapping of ``data`` with ``extends`` resolved; paths made absolute."""
     raw = data.get("hil")
@@ -191,14 +184,14 @@ def _hil_section(path: Path, data: dict[str, Any], seen: tuple[Path, ...]) -> di
     ppath = (path.parent / str(parent)).resolve()
     if ppath in seen:
         raise ConfigError(f"{path}: hil.extends: {ppath} extends itself")
-    base = _hil_section(ppath, _read_yaml(ppath), (*seen, ppath))
+    base = _hil_section(ppath, read_yaml(ppath), (*seen, ppath))
     return _merge(base, raw)
 
 
 def load_hil_config(path: str | Path) -> HilConfig:
     """Read a HIL config (see the module docstring); ConfigError names file and key path."""
     p = Path(path).resolve()
-    data = _read_yaml(p)
+    data = read_yaml(p)
     hil_raw = _hil_section(p, data, (p,))
     if "node_config" in data:
         node = load_node_config((p.parent / str(data["node_config"])).resolve())
@@ -207,11 +200,9 @@ def load_hil_config(path: str | Path) -> HilConfig:
         try:
             node = NodeConfig.model_validate(body)
         except ValidationError as exc:
-            lines = [f"{p}: {'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
-            raise ConfigError("\n".join(lines)) from None
+            raise ConfigError(format_validation_errors(p, exc)) from None
     try:
         hil = HilSettings.model_validate(hil_raw)
     except ValidationError as exc:
-        lines = [f"{p}: hil.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(format_validation_errors(p, exc, prefix="hil.")) from None
     return HilConfig(p, node, hil, p.parent)
