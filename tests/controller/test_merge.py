@@ -2,24 +2,7 @@ import numpy as np
 
 from coincidence import TagBatch
 from controller.merge import MergedTagSource
-from drivers import TagSource
-
-
-class ListSource(TagSource):
-    def __init__(self, batches, n=4):
-        self.batches = list(batches)
-        self.n = n
-        self.closed = False
-
-    @property
-    def n_channels(self):
-        return self.n
-
-    def read(self, timeout_s=1.0):
-        return self.batches.pop(0) if self.batches else None
-
-    def close(self):
-        self.closed = True
+from tests.controller._sources import ListSource
 
 
 def _stream(rng, begin, ends, rate=1e-3):

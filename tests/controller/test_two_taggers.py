@@ -11,27 +11,11 @@ from coincidence import ClockDrift, DriftTracker, TagBatch
 from controller._daemon_config import load_daemon_config
 from controller.daemon import Daemon
 from controller.merge import MergedTagSource
-from drivers import TagSource
 from drivers.sim.testbed import Testbed, TestbedConfig
+from tests.controller._sources import ListSource
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 OFFSET_PS, DRIFT_PPM = 12_300_000, -3.0
-
-
-class ListSource(TagSource):
-    def __init__(self, batches, n=4):
-        self.batches = list(batches)
-        self.n = n
-
-    @property
-    def n_channels(self):
-        return self.n
-
-    def read(self, timeout_s=1.0):
-        return self.batches.pop(0) if self.batches else None
-
-    def close(self):
-        pass
 
 
 def _true_stream(rng, ends, rate=2e-9):
