@@ -52,6 +52,9 @@ CHUNK_TAGS = 2**20
 _GROUP_GAP_PS = 10_000
 """Delays closer than ``max(window_ps, this)`` may share a group of the fast kernel."""
 
+_u64 = np.uint64
+"""Index cast in the kernels: with unsigned indices numba emits no negative-index fix-up."""
+
 
 @dataclass(frozen=True)
 class CoincidenceReport:
@@ -134,16 +137,17 @@ def _count_same_group(
         return
     prev = ts[0] - lookback_ps - 1
     for q in range(n):
-        tq = ts[q]
-        cq = ch[q]
+        uq = _u64(q)  # unsigned indices: numba then skips its negative-index fix-up
+        tq = ts[uq]
+        cq = ch[uq]
         singles[cq] += 1
         if tq - prev <= lookback_ps:
             g = grp[cq]
             sq = tq - delays[cq]
             p = q - 1
-            while p >= 0 and tq - ts[p] <= lookback_ps:
-                cp = ch[p]
-                dd = sq - (ts[p] - delays[cp])
+            while p >= 0 and tq - ts[_u64(p)] <= lookback_ps:
+                cp = ch[_u64(p)]
+                dd = sq - (ts[_u64(p)] - delays[cp])
                 if grp[cp] == g and cp != cq and -half_ps <= dd <= half_ps:
                     m[cp, cq] += 1
                 p -= 1
@@ -182,7 +186,7 @@ def _count_cross_groups(
     n = ts.shape[0]
     if n == 0:
         return
-    mask = ring.shape[0] - 1
+    mask = _u64(ring.shape[0] - 1)
     ring_bits = 0
     while (1 << ring_bits) <= mask:
         ring_bits += 1
@@ -190,19 +194,20 @@ def _count_cross_groups(
     low = np.int64(0xFFFFFFFF)
     t00 = ts[0]
     span = hi_ps - lo_ps
-    nh = 0
+    nh = _u64(0)
     for q in range(n):
-        rel = ts[q] - t00
+        uq = _u64(q)
+        rel = ts[uq] - t00
         b = rel >> shift
-        e = ring[b & mask]
+        e = ring[_u64(b) & mask]
         best = (e & low) if ((e >> 32) & low) == ((b >> ring_bits) & low) else -1
         hit_q[nh] = q
         hit_p[nh] = best
-        nh += (best >= 0) & (grp[ch[q]] == gb)
+        nh += _u64((best >= 0) & (grp[ch[uq]] == gb))
         b1 = (rel + lo_ps) >> shift
         b2 = (rel + lo_ps + span) >> shift
-        ring[b1 & mask] = (((b1 >> ring_bits) & low) << 32) | q
-        ring[b2 & mask] = (((b2 >> ring_bits) & low) << 32) | q
+        ring[_u64(b1) & mask] = (((b1 >> ring_bits) & low) << 32) | q
+        ring[_u64(b2) & mask] = (((b2 >> ring_bits) & low) << 32) | q
     for k in range(nh):
         q = hit_q[k]
         p = hit_p[k]
@@ -210,9 +215,9 @@ def _count_cross_groups(
         cq = ch[q]
         sq = tq - delays[cq]
         lo_t = tq - hi_ps
-        while p >= 0 and ts[p] >= lo_t:
-            cp = ch[p]
-            dd = sq - (ts[p] - delays[cp])
+        while p >= 0 and ts[_u64(p)] >= lo_t:
+            cp = ch[_u64(p)]
+            dd = sq - (ts[_u64(p)] - delays[cp])
             if grp[cp] == ga and -half_ps <= dd <= half_ps:
                 m[cp, cq] += 1
             p -= 1
