@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from controller._cli_options import (
+    AS_JSON,
+    BROKER,
+    CONFIG,
+    MQTT_PASSWORD_ENV,
+    MQTT_USER,
+    TOKEN_ENV,
+    USER,
+    auth_fields,
+)
+
 
 def calibrate(
-    config: Annotated[Path, typer.Argument(help="the node's daemon config (node name, broker)")],
-    broker: Annotated[str | None, typer.Option(help="HOST:PORT overriding the broker")] = None,
-    mqtt_user: Annotated[str | None, typer.Option(help="MQTT username")] = None,
-    mqtt_password_env: Annotated[
-        str | None, typer.Option(help="environment variable holding the MQTT password")
-    ] = None,
-    user: Annotated[str | None, typer.Option(help="qnet user named in the request")] = None,
+    config: CONFIG,
+    broker: BROKER = None,
+    mqtt_user: MQTT_USER = None,
+    mqtt_password_env: MQTT_PASSWORD_ENV = None,
+    user: USER = None,
+    token_env: TOKEN_ENV = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the result")] = 60.0,
-    as_json: Annotated[bool, typer.Option("--json", help="print the whole JSON reply")] = False,
+    as_json: AS_JSON = False,
 ) -> None:
     """Capture tags, find every channel's delay with the core's delay finder, apply them.
 
@@ -28,9 +37,7 @@ def calibrate(
     from controller._remote import broker_from, run_request
 
     node, b = broker_from(config, broker, mqtt_user, mqtt_password_env)
-    body: dict[str, object] = {"device": "daemon", "action": "calibrate"}
-    if user:
-        body["user"] = user
+    body = {"device": "daemon", "action": "calibrate", **auth_fields(user, token_env)}
     reply = run_request(b, node, body, timeout, as_json)
     if not as_json:
         res = reply["result"]

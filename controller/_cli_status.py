@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from controller._cli_options import BROKER, CONFIG, MQTT_PASSWORD_ENV, MQTT_USER
+
 
 def status(
-    config: Annotated[Path, typer.Argument(help="the node's daemon config (node name, broker)")],
-    broker: Annotated[str | None, typer.Option(help="HOST:PORT overriding the broker")] = None,
-    mqtt_user: Annotated[str | None, typer.Option(help="MQTT username")] = None,
-    mqtt_password_env: Annotated[
-        str | None, typer.Option(help="environment variable holding the MQTT password")
-    ] = None,
+    config: CONFIG,
+    broker: BROKER = None,
+    mqtt_user: MQTT_USER = None,
+    mqtt_password_env: MQTT_PASSWORD_ENV = None,
     once: Annotated[bool, typer.Option("--once", help="print one JSON snapshot and exit")] = False,
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
     duration: Annotated[

@@ -53,3 +53,21 @@ def test_bad_usage_exits_2():
     assert r.exit_code == 2
     r = runner.invoke(app, ["get", "does-not-exist.yaml", "pump_laser", "laser_on"])
     assert r.exit_code == 2
+
+
+def test_token_from_the_environment(monkeypatch):
+    from controller._cli_options import auth_fields
+
+    monkeypatch.setenv("QNET_TEST_TOKEN", "s3cret")
+    assert auth_fields("alice", "QNET_TEST_TOKEN") == {"user": "alice", "token": "s3cret"}
+    assert auth_fields(None, None) == {}
+    # every command that sends a request names a missing token variable and exits 2
+    monkeypatch.delenv("QNET_TEST_TOKEN")
+    for args in (
+        ["get", SIM, "pump_laser", "laser_on"],
+        ["set", SIM, "pump_laser", "laser_on", "false"],
+        ["calibrate", SIM],
+    ):
+        r = runner.invoke(app, [*args, "--user", "alice", "--token-env", "QNET_TEST_TOKEN"])
+        assert r.exit_code == 2, (args, r.output)
+        assert "QNET_TEST_TOKEN" in r.output, (args, r.output)
