@@ -202,29 +202,41 @@ class DaemonConfig(NodeConfig):
         return Path(self._base_dir)
 
 
-def load_daemon_config(path: str | Path) -> DaemonConfig:
-    """Read and validate a daemon config; ConfigError names the file, key path and expectation."""
+def read_daemon_yaml(path: str | Path) -> dict[str, Any]:
+    """A daemon config's mapping, with the instruments and node name of its ``node_config``.
+
+    The daemon's own ``instruments`` entries override the node config's; ConfigError names
+    the file and what was wrong (the node config's instruments are validated here).
+    """
     p = Path(path)
     data = read_yaml(p)
     ref = data.get("node_config")
-    if ref is not None:
-        if not isinstance(ref, str):
-            raise ConfigError(f"{p}: node_config: expected a file name, got {ref!r}")
-        node_path = (p.parent / ref).resolve()
-        node = read_yaml(node_path)
-        merged = dict(node.get("instruments") or {})
-        own = data.get("instruments") or {}
-        if not isinstance(own, dict):
-            raise ConfigError(f"{p}: instruments: expected a mapping")
-        merged.update(own)
-        data = {**data, "instruments": merged}
-        data.setdefault("node", node.get("node"))
-        try:
-            NodeConfig.model_validate(
-                {"node": data["node"], "instruments": node.get("instruments") or {}}
-            )
-        except ValidationError as exc:
-            raise ConfigError(format_validation_errors(node_path, exc)) from None
+    if ref is None:
+        return data
+    if not isinstance(ref, str):
+        raise ConfigError(f"{p}: node_config: expected a file name, got {ref!r}")
+    node_path = (p.parent / ref).resolve()
+    node = read_yaml(node_path)
+    merged = dict(node.get("instruments") or {})
+    own = data.get("instruments") or {}
+    if not isinstance(own, dict):
+        raise ConfigError(f"{p}: instruments: expected a mapping")
+    merged.update(own)
+    data = {**data, "instruments": merged}
+    data.setdefault("node", node.get("node"))
+    try:
+        NodeConfig.model_validate(
+            {"node": data["node"], "instruments": node.get("instruments") or {}}
+        )
+    except ValidationError as exc:
+        raise ConfigError(format_validation_errors(node_path, exc)) from None
+    return data
+
+
+def load_daemon_config(path: str | Path) -> DaemonConfig:
+    """Read and validate a daemon config; ConfigError names the file, key path and expectation."""
+    p = Path(path)
+    data = read_daemon_yaml(p)
     try:
         cfg = DaemonConfig.model_validate(data)
     except ValidationError as exc:

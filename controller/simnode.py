@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from controller._daemon_config import read_daemon_yaml
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -66,14 +68,9 @@ def make_sim_node(
         testbed_changes(tcfg)
     testbed = Testbed(TestbedConfig.model_validate(tcfg))
 
-    raw = yaml.safe_load(daemon_yaml.read_text())
-    ref = raw.pop("node_config", None)
-    instruments: dict[str, Any] = {}
-    if ref:
-        node = yaml.safe_load((daemon_yaml.parent / ref).read_text())
-        instruments.update(node.get("instruments") or {})
-        raw.setdefault("node", node.get("node"))
-    instruments.update(raw.get("instruments") or {})
+    raw = read_daemon_yaml(daemon_yaml)
+    raw.pop("node_config", None)  # the written config is self-contained
+    instruments = raw.get("instruments") or {}
     for name, spec in instruments.items():
         if name in ports:
             port, stream = ports[name]

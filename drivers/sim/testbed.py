@@ -145,14 +145,7 @@ class TestbedConfig(_Model):
     def load(cls, path: str | Path) -> TestbedConfig:
         """Read a testbed YAML file and, if it names one, merge in its node config."""
         p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except OSError as exc:
-            raise TestbedError(f"cannot read testbed config {p}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise TestbedError(f"{p}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise TestbedError(f"{p}: expected a mapping at the top level")
+        raw = _read_yaml(p, "testbed config")
         node = raw.get("node_config")
         if node:
             node_path = (p.parent / str(node)).resolve()
@@ -165,15 +158,22 @@ class TestbedConfig(_Model):
             raise TestbedError(f"{p}: invalid testbed config:\n{exc}") from exc
 
 
-def _instruments_from_node_config(path: Path) -> dict[str, dict[str, Any]]:
-    """The instruments a node config lists: name -> {driver, resource, stream_port}."""
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """A YAML mapping (empty file: empty mapping); TestbedError names the file and the fault."""
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise TestbedError(f"cannot read node config {path}: {exc}") from exc
+        raise TestbedError(f"cannot read {what} {path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise TestbedError(f"{path}: not valid YAML: {exc}") from exc
-    items = doc.get("instruments") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        raise TestbedError(f"{path}: expected a mapping at the top level")
+    return doc
+
+
+def _instruments_from_node_config(path: Path) -> dict[str, dict[str, Any]]:
+    """The instruments a node config lists: name -> {driver, resource, stream_port}."""
+    items = _read_yaml(path, "node config").get("instruments")
     if isinstance(items, list):
         items = {str(d.get("name")): d for d in items if isinstance(d, dict)}
     if not isinstance(items, dict):
