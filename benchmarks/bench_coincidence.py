@@ -78,11 +78,7 @@ def _stream() -> tuple[TagBatch, float]:
 
 
 def _batches(batch: TagBatch) -> list[TagBatch]:
-    out, rest = [], batch
-    for cut in range(batch.begin_ps + BATCH_PS, batch.end_ps, BATCH_PS):
-        head, rest = rest.split(cut)
-        out.append(head)
-    return [*out, rest]
+    return batch.split_at(range(batch.begin_ps + BATCH_PS, batch.end_ps, BATCH_PS))
 
 
 def _numpy_baseline(batch: TagBatch) -> np.ndarray:

@@ -65,11 +65,7 @@ def make_second() -> list[TagBatch]:
         jitter_ps=50.0,
         seed=3,
     )
-    out, rest = [], batch
-    for cut in range(BATCH_PS, 10**12, BATCH_PS):
-        head, rest = rest.split(cut)
-        out.append(head)
-    return [*out, rest]
+    return batch.split_at(range(BATCH_PS, 10**12, BATCH_PS))
 
 
 class PacedReplay(TagSource):

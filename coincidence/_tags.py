@@ -8,6 +8,7 @@ count as measured time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numba
@@ -153,6 +154,19 @@ class TagBatch:
             TagBatch(self.timestamps[:k], self.channels[:k], self.begin_ps, cut_ps),
             TagBatch(self.timestamps[k:], self.channels[k:], cut_ps, self.end_ps),
         )
+
+    def split_at(self, cuts_ps: Iterable[int]) -> list[TagBatch]:
+        """Cut at several times (sorted here; a repeated cut gives an empty batch).
+
+        Returns ``len(cuts_ps) + 1`` contiguous batches, as :meth:`split` cuts them.
+        """
+        out: list[TagBatch] = []
+        rest = self
+        for cut in sorted(int(c) for c in cuts_ps):
+            head, rest = rest.split(cut)
+            out.append(head)
+        out.append(rest)
+        return out
 
     @staticmethod
     def concatenate(batches: list[TagBatch]) -> TagBatch:

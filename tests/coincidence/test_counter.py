@@ -36,16 +36,6 @@ def run(batches, n, window_ps, delays):
     return counter.result()
 
 
-def cut(batch, cuts):
-    """Cut a batch at the given times (sorted, may repeat: empty batches)."""
-    out, rest = [], batch
-    for t in sorted(cuts):
-        head, rest = rest.split(t)
-        out.append(head)
-    out.append(rest)
-    return out
-
-
 BBM92_DELAYS = [1_000, 2_500, -800, 300] + [5_000_000 + x for x in (700, -1_200, 2_100, 0)]
 
 
@@ -75,7 +65,9 @@ def test_matches_numpy_reference(delays):
     assert np.array_equal(whole.singles, singles)
     assert np.array_equal(whole.coincidences, m)
     assert m[0, 4] > 1000  # the known pairs were found
-    pieces = run(cut(batch, np.linspace(0, 20 * MS, 37)[1:-1].astype(np.int64)), 8, 1000, delays)
+    pieces = run(
+        batch.split_at(np.linspace(0, 20 * MS, 37)[1:-1].astype(np.int64)), 8, 1000, delays
+    )
     assert np.array_equal(pieces.coincidences, m)
     assert np.array_equal(pieces.singles, singles)
 
@@ -113,7 +105,7 @@ def streams(draw):
 def test_batch_split_invariance(case):
     batch, n, window, delays, cuts = case
     whole = run([batch], n, window, delays)
-    pieces = run(cut(batch, cuts), n, window, delays)
+    pieces = run(batch.split_at(cuts), n, window, delays)
     singles, m = reference(batch, n, window, delays)
     assert np.array_equal(whole.coincidences, m)
     assert np.array_equal(pieces.coincidences, m)
@@ -186,7 +178,7 @@ def test_uncorrelated_streams_match_accidentals():
         delays_ps=delays,
         seed=11,
     )
-    rep = run(cut(batch, [50 * MS, 120 * MS]), 4, 2_000, delays)
+    rep = run(batch.split_at([50 * MS, 120 * MS]), 4, 2_000, delays)
     iu = np.triu_indices(4, 1)
     acc = rep.accidentals[iu]
     assert np.all(acc == pytest.approx(400, rel=0.05))  # 1e6 * 1e6 * 2e-9 * 0.2
@@ -214,7 +206,7 @@ def test_result_does_not_change_later_results():
         jitter_ps=200,
         seed=3,
     )
-    parts = cut(batch, [1 * MS, 2 * MS + 17, 3 * MS])
+    parts = batch.split_at([1 * MS, 2 * MS + 17, 3 * MS])
     c1 = CoincidenceCounter(8, 1000, BBM92_DELAYS)
     c2 = CoincidenceCounter(8, 1000, BBM92_DELAYS)
     seen = []
@@ -243,7 +235,7 @@ def test_held_back_tags_stay_within_the_delay_horizon():
     )
     step = 100_000_000  # 0.1 ms batches
     worst = 0
-    for part in cut(batch, range(step, 50 * MS, step)):
+    for part in batch.split_at(range(step, 50 * MS, step)):
         counter.process(part)
         in_horizon = int((batch.timestamps >= part.end_ps - counter.horizon_ps).sum())
         in_horizon -= int((batch.timestamps >= part.end_ps).sum())

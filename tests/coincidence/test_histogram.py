@@ -34,15 +34,6 @@ def run(batches, *args):
     return h.result()
 
 
-def cut(batch, cuts):
-    out, rest = [], batch
-    for t in sorted(cuts):
-        head, rest = rest.split(t)
-        out.append(head)
-    out.append(rest)
-    return out
-
-
 def test_peak_at_the_delay_and_matches_reference():
     batch = generate_pairs(
         duration_ps=20 * MS,
@@ -61,7 +52,7 @@ def test_peak_at_the_delay_and_matches_reference():
     assert rep.counts.size == 400 and rep.bin_edges_ps.size == 401
     assert abs(rep.bin_centers_ps[np.argmax(rep.counts)]) < 200
     assert rep.counts.max() > 10 * np.median(rep.counts)
-    pieces = run(cut(batch, range(MS, 20 * MS, 3 * MS + 7)), *args)
+    pieces = run(batch.split_at(range(MS, 20 * MS, 3 * MS + 7)), *args)
     assert np.array_equal(pieces.counts, rep.counts)
     assert pieces.duration_ps == rep.duration_ps == 20 * MS
 
@@ -92,7 +83,7 @@ def test_batch_split_invariance(tags, bin_ps, n_half, delay, cuts):
     args = (2, 0, bin_ps, range_ps, delay)
     want = reference(batch, 2, 0, bin_ps, range_ps, delay)
     assert np.array_equal(run([batch], *args).counts, want)
-    assert np.array_equal(run(cut(batch, cuts), *args).counts, want)
+    assert np.array_equal(run(batch.split_at(cuts), *args).counts, want)
 
 
 def test_pair_at_the_horizon_across_a_cut():

@@ -64,3 +64,15 @@ def test_split_and_concatenate_round_trip():
 def test_empty_batch_counts_time():
     b = TagBatch.empty(100, 350)
     assert len(b) == 0 and b.duration_ps == 250
+
+
+def test_split_at_gives_contiguous_pieces_that_concatenate_back():
+    ts = np.array([0, 5, 10, 10, 20], np.int64)
+    b = TagBatch(ts, np.zeros(5, np.uint8), 0, 30)
+    parts = b.split_at([20, 10, 10])  # unsorted, with a repeat
+    assert [(p.begin_ps, p.end_ps) for p in parts] == [(0, 10), (10, 10), (10, 20), (20, 30)]
+    assert [len(p) for p in parts] == [2, 0, 2, 1]
+    whole = TagBatch.concatenate(parts)
+    assert np.array_equal(whole.timestamps, ts)
+    with pytest.raises(TagBatchError, match="outside the batch"):
+        b.split_at([40])

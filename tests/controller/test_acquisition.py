@@ -198,11 +198,7 @@ def test_acquisition_on_generate_pairs_gives_the_known_qber():
         jitter_ps=20.0,
         seed=5,
     )
-    batches, rest = [], whole
-    for cut in range(10**10, 4 * 10**11, 10**10):
-        head, rest = rest.split(cut)
-        batches.append(head)
-    batches.append(rest)
+    batches = whole.split_at(range(10**10, 4 * 10**11, 10**10))
     # the calibration finds the generator's delays from the raw tags
     cal = find_channel_delays(TagBatch.concatenate(batches[:10]), ROLES, 8, max_delay_ps=20_000_000)
     assert np.all(np.abs(cal.delays_ps - np.array(delays)) <= 40), cal.delays_ps
