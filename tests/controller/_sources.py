@@ -1,6 +1,21 @@
-"""A TagSource that replays a list of batches, for merger and acquisition tests."""
+"""A TagSource that replays a list of batches, and random batches to feed it, for merger tests."""
 
+import numpy as np
+
+from coincidence import TagBatch
 from drivers import TagSource
+
+
+def random_batches(rng, begin, ends, rate):
+    """Contiguous batches from ``begin`` to each of ``ends`` (ps), Poisson tags at ``rate``/ps
+    on channels 0-3."""
+    out, t = [], begin
+    for e in ends:
+        n = rng.poisson((e - t) * rate)
+        ts = np.sort(rng.integers(t, e, n))
+        out.append(TagBatch(ts, rng.integers(0, 4, n).astype(np.uint8), t, e))
+        t = e
+    return out
 
 
 class ListSource(TagSource):

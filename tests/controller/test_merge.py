@@ -2,18 +2,11 @@ import numpy as np
 
 from coincidence import TagBatch
 from controller.merge import MergedTagSource
-from tests.controller._sources import ListSource
+from tests.controller._sources import ListSource, random_batches
 
 
 def _stream(rng, begin, ends, rate=1e-3):
-    out = []
-    t = begin
-    for e in ends:
-        n = rng.poisson((e - t) * rate)
-        ts = np.sort(rng.integers(t, e, n))
-        out.append(TagBatch(ts, rng.integers(0, 4, n).astype(np.uint8), t, e))
-        t = e
-    return out
+    return random_batches(rng, begin, ends, rate)
 
 
 def test_merge_is_sorted_contiguous_and_loses_nothing_after_common_start():

@@ -12,20 +12,14 @@ from controller._daemon_config import load_daemon_config
 from controller.daemon import Daemon
 from controller.merge import MergedTagSource
 from drivers.sim.testbed import Testbed, TestbedConfig
-from tests.controller._sources import ListSource
+from tests.controller._sources import ListSource, random_batches
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 OFFSET_PS, DRIFT_PPM = 12_300_000, -3.0
 
 
 def _true_stream(rng, ends, rate=2e-9):
-    out, t = [], 0
-    for e in ends:
-        n = rng.poisson((e - t) * rate)
-        ts = np.sort(rng.integers(t, e, n))
-        out.append(TagBatch(ts, rng.integers(0, 4, n).astype(np.uint8), t, e))
-        t = e
-    return out
+    return random_batches(rng, 0, ends, rate)
 
 
 def _on_b_clock(batches, offset_ps, drift_ppm):
