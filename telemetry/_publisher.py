@@ -58,6 +58,23 @@ def mqtt_client(
     )
 
 
+async def _unless_disconnected(client: aiomqtt.Client, publishes: asyncio.Future[list]) -> list:
+    """Await ``publishes``, but raise ``MqttError`` as soon as the connection drops.
+
+    aiomqtt leaves a QoS 1 publish waiting for its PUBACK until its own timeout even when the
+    connection is already gone, so without this a broker outage goes unnoticed for that long.
+    The unacknowledged rows stay in the outbox and are sent again after the reconnect.
+    """
+    lost = client._disconnected  # private, but aiomqtt's own message iterator races it too
+    await asyncio.wait({publishes, lost}, return_when=asyncio.FIRST_COMPLETED)
+    if publishes.done():
+        return publishes.result()
+    publishes.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await publishes
+    raise aiomqtt.MqttError(f"connection lost with messages in flight: {lost.exception()}")
+
+
 def backoff_s(attempt: int, lo: float, hi: float) -> float:
     """Exponential backoff with full jitter: uniform in [lo, min(hi, lo * 2**attempt)]."""
     return random.uniform(lo, min(hi, lo * 2 ** min(attempt, 30)))
@@ -229,8 +246,12 @@ class Publisher:
                     await asyncio.wait_for(self._wake.wait(), timeout=0.5)
                 continue
             msgs = self._messages(rows)
-            results = await asyncio.gather(
-                *(client.publish(t, p, 1, timeout=10) for t, p, _ in msgs), return_exceptions=True
+            results = await _unless_disconnected(
+                client,
+                asyncio.gather(
+                    *(client.publish(t, p, 1, timeout=10) for t, p, _ in msgs),
+                    return_exceptions=True,
+                ),
             )
             done = [
                 s for (_, _, seqs), r in zip(msgs, results, strict=True) if r is None for s in seqs

@@ -59,8 +59,12 @@ def test_faulted_device_reconnects_and_never_stops_the_other():
             raise AssertionError("a faulted device must refuse calls")
         # the power meter keeps being polled meanwhile
         t_fault = time.monotonic()
-        await asyncio.sleep(0.5)
+        for _ in range(100):
+            if readings["pm"][0] > t_fault:
+                break
+            await asyncio.sleep(0.05)
         assert readings["pm"][0] > t_fault
+        assert laser.state == "faulted"
         assert pm.state == "ready"
         laser_srv.restore()
         for _ in range(100):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import paho.mqtt.client as mqtt
@@ -79,6 +81,36 @@ def test_broker_outage_loses_nothing(tmp_path, mosquitto, vm):
         _assert_exactly_once(seqs, n)
     finally:
         bridge.stop()
+
+
+def test_broker_death_with_messages_in_flight_is_noticed_at_once(tmp_path, mosquitto):
+    """A broker frozen (SIGSTOP, so no PUBACK comes) then killed: the connection loss is seen
+    within a second or two, not after aiomqtt's 10 s publish timeout, and nothing is lost."""
+    n = 200
+
+    async def main():
+        pub = Publisher(publisher_settings(tmp_path, mosquitto))
+        pub.start()
+        deadline = time.monotonic() + 10
+        while not pub.connected:
+            assert time.monotonic() < deadline, "publisher never connected"
+            await asyncio.sleep(0.05)
+        os.kill(mosquitto.pid, signal.SIGSTOP)
+        pub.submit([stream_record("alice", i) for i in range(n)])
+        await asyncio.sleep(0.5)  # the messages are on the wire, unacknowledged
+        assert pub.connected and len(pub.outbox) == n
+        t_kill = time.monotonic()
+        await asyncio.to_thread(mosquitto.kill)
+        while pub.connected:
+            assert time.monotonic() - t_kill < 3.0, "connection loss not noticed within 3 s"
+            await asyncio.sleep(0.02)
+        assert len(pub.outbox) == n  # unacknowledged rows are kept
+        await asyncio.to_thread(mosquitto.start)
+        assert await pub.wait_drained(20)
+        assert pub.reconnects >= 1 and pub.published == n
+        await pub.close()
+
+    asyncio.run(main())
 
 
 def test_database_outage_and_bridge_kill_lose_nothing(tmp_path, mosquitto, vm):
