@@ -87,6 +87,18 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM ``proc``, wait up to ``timeout_s``, then SIGKILL; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 @dataclass
 class Server:
     """One server process: how to start it, where it listens, and how to end it."""
@@ -143,13 +155,7 @@ class Server:
         """SIGTERM, wait, then SIGKILL if it does not exit."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout_s)
         self.proc = None
 
     def kill(self) -> None:

@@ -118,14 +118,7 @@ class BridgeProcess:
     def stop(self, timeout_s: float = 30) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return servers.terminate(self.proc, timeout_s)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests import servers
+from tests.telemetry._pipeline import BridgeProcess, bridge_config
 
 
 @pytest.fixture
@@ -21,6 +22,14 @@ def vm(tmp_path):
     srv = servers.start_victoria_metrics(tmp_path / "vm")
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def bridge(tmp_path, mosquitto, vm):
+    """``qnet bridge`` from mosquitto to VictoriaMetrics with the default test config, started."""
+    proc = BridgeProcess(bridge_config(tmp_path, mosquitto, vm), tmp_path / "bridge.log").start()
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -32,55 +32,47 @@ def _assert_exactly_once(seqs: list[int], n: int) -> None:
     assert max(seqs) == n
 
 
-def test_stream_arrives_exactly_once(tmp_path, mosquitto, vm):
-    bridge = BridgeProcess(bridge_config(tmp_path, mosquitto, vm), tmp_path / "bridge.log").start()
-    try:
-        n = 3000
+def test_stream_arrives_exactly_once(tmp_path, mosquitto, vm, bridge):
+    n = 3000
 
-        async def main():
-            pub = Publisher(publisher_settings(tmp_path, mosquitto))
-            pub.start()
-            await publish_stream(pub, "alice", n, rate_hz=3000, chunk=50)
-            assert await pub.wait_drained(20)
-            await pub.close()
+    async def main():
+        pub = Publisher(publisher_settings(tmp_path, mosquitto))
+        pub.start()
+        await publish_stream(pub, "alice", n, rate_hz=3000, chunk=50)
+        assert await pub.wait_drained(20)
+        await pub.close()
 
-        asyncio.run(main())
-        seqs = wait_for_count(vm, n, 20)
-        _assert_exactly_once(seqs, n)
-        # every field of the schema record made it, with the source timestamp (ms precision)
-        series = servers.vm_export(vm, '{__name__="singles_counts",channel="2"}')
-        assert len(series) == 1
-        ts0 = stream_record("alice", 1).time_ns // 10**6
-        assert series[0]["timestamps"][0] == ts0
-        assert series[0]["values"][0] == 1
-    finally:
-        bridge.stop()
+    asyncio.run(main())
+    seqs = wait_for_count(vm, n, 20)
+    _assert_exactly_once(seqs, n)
+    # every field of the schema record made it, with the source timestamp (ms precision)
+    series = servers.vm_export(vm, '{__name__="singles_counts",channel="2"}')
+    assert len(series) == 1
+    ts0 = stream_record("alice", 1).time_ns // 10**6
+    assert series[0]["timestamps"][0] == ts0
+    assert series[0]["values"][0] == 1
 
 
-def test_broker_outage_loses_nothing(tmp_path, mosquitto, vm):
-    bridge = BridgeProcess(bridge_config(tmp_path, mosquitto, vm), tmp_path / "bridge.log").start()
-    try:
-        n = 1500
+def test_broker_outage_loses_nothing(tmp_path, mosquitto, vm, bridge):
+    n = 1500
 
-        async def main():
-            pub = Publisher(publisher_settings(tmp_path, mosquitto))
-            pub.start()
-            task = asyncio.create_task(publish_stream(pub, "alice", n, rate_hz=500))
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(mosquitto.stop)
-            await asyncio.sleep(2.5)
-            assert not pub.connected and len(pub.outbox) > 0  # records wait in the outbox
-            await asyncio.to_thread(mosquitto.start)
-            await task
-            assert await pub.wait_drained(30)
-            assert pub.reconnects >= 1
-            await pub.close()
+    async def main():
+        pub = Publisher(publisher_settings(tmp_path, mosquitto))
+        pub.start()
+        task = asyncio.create_task(publish_stream(pub, "alice", n, rate_hz=500))
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(mosquitto.stop)
+        await asyncio.sleep(2.5)
+        assert not pub.connected and len(pub.outbox) > 0  # records wait in the outbox
+        await asyncio.to_thread(mosquitto.start)
+        await task
+        assert await pub.wait_drained(30)
+        assert pub.reconnects >= 1
+        await pub.close()
 
-        asyncio.run(main())
-        seqs = wait_for_count(vm, n, 30)
-        _assert_exactly_once(seqs, n)
-    finally:
-        bridge.stop()
+    asyncio.run(main())
+    seqs = wait_for_count(vm, n, 30)
+    _assert_exactly_once(seqs, n)
 
 
 def test_broker_death_with_messages_in_flight_is_noticed_at_once(tmp_path, mosquitto):
@@ -113,62 +105,52 @@ def test_broker_death_with_messages_in_flight_is_noticed_at_once(tmp_path, mosqu
     asyncio.run(main())
 
 
-def test_database_outage_and_bridge_kill_lose_nothing(tmp_path, mosquitto, vm):
+def test_database_outage_and_bridge_kill_lose_nothing(tmp_path, mosquitto, vm, bridge):
     """DB stopped mid-stream; the bridge is SIGKILLed while its spool holds acked messages."""
-    bridge = BridgeProcess(bridge_config(tmp_path, mosquitto, vm), tmp_path / "bridge.log")
-    bridge.start()
-    try:
-        n = 1500
+    n = 1500
 
-        async def main():
-            pub = Publisher(publisher_settings(tmp_path, mosquitto))
-            pub.start()
-            task = asyncio.create_task(publish_stream(pub, "alice", n, rate_hz=500))
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(vm.stop)
-            await asyncio.sleep(1.5)
-            # the broker got its PUBACKs: the points are in the bridge's spool, nowhere else
-            assert await pub.wait_drained(10)
-            bridge.kill()
-            await asyncio.sleep(0.5)
+    async def main():
+        pub = Publisher(publisher_settings(tmp_path, mosquitto))
+        pub.start()
+        task = asyncio.create_task(publish_stream(pub, "alice", n, rate_hz=500))
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(vm.stop)
+        await asyncio.sleep(1.5)
+        # the broker got its PUBACKs: the points are in the bridge's spool, nowhere else
+        assert await pub.wait_drained(10)
+        bridge.kill()
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(bridge.start)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(vm.start)
+        await task
+        assert await pub.wait_drained(20)
+        await pub.close()
+
+    asyncio.run(main())
+    seqs = wait_for_count(vm, n, 30)
+    _assert_exactly_once(seqs, n)
+    assert "failed" in bridge.text()  # the writes did fail while the DB was down
+
+
+def test_bridge_sigkill_mid_stream(tmp_path, mosquitto, vm, bridge):
+    n = 6000
+
+    async def main():
+        pub = Publisher(publisher_settings(tmp_path, mosquitto))
+        pub.start()
+        task = asyncio.create_task(publish_stream(pub, "alice", n, rate_hz=3000, chunk=30))
+        for _ in range(2):
+            await asyncio.sleep(0.6)
+            bridge.kill()  # mid-batch: points are flowing at 3000/s
             await asyncio.to_thread(bridge.start)
-            await asyncio.sleep(0.5)
-            await asyncio.to_thread(vm.start)
-            await task
-            assert await pub.wait_drained(20)
-            await pub.close()
+        await task
+        assert await pub.wait_drained(20)
+        await pub.close()
 
-        asyncio.run(main())
-        seqs = wait_for_count(vm, n, 30)
-        _assert_exactly_once(seqs, n)
-        assert "failed" in bridge.text()  # the writes did fail while the DB was down
-    finally:
-        bridge.stop()
-
-
-def test_bridge_sigkill_mid_stream(tmp_path, mosquitto, vm):
-    bridge = BridgeProcess(bridge_config(tmp_path, mosquitto, vm), tmp_path / "bridge.log")
-    bridge.start()
-    try:
-        n = 6000
-
-        async def main():
-            pub = Publisher(publisher_settings(tmp_path, mosquitto))
-            pub.start()
-            task = asyncio.create_task(publish_stream(pub, "alice", n, rate_hz=3000, chunk=30))
-            for _ in range(2):
-                await asyncio.sleep(0.6)
-                bridge.kill()  # mid-batch: points are flowing at 3000/s
-                await asyncio.to_thread(bridge.start)
-            await task
-            assert await pub.wait_drained(20)
-            await pub.close()
-
-        asyncio.run(main())
-        seqs = wait_for_count(vm, n, 30)
-        _assert_exactly_once(seqs, n)
-    finally:
-        bridge.stop()
+    asyncio.run(main())
+    seqs = wait_for_count(vm, n, 30)
+    _assert_exactly_once(seqs, n)
 
 
 def test_bad_payloads_are_dropped_and_bridge_keeps_running(tmp_path, mosquitto, vm):
