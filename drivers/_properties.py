@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from ._errors import UnexpectedReply
+from ._errors import LimitError, UnexpectedReply
 
 if TYPE_CHECKING:
     from ._instrument import Instrument
@@ -139,6 +139,10 @@ class control(measurement[float]):
         """The exact command for ``value``, after the limit check (raises LimitError)."""
         checked = obj.check_limit(str(self.limits_key), value, self.set_fmt)
         wire: float | int = checked * self.scale
+        if self.integer and self.scale == 1.0 and not checked.is_integer():
+            raise LimitError(
+                obj.name, self.set_fmt, f"{self.name} must be a whole number, got {value!r}"
+            )
         if self.integer:
             wire = obj.round_into_limit(str(self.limits_key), wire, self.scale, self.set_fmt)
         return self.set_fmt.format(wire)

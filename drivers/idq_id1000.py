@@ -121,9 +121,9 @@ class IDQuantiqueID1000(Instrument):
     # -- stream -------------------------------------------------------------------------------
     def set_streaming(self, on: bool, inputs: tuple[int, ...] = (1, 2, 3, 4)) -> None:
         """Start or stop the timestamp stream of the given inputs."""
+        checked = [self._index("input", n, self.N_INPUTS, "RAW<n>:SEND") for n in inputs]
         with self.lock:
-            for n in inputs:
-                self._index("input", n, self.N_INPUTS, "RAW:SEND")
+            for n in checked:
                 self.write(f"RAW{n}:SEND {'ON' if on else 'OFF'}")
 
     def tag_source(self, timeout_s: float | None = None) -> IDQTagStream:

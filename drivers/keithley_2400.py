@@ -63,6 +63,8 @@ class Keithley2400(Instrument):
         """
         with self.lock:
             target = self.bias_current_a
+            # the setpoint read back must itself be safe before the bias is dropped
+            self.check_limit("bias_current_a", target, "reset_latch")
             self.bias_current_a = 0.0
             time.sleep(float(self.options["reset_wait_s"]))
             steps = max(1, int(self.options["reset_steps"]))

@@ -10,6 +10,7 @@ from drivers import (
     IDQuantiqueID1000,
     InstrumentReportedError,
     Keithley2400,
+    LimitError,
     MeadowlarkD3050,
     ThorlabsCLD1015,
     ThorlabsPM100,
@@ -242,3 +243,23 @@ def test_histogram_is_int_array(fake_instrument):
         fake_instrument, IDQuantiqueID1000, [("HIST1:DATA?", "[5,6]")], lambda d: d.histogram(1)
     )
     assert h.dtype == np.int64
+
+
+def test_refusals_send_nothing(fake_instrument):
+    """A request refused part-way is refused whole: nothing reaches the instrument."""
+    tagger, fake = fake_instrument(IDQuantiqueID1000)
+    with pytest.raises(LimitError, match=r"input must be an int in 1\.\.4, got 7"):
+        tagger.set_streaming(True, (1, 2, 7))
+    assert fake.sent == []
+
+    pm, fake = fake_instrument(ThorlabsPM100)
+    with pytest.raises(LimitError, match=r"averages must be a whole number, got 2\.5"):
+        pm.averages = 2.5
+    assert fake.sent == []
+
+    # the bias read back is above the configured range: the reset must not start
+    smu, fake = fake_instrument(Keithley2400, limits={"bias_current_a": (0.0, 15e-6)})
+    fake.expect([(":SOUR:CURR?", "2.000000E-05")])
+    with pytest.raises(LimitError, match="outside the safe range"):
+        smu.reset_latch()
+    assert fake.sent == [b":SOUR:CURR?\n"]
