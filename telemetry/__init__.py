@@ -42,4 +42,5 @@ from ._settings import PublisherSettings as PublisherSettings
 from ._settings import Secret as Secret
 from ._settings import SettingsError as SettingsError
 from ._settings import SpoolSettings as SpoolSettings
+from ._settings import TlsSettings as TlsSettings
 from ._settings import load_bridge_settings as load_bridge_settings

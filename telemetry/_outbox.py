@@ -16,10 +16,11 @@ append is one committed transaction, ``synchronous=FULL``) and are bounded:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ._schema import Record, to_line, with_seq
@@ -39,6 +40,22 @@ def _connect(path: Path) -> sqlite3.Connection:
     con.execute("PRAGMA synchronous=FULL")
     con.execute("PRAGMA busy_timeout=5000")
     return con
+
+
+@contextlib.contextmanager
+def _transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed on success, rolled back on any error.
+
+    Without the rollback a failed write (disk full, I/O error) would leave the transaction
+    open and every later write would fail until the process restarts.
+    """
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 class Outbox:
@@ -89,9 +106,7 @@ class Outbox:
                     f"outbox {self.path} holds {self._count} of {self.max_records} records; "
                     f"refusing {n} new (policy refuse_newest)"
                 )
-            con = self._con
-            con.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(self._con) as con:
                 first = self._meta("next_seq")
                 seqs = list(range(first, first + n))
                 con.executemany(
@@ -110,10 +125,6 @@ class Outbox:
                         (overflow,),
                     ).rowcount
                     con.execute("UPDATE meta SET value=value+? WHERE key='dropped'", (dropped,))
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
             self._count += n - dropped
         if dropped:
             log.warning(
@@ -136,9 +147,8 @@ class Outbox:
         if not seqs:
             return
         with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
-            cur = self._con.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
-            self._con.execute("COMMIT")
+            with _transaction(self._con) as con:
+                cur = con.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
             self._count -= cur.rowcount
 
     def close(self) -> None:
@@ -174,14 +184,8 @@ class Spool:
         if not items:
             return
         with self._lock:
-            con = self._con
-            con.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(self._con) as con:
                 con.executemany("INSERT INTO spool (npoints, lines) VALUES (?, ?)", items)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
             self._count += len(items)
 
     def peek(self, max_points: int) -> tuple[int, int, list[str]]:

@@ -27,7 +27,7 @@ import aiomqtt
 
 from ._outbox import Outbox
 from ._schema import Record, SchemaError, make, status_topic, telemetry_topic, validate
-from ._settings import BrokerSettings, PublisherSettings
+from ._settings import BrokerSettings, PublisherSettings, SettingsError
 
 log = logging.getLogger("qnet.telemetry.publisher")
 
@@ -58,21 +58,21 @@ def mqtt_client(
     )
 
 
-async def _unless_disconnected(client: aiomqtt.Client, publishes: asyncio.Future[list]) -> list:
-    """Await ``publishes``, but raise ``MqttError`` as soon as the connection drops.
+async def _until_done_or_lost(client: aiomqtt.Client, tasks: list[asyncio.Task[None]]) -> bool:
+    """Wait for every publish in ``tasks``; True (the rest cancelled) if the connection drops.
 
     aiomqtt leaves a QoS 1 publish waiting for its PUBACK until its own timeout even when the
     connection is already gone, so without this a broker outage goes unnoticed for that long.
-    The unacknowledged rows stay in the outbox and are sent again after the reconnect.
     """
     lost = client._disconnected  # private, but aiomqtt's own message iterator races it too
-    await asyncio.wait({publishes, lost}, return_when=asyncio.FIRST_COMPLETED)
-    if publishes.done():
-        return publishes.result()
-    publishes.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await publishes
-    raise aiomqtt.MqttError(f"connection lost with messages in flight: {lost.exception()}")
+    everything = asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.wait({everything, lost}, return_when=asyncio.FIRST_COMPLETED)
+    if everything.done():
+        return False
+    for task in tasks:
+        task.cancel()
+    await everything
+    return True
 
 
 def backoff_s(attempt: int, lo: float, hi: float) -> float:
@@ -152,14 +152,16 @@ class Publisher:
 
     async def close(self, drain_s: float = 5.0) -> None:
         """Drain for up to ``drain_s``, publish the offline status, disconnect; rows stay stored."""
-        if self._task is not None:
-            await self.wait_drained(drain_s)
-            self._stopping = True
-            self._wake.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        try:
+            if self._task is not None:
+                await self.wait_drained(drain_s)
+                self._stopping = True
+                self._wake.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        finally:
             self._task = None
-        self.outbox.close()
+            self.outbox.close()
 
     async def run(self) -> None:
         """Connect, publish birth, drain the outbox; on any MQTT error back off and reconnect."""
@@ -203,6 +205,19 @@ class Publisher:
                 )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wait_stop(), timeout=delay)
+            except SettingsError as exc:  # a missing password or TLS file: say so, keep trying
+                delay = broker.reconnect_max_s
+                log.error(
+                    "cannot connect to broker %s:%d: %s; fix the broker settings. %d records "
+                    "kept in outbox, retry in %.0f s",
+                    broker.host,
+                    broker.port,
+                    exc,
+                    len(self.outbox),
+                    delay,
+                )
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wait_stop(), timeout=delay)
             finally:
                 self.connected = False
 
@@ -234,30 +249,40 @@ class Publisher:
         return out
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        """Publish the outbox in order until stopping; each acked message's rows are deleted."""
+        """Publish the outbox in order until stopping; each acked message's rows are deleted.
+
+        Once ``close`` has given up waiting, the round in flight ends the drain: what is left
+        stays in the outbox for the next start.
+        """
         window = self.settings.max_lines_per_message * self.settings.inflight
-        while True:
+        # at most ``inflight`` publishes issued at once: each one's timeout starts when it is
+        # issued, so a long queue inside paho would time out on a slow link
+        gate = asyncio.Semaphore(self.settings.inflight)
+
+        async def send(topic: str, payload: bytes) -> None:
+            async with gate:
+                await client.publish(topic, payload, 1, timeout=10)
+
+        while not self._stopping:
             rows = self.outbox.peek(window)
             if not rows:
-                if self._stopping:
-                    return
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.5)
                 continue
             msgs = self._messages(rows)
-            results = await _unless_disconnected(
-                client,
-                asyncio.gather(
-                    *(client.publish(t, p, 1, timeout=10) for t, p, _ in msgs),
-                    return_exceptions=True,
-                ),
-            )
-            done = [
-                s for (_, _, seqs), r in zip(msgs, results, strict=True) if r is None for s in seqs
+            tasks = [asyncio.ensure_future(send(t, p)) for t, p, _ in msgs]
+            lost = await _until_done_or_lost(client, tasks)
+            acked = [
+                s
+                for (_, _, seqs), task in zip(msgs, tasks, strict=True)
+                if not task.cancelled() and task.exception() is None
+                for s in seqs
             ]
-            self.outbox.remove(done)
-            self.published += len(done)
-            for r in results:
-                if isinstance(r, BaseException):
-                    raise r
+            self.outbox.remove(acked)  # what was not acknowledged stays, sent again later
+            self.published += len(acked)
+            if lost:
+                raise aiomqtt.MqttError("connection lost with messages in flight")
+            for task in tasks:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]

@@ -59,10 +59,23 @@ class TlsSettings(_Model):
     insecure_skip_verify: bool = False
 
     def context(self) -> ssl.SSLContext:
-        """An SSL context for these settings (verifying the server unless told not to)."""
-        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        """An SSL context for these settings (verifying the server unless told not to).
+
+        Raises SettingsError naming the setting and the file that cannot be used.
+        """
+        try:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        except OSError as exc:  # ssl.SSLError is an OSError too
+            raise SettingsError(f"tls.ca_file {self.ca_file}: {exc.strerror or exc}") from None
         if self.cert_file is not None:
-            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+            key = str(self.key_file) if self.key_file else None
+            try:
+                ctx.load_cert_chain(str(self.cert_file), key)
+            except OSError as exc:
+                raise SettingsError(
+                    f"tls.cert_file {self.cert_file} / tls.key_file {self.key_file}: "
+                    f"{exc.strerror or exc}"
+                ) from None
         if self.insecure_skip_verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE

@@ -185,3 +185,54 @@ def test_publisher_refuses_other_nodes_and_reports_counters(tmp_path):
 
     rec = asyncio.run(_counters(tmp_path))
     assert rec.measurement == "telemetry" and rec.fields["outbox_records"] == 1
+
+
+def test_publisher_with_unusable_tls_file_says_which_and_keeps_trying(tmp_path, caplog):
+    """A missing CA file must not end the sender task silently: logged by name, retried."""
+    import asyncio
+
+    from telemetry import Publisher, PublisherSettings
+
+    missing = tmp_path / "no-such-ca.pem"
+
+    async def main():
+        pub = Publisher(
+            PublisherSettings.model_validate(
+                {
+                    "node": "a",
+                    "broker": {
+                        "client_id": "x",
+                        "port": 1,
+                        "tls": {"ca_file": str(missing)},
+                        "reconnect_min_s": 0.05,
+                        "reconnect_max_s": 0.1,
+                    },
+                    "outbox": {"path": str(tmp_path / "o.db")},
+                }
+            )
+        )
+        task = pub.start()
+        pub.submit([singles(node="a", channel=1, counts=1, time_ns=T)])
+        await asyncio.sleep(0.5)
+        alive = not task.done()
+        await pub.close(drain_s=0)
+        return alive, len(Outbox(tmp_path / "o.db"))
+
+    with caplog.at_level(logging.ERROR, logger="qnet.telemetry.publisher"):
+        alive, kept = asyncio.run(main())
+    assert alive
+    assert kept == 1  # the record waits on disk
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and all(f"tls.ca_file {missing}" in m for m in errors), errors
+    assert len(errors) >= 2  # retried, not given up
+
+
+def test_tls_settings_name_the_file_they_cannot_use(tmp_path):
+    from telemetry import TlsSettings
+
+    with pytest.raises(SettingsError, match=r"tls\.ca_file .*nope\.pem"):
+        TlsSettings(ca_file=tmp_path / "nope.pem").context()
+    bad = tmp_path / "cert.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(SettingsError, match=r"tls\.cert_file .*cert\.pem"):
+        TlsSettings(cert_file=bad).context()
