@@ -31,7 +31,7 @@ def secure_broker(tmp_path):
     pw = servers.mosquitto_password_file(tmp_path / "passwd", USERS)
     port = servers.free_port()
     conf = (REPO / "configs/mosquitto/mosquitto.conf").read_text()
-    conf = re.sub(r"(?m)^listener 8883$", "", conf)
+    conf = re.sub(r"(?m)^(listener 8883|certfile .*|keyfile .*)$", "", conf)
     conf = conf.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
     conf = conf.replace("/etc/mosquitto/qnet.passwd", str(pw))
     conf = conf.replace("/etc/mosquitto/qnet.acl", str(REPO / "configs/mosquitto/acl"))
@@ -92,6 +92,18 @@ class Client:
     def close(self):
         self.c.loop_stop()
         self.c.disconnect()
+
+
+def test_shipped_broker_config_has_no_plain_listener_off_loopback():
+    """Every listener not bound to loopback carries its certificate and key (TLS or no start)."""
+    blocks = re.split(r"(?m)^listener ", (REPO / "configs/mosquitto/mosquitto.conf").read_text())
+    assert len(blocks) > 1
+    for block in blocks[1:]:
+        head = block.splitlines()[0].split()
+        if head[1:] == ["127.0.0.1"]:
+            continue
+        assert re.search(r"(?m)^certfile\s+\S+", block), f"listener {head} has no certfile"
+        assert re.search(r"(?m)^keyfile\s+\S+", block), f"listener {head} has no keyfile"
 
 
 def test_anonymous_and_wrong_password_are_refused(secure_broker):
