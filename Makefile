@@ -33,10 +33,9 @@ system-deps:  ## Debian packages for the real servers the tests start (mosquitto
 demo: $(STAMP)  ## run the main job on the embedded default
 	$(QNET) demo
 
-test: $(STAMP) system-deps  ## install everything and run every test
-	$(VENV)/bin/ruff check .
+test: $(STAMP) system-deps lint  ## install everything and run every test
 	$(PY) -m pytest
-	$(PY) -m pytest hil_tests --junitxml=reports/hil/junit.xml --hil-report reports/hil
+	$(MAKE) hil HIL_ARGS=
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(VENV)/bin/ruff check .
