@@ -79,7 +79,7 @@ def sim(
 
     old = signal.signal(signal.SIGTERM, _on_signal)
     try:
-        clock_speed = cfg.speed if cfg.speed > 0 else 1.0
+        clock_speed = testbed.clock_speed
         testbed.start_clock(clock_speed)
         table = Table(title=f"qnet sim: {config} (seed {cfg.seed}, speed {clock_speed:g}x)")
         for col in ("instrument", "driver", "address", "stream", "fault", "channels"):

@@ -107,6 +107,8 @@ class Instrument:
         self.policy = reconnect or ReconnectPolicy()
         self.lock = threading.RLock()
         self.identity: str | None = None
+        #: Successful re-opens after an earlier successful connection (the first one is not
+        #: counted), whether explicit (:meth:`reconnect`) or automatic after a failure.
         self.reconnects = 0
         self._alive = False
         self._connected_once = False
@@ -126,7 +128,6 @@ class Instrument:
         with self.lock:
             self.transport.close()
             self._open_and_verify()
-            self.reconnects += 1
             return str(self.identity)
 
     def close(self) -> None:
@@ -153,7 +154,9 @@ class Instrument:
         self.close()
 
     def _open_and_verify(self) -> None:
+        """Open, check the identity, run the connect hook; counts a re-open in ``reconnects``."""
         self._alive = False
+        was_connected = self._connected_once
         try:
             self.transport.open()
             idn = self.transport.query(self.IDN_QUERY).strip()
@@ -166,8 +169,10 @@ class Instrument:
                 )
             self.identity = idn
             self._alive = True
-            self._connected_once = True
             self._on_connect()
+            self._connected_once = True  # only a fully set-up session counts as a connection
+            if was_connected:
+                self.reconnects += 1
         except InstrumentError as exc:
             self._alive = False
             self.transport.close()
@@ -197,8 +202,6 @@ class Instrument:
             self._next_attempt = time.monotonic() + self._backoff_s
             self._backoff_s = min(self.policy.max_s, self._backoff_s * self.policy.factor)
             raise
-        if self._connected_once:
-            self.reconnects += 1
 
     def _exchange(self, command: str, fn: Callable[[], R]) -> R:
         with self.lock:

@@ -1,9 +1,9 @@
 """FileReplaySource: replay recorded time tags through the TagSource seam.
 
-Reads any tag file ``coincidence.iter_tag_file`` supports (``.npz``, ``.ptu``)
-when that reader exists, otherwise (numpy only) an ``.npz`` holding
-``timestamps`` (int64 ps) and ``channels`` (and optionally
-``begin_ps``/``end_ps``). Batches are re-cut on a grid of
+Reads any tag file ``coincidence.iter_tag_file`` supports (``.npz``, ``.ptu``);
+the file is opened and its header or arrays checked when the source is built, so
+a missing or foreign file raises :class:`coincidence.TagFileError` (naming the
+path) at once rather than on the first read. Batches are re-cut on a grid of
 ``batch_duration_ps`` so acquisition code sees the same cadence as from a live
 time tagger; ``speed`` paces the replay in wall-clock time (1.0 = real time,
 None = as fast as the reader asks).
@@ -15,33 +15,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
-import coincidence
-from coincidence import TagBatch
+from coincidence import TagBatch, iter_tag_file
 
 from ._tagsource import TagSource
-
-
-def _load(path: Path) -> Iterator[TagBatch]:
-    reader = getattr(coincidence, "iter_tag_file", None)
-    if reader is not None:
-        yield from reader(path)
-        return
-    with np.load(path) as data:
-        missing = {"timestamps", "channels"} - set(data.files)
-        if missing:
-            raise ValueError(f"{path}: missing array(s) {sorted(missing)} (has {data.files})")
-        begin = int(data["begin_ps"]) if "begin_ps" in data.files else None
-        end = int(data["end_ps"]) if "end_ps" in data.files else None
-        yield TagBatch(data["timestamps"], data["channels"], begin, end)
 
 
 class FileReplaySource(TagSource):
     """Replays a tag file (or an in-memory TagBatch) as contiguous batches.
 
     Args:
-        source: path of a tag file / ``.npz``, or a TagBatch.
+        source: path of a tag file (``.npz``, ``.ptu``), or a TagBatch.
         n_channels: channel count the consumer expects; tags at or above it raise.
         batch_duration_ps: length of each replayed batch, picoseconds.
         speed: wall-clock pacing factor (None: no pacing).
@@ -61,7 +44,8 @@ class FileReplaySource(TagSource):
         self._n = int(n_channels)
         self._step = int(batch_duration_ps)
         self._speed = speed
-        batches = iter([source]) if isinstance(source, TagBatch) else _load(Path(source))
+        # iter_tag_file checks the file now (TagFileError naming the path), not on first read.
+        batches = iter([source]) if isinstance(source, TagBatch) else iter_tag_file(Path(source))
         self._pieces = self._cut(batches)
         self._t0: float | None = None
         self._first_ps: int | None = None

@@ -86,9 +86,6 @@ class Transport(ABC):
     def read_bytes(self, n: int, timeout_s: float, command: str = "<stream>") -> bytes:
         """Up to ``n`` raw bytes that arrive within ``timeout_s`` (b"" if none; for streams)."""
 
-    def flush_input(self) -> None:  # noqa: B027 - optional hook
-        """Discard bytes already received but not read (e.g. a reply that came late)."""
-
     # -- line protocol ---------------------------------------------------------------
     def write(self, command: str) -> None:
         """Send one command line (the write termination is appended)."""
@@ -185,19 +182,28 @@ class VisaTransport(Transport):
         return self._res
 
     def _peer_closed(self) -> bool:
-        """Whether a pyvisa-py socket session's peer has hung up (pyvisa-py reports a timeout)."""
+        """Whether a pyvisa-py socket session's peer has hung up (pyvisa-py reports a timeout).
+
+        Only pyvisa-py exposes its sessions' sockets (``visalib.sessions``); for any other
+        backend (NI-VISA, pyvisa-sim) nothing can be told, so a timeout stays a timeout.
+        """
         import socket
+
+        import pyvisa
 
         try:
             session = self._res.visalib.sessions[self._res.session]
-            sock = getattr(session, "interface", None)
-            if not isinstance(sock, socket.socket):
-                return False
+        except (AttributeError, KeyError, pyvisa.errors.InvalidSession):
+            return False
+        sock = getattr(session, "interface", None)
+        if not isinstance(sock, socket.socket):
+            return False
+        try:
             return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
-            return False
-        except Exception:
-            return True
+            return False  # open, nothing pending: a genuine timeout
+        except OSError:
+            return True  # reset by the peer, or the socket is already closed
 
     def _map(self, exc: Exception, command: str) -> Exception:
         import pyvisa
@@ -243,9 +249,6 @@ class VisaTransport(Transport):
             if isinstance(err, InstrumentTimeout):
                 return b""
             raise err from exc
-
-    def flush_input(self) -> None:
-        """VISA sessions are reopened rather than flushed; nothing to do."""
 
 
 class SerialTransport(Transport):
@@ -334,9 +337,3 @@ class SerialTransport(Transport):
             return bytes(port.read(n))
         except (serial.SerialException, OSError) as exc:
             raise ConnectionLost(self.name, command, f"read failed: {exc}") from exc
-
-    def flush_input(self) -> None:
-        """Drop unread input."""
-        if self._port is not None:
-            with contextlib.suppress(Exception):  # a dead session may fail to close
-                self._port.reset_input_buffer()

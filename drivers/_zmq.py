@@ -15,9 +15,13 @@ from ._transport import Transport, log_traffic
 
 
 class ZmqTransport(Transport):
-    """SCPI over a ZeroMQ REQ socket; ``url`` like ``zmq://169.254.99.100:5555``."""
+    """SCPI over a ZeroMQ REQ socket; ``url`` like ``zmq://169.254.99.100:5555``.
 
-    def __init__(self, name: str, url: str, *, timeout_s: float = 1.0, **kwargs: Any) -> None:
+    Only ``timeout_s`` is configurable: ZeroMQ frames the messages, so there are no
+    terminations to set (an unexpected keyword is a TypeError, not silently dropped).
+    """
+
+    def __init__(self, name: str, url: str, *, timeout_s: float = 1.0) -> None:
         super().__init__(name, timeout_s=timeout_s, write_termination="", read_termination="\n")
         self.url = url
         self._ctx: Any = None

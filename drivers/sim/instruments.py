@@ -369,6 +369,9 @@ class D3050Emulator:
     terminator = "\r"
     reply_terminator = "\r\n"
     identity = "Meadowlark Optics D3050 v1.05 emulated"
+    #: Drive-level counts per volt, and the highest level ``ld:k,counts`` accepts.
+    COUNTS_PER_V = 6553.5
+    MAX_COUNTS = 65535
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -379,7 +382,7 @@ class D3050Emulator:
     @property
     def setpoints(self) -> list[float]:
         """Drive voltages of the four elements, V."""
-        return [c / 6553.5 for c in self.counts]
+        return [c / self.COUNTS_PER_V for c in self.counts]
 
     def handle(self, line: str) -> str | None:
         """Reply to one command line; unknown commands get ``?``."""
@@ -397,7 +400,7 @@ class D3050Emulator:
             if m.group(2) == "?":
                 return f"ld:{k + 1},{self.counts[k]}"
             value = int(m.group(2))
-            if value > 65535:
+            if value > self.MAX_COUNTS:
                 return "?"
             self.counts[k] = value
             return line

@@ -307,31 +307,14 @@ def waveplate_unitary(retardance_rad: float, axis_angle_rad: float) -> np.ndarra
     return rotation((retardance_rad * math.sin(a2), 0.0, retardance_rad * math.cos(a2)))
 
 
-# Fixed fast axes of the controller's three retarders (0, 45, 0 degrees): z, x, z on the sphere.
-COMPENSATOR_AXES_RAD = (0.0, math.pi / 4, 0.0)
-
-
-def compensator_unitary(retardances_rad: tuple[float, float, float] | np.ndarray) -> np.ndarray:
-    """The polarization controller's unitary from its three retardances (rad).
-
-    Three variable retarders with fast axes at 0, 45, 0 degrees (a Z-X-Z Euler
-    decomposition on the Poincare sphere), applied in order plate 1, 2, 3, so
-    any SU(2) rotation is reachable with retardances in [0, 2 pi).
-    """
-    r = np.asarray(retardances_rad, dtype=float)
-    if r.shape != (3,) or not np.all(np.isfinite(r)):
-        raise ValueError(f"compensator needs 3 finite retardances (rad), got {retardances_rad!r}")
-    u = np.eye(2, dtype=complex)
-    for ret, ax in zip(r, COMPENSATOR_AXES_RAD, strict=True):
-        u = waveplate_unitary(float(ret), ax) @ u
-    return u
-
-
 def compensator_retardances(target: np.ndarray) -> tuple[float, float, float]:
-    """Retardances (rad, in [0, 2 pi)) for which ``compensator_unitary`` equals ``target``.
+    """Retardances (rad, in [0, 2 pi)) of three retarders that together equal ``target``.
 
-    Equal up to a global phase; used to compute the setpoints that undo a fiber rotation
-    (``compensator_retardances(inverse(U_fiber))``).
+    The retarders have fast axes at 0, 45, 0 degrees (Z, X, Z on the Poincare sphere)
+    and act in that order, like the first three elements of
+    :func:`compensator_unitary_from_voltages`; any SU(2) rotation is reachable. Equal
+    up to a global phase; :func:`compensator_voltages` uses it to find the setpoints
+    that undo a fiber rotation (``compensator_retardances(inverse(U_fiber))``).
     """
     u = np.asarray(target, dtype=complex)
     if u.shape != (2, 2):

@@ -47,6 +47,7 @@ from coincidence import TagBatch
 from .._tagsource import TagSource
 from . import physics as ph
 from .instruments import (
+    EMULATORS,
     CLD1015Emulator,
     D3050Emulator,
     ID120Emulator,
@@ -58,17 +59,6 @@ from .server import FAULT_MODES, FaultConfig, InstrumentServer
 from .tags import TagGenerator
 
 Side = Literal["both", "alice", "bob"]
-
-#: Driver key (as in node configs) -> emulator class.
-EMULATORS: dict[str, type] = {
-    "thorlabs_cld1015": CLD1015Emulator,
-    "keithley_2400": Keithley2400Emulator,
-    "thorlabs_pm100": PM100Emulator,
-    "idq_id120": ID120Emulator,
-    "meadowlark_d3050": D3050Emulator,
-    "idq_id1000": ID1000Emulator,
-}
-
 
 #: Channels an instrument acts on when the testbed config does not say: the SMU biases
 #: Alice's H detector, the SPAD module reports Bob's H detector.
@@ -124,7 +114,9 @@ class TestbedConfig(_Model):
     step_s: float = Field(0.01, gt=0.0, le=1.0)
     """Simulated time per generator step; controls are re-read between steps."""
     speed: float = Field(1.0, ge=0.0)
-    """Simulated seconds per wall-clock second for paced streams; 0 = as fast as possible."""
+    """Simulated seconds per wall-clock second for paced streams; 0 = as fast as asked
+    (in-process readers; the background clock and served streams then run at 1, see
+    ``Testbed.clock_speed``)."""
     chunk_s: float = Field(0.01, gt=0.0)
     """Simulated time per unpaced ``read`` and per served stream frame (at speed 1)."""
     physics: ph.PhysicsParams = ph.PhysicsParams()
@@ -351,9 +343,8 @@ class Testbed:
             self.emulators[name].dead_time_s = self._det[c].dead_time_ps * 1e-12
 
     def _make_emulator(self, name: str, spec: InstrumentSpec) -> Any:
+        """The emulator of one configured instrument, wired to the physics where it reads it."""
         d = spec.driver
-        if d == "thorlabs_cld1015":
-            return CLD1015Emulator()
         if d == "keithley_2400":
             det = self._det[spec.channels[0]] if spec.channels else self._det[0]
             emu = Keithley2400Emulator(
@@ -370,18 +361,17 @@ class Testbed:
         if d == "idq_id120":
             chans = list(spec.channels) or [0]
             return ID120Emulator(read_count_rate_hz=lambda c=chans, n=name: self._spad_rate(n, c))
-        if d == "meadowlark_d3050":
-            return D3050Emulator()
         if d == "idq_id1000":
             side = self._tagger_side(name, spec)
-            speed = self.config.speed if self.config.speed > 0 else 1.0
             chans = [0, 1, 2, 3] if side == "alice" else [4, 5, 6, 7]
             return ID1000Emulator(
                 tag_supplier=lambda duration_ps, n=name, s=side: self._supply(n, s, duration_ps),
                 read_counts=lambda c=chans: self._counts_per_second(c),
-                frame_duration_ps=max(1, round(self.config.chunk_s * speed * 1e12)),
+                frame_duration_ps=max(1, round(self.config.chunk_s * self.clock_speed * 1e12)),
             )
-        raise TestbedError(f"instrument {name!r}: unsupported driver {d!r}")
+        # The laser and the polarization controller hold operator settings the testbed
+        # reads (see laser / compensator); they need no physics callables.
+        return EMULATORS[d]()
 
     def _tagger_side(self, name: str, spec: InstrumentSpec) -> Side:
         chans = sorted(spec.channels) if spec.channels else None
@@ -400,8 +390,13 @@ class Testbed:
     @property
     def laser(self) -> CLD1015Emulator:
         """The pump laser's emulator (served or in-process)."""
+        return self.emulators[self._laser_name]
+
+    @property
+    def _laser_name(self) -> str:
+        """Name of the pump laser's emulator (``_pump`` when no laser is served)."""
         names = [n for n, _ in self._roles("thorlabs_cld1015")] or ["_pump"]
-        return self.emulators[names[0]]
+        return names[0]
 
     @property
     def compensator(self) -> D3050Emulator | None:
@@ -410,37 +405,101 @@ class Testbed:
         return self.emulators[names[0]] if names else None
 
     # -- controls, as an operator would set them (through the emulators' command lines) ------
+    @staticmethod
+    def _scpi_set(name: str, emulator: Any, command: str, what: str) -> None:
+        """Send one set command to a SCPI emulator; TestbedError if the emulator refused it.
+
+        The command runs against an empty error queue, so a refusal raises here (``what``
+        says what was asked) instead of sitting in the queue until the operator's next,
+        unrelated driver command reads ``SYST:ERR?``; errors already queued stay queued.
+        """
+        with emulator.lock:
+            pending = emulator.errors
+            emulator.errors = deque(maxlen=pending.maxlen)
+            try:
+                emulator.handle(command)
+                refused = list(emulator.errors)
+            finally:
+                emulator.errors = pending
+        if refused:
+            raise TestbedError(
+                f"{name!r} refused {what} (command {command!r}: {'; '.join(refused)})"
+            )
+
     def set_pump(self, current_a: float, on: bool = True) -> None:
-        """Set the pump laser current (A) and output, as the laser's commands would."""
-        laser = self.laser
+        """Set the pump laser current (A) and output, as the laser's commands would.
+
+        TestbedError names the laser and the value if it refuses: an out-of-range
+        current changes nothing; a refused output (interlock open) leaves the new current.
+        """
+        current = float(current_a)
+        if not math.isfinite(current):
+            raise TestbedError(f"pump current must be a finite number, got {current_a!r} A")
+        name, laser = self._laser_name, self.laser
         with laser.lock:
-            laser.handle(f"SOUR1:CURR {float(current_a):.6E}")
-            laser.handle(f"OUTP1:STAT {'ON' if on else 'OFF'}")
+            self._scpi_set(name, laser, f"SOUR1:CURR {current:.6E}", f"pump current {current} A")
+            state = "ON" if on else "OFF"
+            self._scpi_set(name, laser, f"OUTP1:STAT {state}", f"laser output {state}")
 
     def set_bias(self, channel: int, current_a: float) -> None:
-        """Set the bias of the SNSPD on ``channel`` (through its SMU if one drives it)."""
+        """Set the bias of the SNSPD on ``channel`` (through its SMU if one drives it).
+
+        TestbedError names the SMU and the value if it refuses (the bias is then unchanged).
+        """
+        if not 0 <= channel < 8:
+            raise TestbedError(f"bias channel {channel} is not in 0..7")
+        current = float(current_a)
+        if not math.isfinite(current):
+            raise TestbedError(
+                f"bias of channel {channel} must be a finite number, got {current_a!r} A"
+            )
         for name, spec in self._roles("keithley_2400"):
             if channel in spec.channels:
-                smu = self.emulators[name]
-                with smu.lock:
-                    smu.handle(f":SOUR:CURR {float(current_a):.6E}")
+                self._scpi_set(
+                    name,
+                    self.emulators[name],
+                    f":SOUR:CURR {current:.6E}",
+                    f"bias {current} A on channel {channel}",
+                )
                 return
         with self._lock:
-            self._bias[channel] = float(current_a)
+            self._bias[channel] = current
             self._latched[channel] = ph.next_latched(
-                bool(self._latched[channel]), float(current_a), self._det[channel]
+                bool(self._latched[channel]), current, self._det[channel]
             )
 
     def set_compensator_voltages(self, voltages_v: list[float]) -> None:
-        """Set the polarization controller's element voltages (V), as ``ld:k,counts`` would."""
+        """Set the polarization controller's element voltages (V), as ``ld:k,counts`` would.
+
+        Every element needs a voltage the controller accepts; all are checked before any
+        is sent, so a refused request changes nothing (TestbedError names the element).
+        """
         comp = self.compensator
         if comp is None:
             raise TestbedError("the node has no polarization controller (meadowlark_d3050)")
+        name = self._roles("meadowlark_d3050")[0][0]
+        n = len(comp.counts)
+        values = list(voltages_v)
+        if len(values) != n:
+            raise TestbedError(
+                f"compensator {name!r} takes {n} voltages (elements 1..{n}), "
+                f"got {len(values)}: {values}; nothing was changed"
+            )
+        v_max = comp.MAX_COUNTS / comp.COUNTS_PER_V
+        counts = []
+        for k, v in enumerate(values, start=1):
+            x = float(v)
+            c = round(x * comp.COUNTS_PER_V) if math.isfinite(x) else -1
+            if not 0 <= c <= comp.MAX_COUNTS:
+                raise TestbedError(
+                    f"compensator {name!r}: element {k} voltage {v} V is outside "
+                    f"0..{v_max:g} V; nothing was changed"
+                )
+            counts.append(c)
         with comp.lock:
-            for k, v in enumerate(voltages_v, start=1):
-                reply = comp.handle(f"ld:{k},{round(float(v) * 6553.5)}")
-                if reply == "?":
-                    raise TestbedError(f"compensator refused {v} V on element {k}")
+            for k, c in enumerate(counts, start=1):
+                if comp.handle(f"ld:{k},{c}") == "?":  # the emulator disagrees with the check
+                    raise TestbedError(f"compensator {name!r} refused {c} counts on element {k}")
 
     # -- run-time hooks for tests -------------------------------------------------------------
     def impose_rotation(self, vector_rad: tuple[float, float, float] | np.ndarray) -> None:
@@ -655,9 +714,7 @@ class Testbed:
 
     def _between_steps(self) -> None:
         """State update at a step boundary: the fiber's random walk."""
-        k = self._step_index
         self._step_index += 1
-        del k
         if self.drift_rad_per_sqrt_s > 0:
             rng = self._walk_rng
             self.u_fiber = ph.random_walk(
@@ -766,13 +823,24 @@ class Testbed:
             raise
         return served
 
+    @property
+    def clock_speed(self) -> float:
+        """Pace of the wall-clock-driven parts: ``config.speed``, or 1 (real time) if it is 0.
+
+        ``speed`` 0 means "as fast as asked" for in-process readers; the background
+        clock and the served taggers' frames follow the wall clock and cannot run
+        unboundedly fast, so they run at real time then.
+        """
+        return self.config.speed if self.config.speed > 0 else 1.0
+
     def start_clock(self, speed: float | None = None) -> None:
         """Advance simulated time in a background thread at ``speed`` x real time.
 
         Keeps the physics (polarization drift, rates) evolving while no stream is read;
         readers that pull faster simply run ahead and the clock waits for the wall clock.
+        ``speed`` defaults to :attr:`clock_speed` (the config's, 0 there meaning 1).
         """
-        speed = self.config.speed if speed is None else float(speed)
+        speed = self.clock_speed if speed is None else float(speed)
         if not (math.isfinite(speed) and speed > 0):
             raise TestbedError(f"clock speed must be finite and > 0, got {speed}")
         if self._clock_thread is not None:

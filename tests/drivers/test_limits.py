@@ -59,6 +59,11 @@ def test_control_never_sends_out_of_range(cls, attr, desc, fake_instrument):
     def check(v):
         fake.sent.clear()
         inside = math.isfinite(v) and lo <= v <= hi
+        if inside and desc.integer and desc.scale == 1.0 and not float(v).is_integer():
+            with pytest.raises(LimitError, match="whole number"):  # a count
+                setattr(inst, attr, v)
+            assert fake.sent == []
+            return
         if not inside:
             with pytest.raises(LimitError, match=re.escape(key)):
                 setattr(inst, attr, v)

@@ -317,3 +317,80 @@ def test_visa_transport_unreachable_is_connection_lost():
         assert isinstance(inst.transport, VisaTransport)
         with pytest.raises(ConnectionLost, match="ghost"):
             inst.connect()
+
+
+def test_visa_timeout_is_not_a_hang_up_unless_the_socket_says_so():
+    import socket
+    from types import SimpleNamespace
+
+    import pyvisa
+
+    t = VisaTransport("pm", "TCPIP::127.0.0.1::1::SOCKET", backend="@ivi")
+    timeout = pyvisa.errors.VisaIOError(pyvisa.constants.StatusCode.error_timeout)
+    try:
+        # NI-VISA's library object has no ``sessions``: nothing to inspect, a timeout stays one
+        t._res = SimpleNamespace(visalib=SimpleNamespace(), session=1)
+        err = t._map(timeout, "MEAS:POW?")
+        assert isinstance(err, InstrumentTimeout) and "no reply within" in str(err)
+        t._res = SimpleNamespace(visalib=SimpleNamespace(sessions={}), session=1)  # unknown
+        assert isinstance(t._map(timeout, "MEAS:POW?"), InstrumentTimeout)
+        a, b = socket.socketpair()
+        with a, b:
+            t._res = SimpleNamespace(
+                visalib=SimpleNamespace(sessions={1: SimpleNamespace(interface=a)}), session=1
+            )
+            assert isinstance(t._map(timeout, "MEAS:POW?"), InstrumentTimeout)  # open, quiet
+            b.close()  # the instrument hangs up
+            err = t._map(timeout, "MEAS:POW?")
+            assert isinstance(err, ConnectionLost) and "closed by the instrument" in str(err)
+    finally:
+        t._res = None
+
+
+def test_reconnects_counts_reopens_not_the_first_connection(serve):
+    srv = serve(PM100Emulator())
+    lazy = visa(srv, "thorlabs_pm100")
+    assert lazy.power_w == pytest.approx(1e-6)  # first connection made on demand
+    assert lazy.reconnects == 0
+    pm = visa(srv, "thorlabs_pm100")
+    pm.reconnect()  # the supervisor's first connection goes through reconnect()
+    assert pm.reconnects == 0
+    pm.reconnect()
+    assert pm.reconnects == 1
+    srv.inject("disconnect")
+    with pytest.raises(ConnectionLost):
+        pm.power_w  # noqa: B018 - the read is the point
+    srv.restore()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            pm.power_w  # noqa: B018 - reconnects after the backoff
+            break
+        except InstrumentError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert pm.reconnects == 2
+    lazy.close()
+    pm.close()
+
+
+def test_replay_source_refuses_a_missing_or_foreign_file_at_once(tmp_path):
+    import re
+
+    from coincidence import TagFileError
+
+    missing = tmp_path / "missing.npz"
+    with pytest.raises(TagFileError, match=re.escape(f"{missing}: no such file")):
+        FileReplaySource(missing, n_channels=2)
+    foreign = tmp_path / "foreign.npz"
+    foreign.write_bytes(b"this is not a zip archive")
+    with pytest.raises(TagFileError, match=re.escape(f"{foreign}: not an npz file")):
+        FileReplaySource(foreign, n_channels=2)
+    ptu = tmp_path / "foreign.ptu"
+    ptu.write_bytes(b"garbage " * 8)
+    with pytest.raises(TagFileError, match=re.escape(str(ptu))):
+        FileReplaySource(ptu, n_channels=2)
+    csv = tmp_path / "tags.csv"
+    csv.write_text("5,0\n")
+    with pytest.raises(TagFileError, match="unknown tag file type"):
+        FileReplaySource(csv, n_channels=2)

@@ -158,3 +158,11 @@ def test_replay_in_memory_paced_and_channel_checked():
     bad = FileReplaySource(batch, n_channels=1)
     with pytest.raises(ValueError, match="channel 1"):
         bad.read()
+
+
+def test_zmq_transport_refuses_options_it_cannot_honour():
+    from drivers import ZmqTransport
+
+    with pytest.raises(TypeError, match="write_termination"):
+        ZmqTransport("tc", "zmq://127.0.0.1:5555", write_termination="\r")  # type: ignore[call-arg]
+    assert ZmqTransport("tc", "zmq://127.0.0.1:5555", timeout_s=0.25).timeout_s == 0.25

@@ -97,3 +97,11 @@ def test_sim_bad_config_exits_2(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "slope_efficiency_w_per_a" in out
+
+
+def test_sim_speed_0_runs_the_clock_at_real_time(tmp_path):
+    cfg, _ = _configs(tmp_path)
+    proc = _qnet(str(cfg), "--speed", "0", "--duration", "0.5")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "speed 1x" in out and "stopped at simulated t" in out

@@ -243,3 +243,75 @@ def test_detector_without_smu_latches_through_the_model(testbed):
     testbed.set_bias(1, 0.0)
     testbed.set_bias(1, 16e-6)
     assert not testbed.latched()[1] and testbed.efficiencies()[1] > 0.5
+
+
+def test_refused_pump_current_raises_and_leaves_no_error_in_the_queue(testbed):
+    laser = testbed.emulators["pump_laser"]
+    before = (laser.current_setpoint_a, laser.output_on)
+    laser.handle("SOUR1:CURR 9")  # the operator's own refused command: its error stays queued
+    with pytest.raises(TestbedError, match=r"'pump_laser' refused pump current 2\.0 A"):
+        testbed.set_pump(2.0)
+    assert (laser.current_setpoint_a, laser.output_on) == before
+    assert laser.handle("SYST:ERR?").startswith("-222")  # the operator's error only
+    assert laser.handle("SYST:ERR?") == '0,"No error"'
+    with pytest.raises(TestbedError, match="finite"):
+        testbed.set_pump(float("nan"))
+    testbed.set_pump(0.04)
+    assert laser.current_setpoint_a == pytest.approx(0.04) and laser.output_on
+
+
+def test_refused_bias_raises_and_leaves_no_error_in_the_queue(testbed):
+    smu = testbed.emulators["snspd_bias"]
+    before = smu.bias_current_a
+    with pytest.raises(TestbedError, match=r"'snspd_bias' refused bias 2\.0 A on channel 0"):
+        testbed.set_bias(0, 2.0)
+    assert smu.bias_current_a == before and not testbed.latched()[0]
+    assert smu.handle(":SYST:ERR?") == '0,"No error"'
+    with pytest.raises(TestbedError, match=r"channel 9 is not in 0\.\.7"):
+        testbed.set_bias(9, 16e-6)
+
+
+def test_compensator_voltages_are_all_checked_before_any_is_sent(testbed):
+    comp = testbed.compensator
+    before, n_commands = list(comp.counts), len(comp.commands)
+    with pytest.raises(TestbedError, match=r"element 3 voltage -1 V is outside 0\.\.10 V"):
+        testbed.set_compensator_voltages([1, 2, -1, 0])
+    with pytest.raises(TestbedError, match=r"element 2 voltage 10\.5 V"):
+        testbed.set_compensator_voltages([1, 10.5, 1, 1])
+    with pytest.raises(TestbedError, match="takes 4 voltages"):
+        testbed.set_compensator_voltages([1, 2, 3])
+    with pytest.raises(TestbedError, match="element 1 voltage nan V"):
+        testbed.set_compensator_voltages([float("nan"), 1, 1, 1])
+    assert comp.counts == before and len(comp.commands) == n_commands  # nothing was sent
+    testbed.set_compensator_voltages([1, 2, 0, 10])
+    assert comp.setpoints == pytest.approx([1, 2, 0, 10], abs=1 / comp.COUNTS_PER_V)
+
+
+def test_speed_0_config_runs_the_clock_and_served_frames_at_real_time():
+    cfg = make_config(speed=0.0)
+    tb = Testbed(cfg)
+    try:
+        assert tb.clock_speed == 1.0
+        assert tb.emulators["time_tagger"].frame_duration_ps == round(cfg.chunk_s * 1e12)
+        t0 = tb.sim_time_ps
+        tb.start_clock()  # used to raise: the default took speed 0 as is
+        deadline = time.monotonic() + 5
+        while tb.sim_time_ps == t0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tb.sim_time_ps > t0
+        with pytest.raises(TestbedError, match="clock speed must be finite and > 0"):
+            tb.start_clock(0)  # an explicit 0 is still refused
+    finally:
+        tb.stop()
+    fast = Testbed(make_config(speed=2.0))
+    assert fast.clock_speed == 2.0
+    assert fast.emulators["time_tagger"].frame_duration_ps == round(2 * cfg.chunk_s * 1e12)
+
+
+def test_one_emulator_table_builds_every_configured_instrument(testbed):
+    from drivers.sim import instruments
+    from drivers.sim import testbed as testbed_module
+
+    assert testbed_module.EMULATORS is instruments.EMULATORS
+    for name, spec in testbed.config.instruments.items():
+        assert type(testbed.emulators[name]) is instruments.EMULATORS[spec.driver]
