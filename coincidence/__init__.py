@@ -27,6 +27,7 @@ from ._synthetic import generate_pairs as generate_pairs
 # isort: split
 from ._files import DEFAULT_CHUNK_RECORDS as DEFAULT_CHUNK_RECORDS
 from ._files import PtuHeader as PtuHeader
+from ._files import channel_capacity as channel_capacity
 from ._files import count_records as count_records
 from ._files import iter_npz as iter_npz
 from ._files import iter_ptu as iter_ptu

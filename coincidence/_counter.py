@@ -377,11 +377,6 @@ class CoincidenceCounter:
         self._chunk_tags = value
 
     @property
-    def n_groups(self) -> int:
-        """Number of delay groups of the fast kernel (1 if all delays are close)."""
-        return int(self._grp.max()) + 1
-
-    @property
     def held_back_tags(self) -> int:
         """Tags kept from earlier batches (the tail), at most ``horizon_ps`` worth."""
         return int(self._tail_t.shape[0])

@@ -97,11 +97,11 @@ def _fold_histogram(
 ) -> None:
     """Add ``times`` into ``out[segment, bin]``: bin = ((t - t0) // bin_ps) mod n_bins.
 
-    ``n_bins`` is a power of two; segment = (t - t0) // seg_ps, clipped to the last.
+    ``n_bins`` is a power of two and ``out.shape[1] == n_bins`` (every bin index fits);
+    segment = (t - t0) // seg_ps, clipped to the last.
     """
     mask = n_bins - 1
     n_seg = out.shape[0]
-    width = out.shape[1]
     for i in range(times.shape[0]):
         dt = times[i] - t0
         if dt < 0:
@@ -110,8 +110,7 @@ def _fold_histogram(
         if s >= n_seg:
             s = n_seg - 1
         b = (dt // bin_ps) & mask
-        if b < width:
-            out[s, b] += 1.0
+        out[s, b] += 1.0
 
 
 @numba.njit(cache=True, nogil=True)

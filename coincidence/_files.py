@@ -5,8 +5,9 @@ processed with bounded memory (a 10 GB PTU file is never loaded whole).
 
 **npz** files hold ``timestamps`` (integer ps) and ``channels`` (small
 non-negative integers), optionally ``begin_ps`` and ``end_ps`` (the measured
-interval; without them the file covers ``[first tag, last tag + 1)``). The two
-arrays are streamed straight out of the zip members.
+interval, which must contain every tag: TagFileError otherwise; without them the
+file covers ``[first tag, last tag + 1)``). The two arrays are streamed straight
+out of the zip members.
 
 **PTU** (PicoQuant unified TTTR): ``PQTTTR`` and two NUL bytes, an 8-byte version, a
 tagged header (32-byte ident, int32 index, uint32 type, 8-byte value; strings,
@@ -31,7 +32,8 @@ true of every T2 device). Channel mapping: a detection channel ``c`` (the raw
 record field, 0-based) becomes channel ``c``. The HydraHarp/MultiHarp **sync**
 input is a real detection event: by default (``sync_channel="auto"``) it becomes
 channel ``HW_InpChannels`` from the header (the first number after the detection
-channels; 64 if the header lacks it), an integer puts it on that channel, and
+channels; 64 if the header lacks it), an integer puts it on that channel (refused
+if a detector uses it: below ``HW_InpChannels``, or a detection record on it), and
 ``"drop"`` skips it. **Markers** (coarse external triggers, possibly slightly out
 of time order by design) are not tags: they are skipped by :func:`iter_ptu` and
 returned by :func:`read_ptu_markers`.
@@ -54,12 +56,12 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numba
 import numpy as np
 
-from ._errors import TagBatchError, TagFileError
+from ._errors import TagBatchError, TagFileError, TagOrderError
 from ._tags import MAX_CHANNELS, TagBatch
 
 #: Records (or tags) decoded per chunk by default: 8 MB of PTU records.
@@ -116,6 +118,12 @@ _SUPPORTED = ", ".join(
 
 ProgressCallback = Callable[[int, int], None]
 """``progress(records_done, records_total)``, called after each chunk."""
+
+Locator = Callable[[int], str]
+"""``locate(k)``: where the ``k``-th tag of the chunk being read is in the file, for errors."""
+
+#: Channels a PTU file's photon records can name, by layout (PicoHarp: 15 is special).
+_LAYOUT_CHANNELS = {_LAYOUT_PICOHARP: 15, _LAYOUT_HYDRAHARP_V1: 64, _LAYOUT_HYDRAHARP_V2: 64}
 
 
 # ----------------------------------------------------------------------------- PTU header
@@ -294,14 +302,13 @@ def _decode_t2(
 ) -> int:
     """Decode T2 records into photon tags (ps, channel) and markers (ps, bit mask).
 
-    ``out_*``/``mk_*`` must be at least ``records.size`` long. ``state`` (int64[4])
-    receives: photons written, markers written, overflow accumulator (ticks) at the
-    end, overflow records seen. Returns -1, or the index of the first record that is
-    not valid for the layout (decoding stops there). ``sync_channel < 0`` drops syncs.
+    ``out_*``/``mk_*`` must be at least ``records.size`` long (not checked: the caller
+    allocates them). ``state`` (int64[4]) receives: photons written, markers written,
+    overflow accumulator (ticks) at the end, overflow records seen. Returns -1, or the
+    index of the first record that is not valid for the layout or is a HydraHarp-family
+    detection on ``sync_channel`` (decoding stops there). ``sync_channel < 0`` drops syncs.
     """
     n = records.shape[0]
-    if out_t.shape[0] < n or out_c.shape[0] < n or mk_t.shape[0] < n or mk_m.shape[0] < n:
-        return 0
     n_ph = 0
     n_mk = 0
     n_ofl = 0
@@ -330,6 +337,9 @@ def _decode_t2(
             ch = (r >> 25) & 0x3F
             tt = r & 0x1FFFFFF
             if special == 0:
+                if ch == sync_channel:  # the sync would merge into this detector
+                    bad = i
+                    break
                 out_t[n_ph] = (ofl + tt) * res_ps
                 out_c[n_ph] = ch
                 n_ph += 1
@@ -359,7 +369,11 @@ def _decode_t2(
 
 
 def _resolve_sync_channel(header: PtuHeader, sync_channel: int | str) -> int:
-    """The output channel of HydraHarp-style sync records (-1 = drop them)."""
+    """The output channel of HydraHarp-style sync records (-1 = drop them).
+
+    A channel below ``HW_InpChannels`` is refused: the syncs would merge into that
+    detector. (Without the tag, the decoder refuses a detection on the sync channel.)
+    """
     if sync_channel == "drop":
         return -1
     if sync_channel == "auto":
@@ -367,6 +381,13 @@ def _resolve_sync_channel(header: PtuHeader, sync_channel: int | str) -> int:
     if isinstance(sync_channel, int) and not isinstance(sync_channel, bool):
         if not 0 <= sync_channel < MAX_CHANNELS:
             raise TagFileError(f"sync_channel {sync_channel} is outside 0..{MAX_CHANNELS - 1}")
+        n_in = header.n_input_channels
+        if header.layout != _LAYOUT_PICOHARP and n_in is not None and sync_channel < n_in:
+            raise TagFileError(
+                f"{header.path}: sync_channel {sync_channel} is one of the file's {n_in} "
+                f"detection channels (0..{n_in - 1}, HW_InpChannels): the sync events would "
+                f"merge into that detector; use a channel >= {n_in}, 'auto' or 'drop'"
+            )
         return sync_channel
     raise TagFileError(f"sync_channel must be an int, 'auto' or 'drop', got {sync_channel!r}")
 
@@ -383,10 +404,45 @@ def _check_ptu_size(h: PtuHeader) -> None:
         )
 
 
+def _photon_records(records: np.ndarray, layout: int, sync_ch: int) -> np.ndarray:
+    """Indices of the records that :func:`_decode_t2` turns into tags (for error positions)."""
+    r = records.astype(np.int64)
+    if layout == _LAYOUT_PICOHARP:
+        return np.flatnonzero(((r >> 28) & 0xF) != 0xF)
+    special = (r >> 31) & 1
+    is_sync = (special == 1) & (((r >> 25) & 0x3F) == 0)
+    return np.flatnonzero((special == 0) | (is_sync & (sync_ch >= 0)))
+
+
+@dataclass(frozen=True)
+class _PtuChunk:
+    """One decoded chunk of records (see :func:`_iter_ptu_raw`)."""
+
+    timestamps: np.ndarray
+    channels: np.ndarray
+    marker_ps: np.ndarray
+    marker_masks: np.ndarray
+    known_ps: int
+    """Every later tag is at or after this time (the overflows seen so far)."""
+    first_record: int
+    records: np.ndarray
+
+    def locator(self, h: PtuHeader, sync_ch: int) -> Locator:
+        """Name the record (index and byte offset) behind this chunk's k-th tag."""
+
+        def locate(k: int) -> str:
+            if k < 0:
+                return f"a tag carried over from the records before record {self.first_record}"
+            rec = self.first_record + int(_photon_records(self.records, h.layout, sync_ch)[k])
+            return f"record {rec} (byte offset {h.data_offset + 4 * rec})"
+
+        return locate
+
+
 def _iter_ptu_raw(
     h: PtuHeader, chunk_records: int, sync_ch: int, progress: ProgressCallback | None
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]]:
-    """Decode the records chunk by chunk: (tags ps, channels, marker ps, masks, ofl ps, offset)."""
+) -> Iterator[_PtuChunk]:
+    """Decode the records chunk by chunk."""
     state = np.zeros(4, np.int64)
     ofl = 0
     done = 0
@@ -412,21 +468,29 @@ def _iter_ptu_raw(
                 )
             )  # fmt: skip
             if bad >= 0:
+                rec = int(recs[bad])
+                where = f"record {done + bad} (byte offset {offset + 4 * bad})"
+                if rec >> 31 == 0:
+                    raise TagFileError(
+                        f"{h.path}: {where} is a detection on channel {(rec >> 25) & 0x3F}, "
+                        f"which sync_channel {sync_ch} also names: the sync events would merge "
+                        f"into that detector; use a channel no detector uses, or 'drop'"
+                    )
                 raise TagFileError(
-                    f"{h.path}: corrupt {h.record_type_name} record 0x{int(recs[bad]):08X} at "
-                    f"byte offset {offset + 4 * bad}: special record with undefined channel "
-                    f"code {(int(recs[bad]) >> 25) & 0x3F}"
+                    f"{h.path}: corrupt {h.record_type_name} {where}: 0x{rec:08X} is a "
+                    f"special record with undefined channel code {(rec >> 25) & 0x3F}"
                 )
             ofl = int(state[2])
-            done += n
-            yield (
+            yield _PtuChunk(
                 out_t[: state[0]],
                 out_c[: state[0]],
                 mk_t[: state[1]],
                 mk_m[: state[1]],
                 ofl * h.resolution_ps,
-                offset,
+                done,
+                recs,
             )
+            done += n
             if progress is not None:
                 progress(done, h.n_records)
 
@@ -440,36 +504,62 @@ class _Chunker:
         self.carry_t = np.empty(0, np.int64)
         self.carry_c = np.empty(0, np.uint8)
 
-    def _batch(self, ts: np.ndarray, ch: np.ndarray, end: int, where: str) -> TagBatch:
+    def _refuse(self, ts: np.ndarray, ch: np.ndarray, n_carry: int, locate: Locator) -> NoReturn:
+        """Validate the whole chunk (carry included) and raise a TagFileError saying where."""
         try:
-            return TagBatch(ts, ch, self.prev_end, end)
+            TagBatch(ts, ch, self.prev_end, max(int(ts[-1]) + 1, self.prev_end))
+        except TagOrderError as e:
+            i = e.index
+            raise TagFileError(
+                f"{self.path}: bad tags: timestamps decrease at {locate(i - n_carry)}: "
+                f"{int(ts[i - 1])} ps then {int(ts[i])} ps (the file is not sorted by time)"
+            ) from e
         except TagBatchError as e:
-            raise TagFileError(f"{self.path}: bad tags {where}: {e}") from e
+            raise TagFileError(f"{self.path}: bad tags near {locate(0)}: {e}") from e
+        raise TagFileError(f"{self.path}: bad tags near {locate(0)}")  # not reached
 
-    def push(self, ts: np.ndarray, ch: np.ndarray, known_ps: int, where: str) -> TagBatch | None:
-        """Add a chunk; ``known_ps``: every later tag is at or after this time."""
-        if self.carry_t.size:
+    def push(
+        self, ts: np.ndarray, ch: np.ndarray, known_ps: int, locate: Locator
+    ) -> TagBatch | None:
+        """Add a chunk; ``known_ps``: every later tag is at or after this time.
+
+        The tags at the chunk's last time are carried into the next batch; the rest is
+        emitted and validated once (TagBatch). The carry is checked to hold one time only.
+        """
+        n_carry = self.carry_t.size
+        if n_carry:
             ts = np.concatenate([self.carry_t, ts])
             ch = np.concatenate([self.carry_c, ch])
-        if ts.size == 0:
+        if ts.size == 0 or known_ps > int(ts[-1]):
             end = max(self.prev_end, known_ps)
-            if end == self.prev_end:
+            if ts.size == 0 and end == self.prev_end:
                 return None
-            batch = self._batch(ts, ch, end, where)
+            try:
+                batch = TagBatch(ts, ch, self.prev_end, end)
+            except TagBatchError:
+                self._refuse(ts, ch, n_carry, locate)
+            self.carry_t = np.empty(0, np.int64)
+            self.carry_c = np.empty(0, np.uint8)
         else:
-            whole = self._batch(ts, ch, max(int(ts[-1]) + 1, self.prev_end), where)
             last = int(ts[-1])
-            if known_ps > last:
-                batch = TagBatch(whole.timestamps, whole.channels, self.prev_end, known_ps)
-                self.carry_t = np.empty(0, np.int64)
-                self.carry_c = np.empty(0, np.uint8)
-            else:
-                batch, rest = whole.split(last)
-                self.carry_t, self.carry_c = rest.timestamps, rest.channels
-                if batch.end_ps == self.prev_end:
-                    return None
+            k = int(np.searchsorted(ts, last, side="left"))
+            # sorted <=> ts[:k] sorted and < last (TagBatch checks), ts[k:] all == last
+            if last < self.prev_end or not bool(np.all(ts[k:] == last)):
+                self._refuse(ts, ch, n_carry, locate)
+            self.carry_t, self.carry_c = ts[k:], ch[k:]
+            if last == self.prev_end:
+                return None  # k == 0 here: every tag is at the carried time
+            try:
+                batch = TagBatch(ts[:k], ch[:k], self.prev_end, last)
+            except TagBatchError:
+                self._refuse(ts, ch, n_carry, locate)
         self.prev_end = batch.end_ps
         return batch
+
+    @property
+    def last_tag_ps(self) -> int | None:
+        """Time of the last tag pushed and not yet emitted (None if none is carried)."""
+        return int(self.carry_t[-1]) if self.carry_t.size else None
 
     def finish(self, end_hint_ps: int | None) -> TagBatch | None:
         """The last batch: carried tags, ending at the hint if it is late enough."""
@@ -480,7 +570,7 @@ class _Chunker:
             end = max(end, end_hint_ps)
         if end == self.prev_end and not self.carry_t.size:
             return None
-        batch = self._batch(self.carry_t, self.carry_c, end, "at the end of the file")
+        batch = TagBatch(self.carry_t, self.carry_c, self.prev_end, end)
         self.prev_end = end
         self.carry_t = np.empty(0, np.int64)
         self.carry_c = np.empty(0, np.uint8)
@@ -496,10 +586,11 @@ def iter_ptu(
 ) -> Iterator[TagBatch]:
     """Stream a PTU T2 file as contiguous TagBatches of at most ~``chunk_records`` tags.
 
-    ``sync_channel``: ``"auto"`` (HW_InpChannels), an int channel, or ``"drop"``.
-    Markers are skipped (see :func:`read_ptu_markers`). ``progress(done, total)`` is
-    called with records decoded so far after each chunk. The header, the file size
-    and the options are checked at once (TagFileError before the first batch).
+    ``sync_channel``: ``"auto"`` (HW_InpChannels), an int channel at or above
+    HW_InpChannels, or ``"drop"``. Markers are skipped (see :func:`read_ptu_markers`).
+    ``progress(done, total)`` is called with records decoded so far after each chunk.
+    The header, the file size and the options are checked at once (TagFileError
+    before the first batch).
     """
     h = read_ptu_header(path)
     sync_ch = _resolve_sync_channel(h, sync_channel)
@@ -514,8 +605,8 @@ def _ptu_batches(
 ) -> Iterator[TagBatch]:
     """The generator behind :func:`iter_ptu`."""
     chunker = _Chunker(h.path, 0)
-    for ts, ch, _, _, known, offset in _iter_ptu_raw(h, chunk_records, sync_ch, progress):
-        b = chunker.push(ts, ch, known, f"in the records from byte offset {offset}")
+    for c in _iter_ptu_raw(h, chunk_records, sync_ch, progress):
+        b = chunker.push(c.timestamps, c.channels, c.known_ps, c.locator(h, sync_ch))
         if b is not None:
             yield b
     last = chunker.finish(h.acquisition_time_ps)
@@ -542,9 +633,9 @@ def read_ptu_markers(
     h = read_ptu_header(path)
     ts: list[np.ndarray] = []
     ms: list[np.ndarray] = []
-    for _, _, mt, mm, _, _ in _iter_ptu_raw(h, chunk_records, -1, None):
-        ts.append(mt)
-        ms.append(mm)
+    for c in _iter_ptu_raw(h, chunk_records, -1, None):
+        ts.append(c.marker_ps)
+        ms.append(c.marker_masks)
     if not ts:
         return np.empty(0, np.int64), np.empty(0, np.uint8)
     return np.concatenate(ts), np.concatenate(ms)
@@ -662,6 +753,11 @@ def iter_npz(
     return _npz_batches(p, chunk_records, progress)
 
 
+def _npz_locator(start: int) -> Locator:
+    """Name the tag index (in file order) of a chunk's k-th tag; the chunk begins at ``start``."""
+    return lambda k: f"tag index {start + k}"
+
+
 def _npz_batches(
     p: str, chunk_records: int, progress: ProgressCallback | None
 ) -> Iterator[TagBatch]:
@@ -685,16 +781,29 @@ def _npz_batches(
             ts = ts.astype(np.int64, copy=False)
             ch = ch.astype(np.uint8, copy=False)
             if chunker is None:
+                if begin is not None and int(ts[0]) < begin:
+                    raise TagFileError(
+                        f"{p}: begin_ps {begin} is after the first tag at {int(ts[0])} ps "
+                        f"(tag index 0): the measured interval must contain every tag"
+                    )
                 chunker = _Chunker(p, begin if begin is not None else int(ts[0]))
-            b = chunker.push(ts, ch, -(2**62), f"in the tags from index {done}")
+            b = chunker.push(ts, ch, -(2**62), _npz_locator(done))
             done += n
             if b is not None:
                 yield b
             if progress is not None:
                 progress(done, tsm.n)
         if chunker is None:
-            b0 = begin if begin is not None else 0
-            chunker = _Chunker(p, b0)
+            chunker = _Chunker(p, begin if begin is not None else 0)
+        last_ps = chunker.last_tag_ps
+        if end is not None and last_ps is not None and end <= last_ps:
+            raise TagFileError(
+                f"{p}: end_ps {end} is not after the last tag at {last_ps} ps (tag index "
+                f"{tsm.n - 1}): the measured interval [begin_ps, end_ps) must contain every tag"
+            )
+        if end is not None and end < chunker.prev_end:  # no tags: prev_end is the begin
+            start = f"begin_ps {begin}" if begin is not None else "0 (no tags, no begin_ps)"
+            raise TagFileError(f"{p}: end_ps {end} is before {start}")
         last = chunker.finish(end)
         if last is not None:
             yield last
@@ -762,23 +871,45 @@ def read_tag_file(path: str | os.PathLike[str], *, sync_channel: int | str = "au
     return read_npz(p)
 
 
+def channel_capacity(
+    path: str | os.PathLike[str], *, sync_channel: int | str = "auto"
+) -> tuple[int, bool]:
+    """How many channels a file's tags may use, without reading a tag: ``(n, exact)``.
+
+    ``exact`` when a PTU header has ``HW_InpChannels``: ``n`` is that, plus the sync
+    channel of HydraHarp-family files unless it is dropped. Otherwise ``n`` is the
+    most the format allows (npz 256; PTU PicoHarp 15, HydraHarp family 64 and the
+    sync channel), for sizing a counter whose report is then cut to the channels
+    that saw tags.
+    """
+    p = str(path)
+    if not os.path.exists(p):
+        raise TagFileError(f"{p}: no such file")
+    if _kind(p) == "npz":
+        return MAX_CHANNELS, False
+    h = read_ptu_header(p)
+    sync_ch = _resolve_sync_channel(h, sync_channel)
+    exact = h.n_input_channels is not None
+    n = h.n_input_channels if h.n_input_channels is not None else _LAYOUT_CHANNELS[h.layout]
+    if h.layout != _LAYOUT_PICOHARP and sync_ch >= 0:
+        n = max(n, sync_ch + 1)
+    return n, exact
+
+
 def n_channels_hint(path: str | os.PathLike[str], *, sync_channel: int | str = "auto") -> int:
     """How many channels a file's tags use (highest channel + 1), cheaply where possible.
 
     npz: a pass over the ``channels`` array only. PTU: from the header
     (``HW_InpChannels``, plus the sync channel of HydraHarp-family files unless it
-    is dropped); without that tag, a full decoding pass.
+    is dropped); without that tag, a full decoding pass. (To size a counter without
+    any extra pass, see :func:`channel_capacity`.)
     """
     p = str(path)
     if not os.path.exists(p):
         raise TagFileError(f"{p}: no such file")
     if _kind(p) == "ptu":
-        h = read_ptu_header(p)
-        sync_ch = _resolve_sync_channel(h, sync_channel)
-        if h.n_input_channels is not None:
-            n = h.n_input_channels
-            if h.layout != _LAYOUT_PICOHARP and sync_ch >= 0:
-                n = max(n, sync_ch + 1)
+        n, exact = channel_capacity(p, sync_channel=sync_channel)
+        if exact:
             return n
         hi = -1
         for b in iter_ptu(p, sync_channel=sync_channel):

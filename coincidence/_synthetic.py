@@ -46,7 +46,13 @@ def generate_pairs(
     if not 1 <= n_channels <= MAX_CHANNELS:
         raise CoincidenceError(f"generate_pairs: n_channels must be in 1..256, got {n_channels}")
     pair_rate = _check_rate("pair_rate_hz", pair_rate_hz)
-    noise = np.broadcast_to(np.asarray(noise_rate_hz, dtype=np.float64), (n_channels,))
+    noise = np.asarray(noise_rate_hz, dtype=np.float64)
+    if noise.ndim > 1 or noise.size not in (1, n_channels):
+        raise CoincidenceError(
+            f"generate_pairs: noise_rate_hz needs one rate or {n_channels} (one per channel), "
+            f"got shape {noise.shape}"
+        )
+    noise = np.broadcast_to(noise, (n_channels,))
     for k, r in enumerate(noise):
         _check_rate(f"noise_rate_hz[{k}]", r)
     delays = np.asarray(delays_ps, dtype=np.int64)

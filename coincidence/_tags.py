@@ -134,14 +134,12 @@ class TagBatch:
 
     def check_channels(self, n_channels: int, where: str) -> None:
         """Raise ChannelError if any channel is ``>= n_channels``; ``where`` names the caller."""
-        if self.channels.size:
-            hi = int(self.channels.max())
-            if hi >= n_channels:
-                bad = int(np.argmax(self.channels >= n_channels))
-                raise ChannelError(
-                    f"{where}: channel {hi} at index {bad} is outside the configured "
-                    f"{n_channels} channels (0..{n_channels - 1})"
-                )
+        if self.channels.size and int(self.channels.max()) >= n_channels:
+            bad = int(np.argmax(self.channels >= n_channels))
+            raise ChannelError(
+                f"{where}: channel {int(self.channels[bad])} at index {bad} is outside the "
+                f"configured {n_channels} channels (0..{n_channels - 1})"
+            )
 
     def split(self, cut_ps: int) -> tuple[TagBatch, TagBatch]:
         """Cut into ``[begin, cut)`` and ``[cut, end)``; tags at ``cut_ps`` go to the second."""

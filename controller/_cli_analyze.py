@@ -209,6 +209,28 @@ class DelayedProgress:
 # ----------------------------------------------------------------------------- the work
 
 
+def _delays_mismatch(n_delays: int, n_channels: int) -> UsageError:
+    return UsageError(
+        f"--delays-ps has {n_delays} values but there are {n_channels} channels "
+        "(give one delay per channel)"
+    )
+
+
+def _first_channels(report: CoincidenceReport, n: int) -> CoincidenceReport:
+    """The report restricted to channels ``0..n-1`` (every figure is per channel or pair)."""
+    from dataclasses import replace
+
+    return replace(
+        report,
+        n_channels=n,
+        delays_ps=report.delays_ps[:n],
+        singles=report.singles[:n],
+        coincidences=report.coincidences[:n, :n],
+        accidentals=report.accidentals[:n, :n],
+        car=report.car[:n, :n],
+    )
+
+
 def count_file(
     path: str,
     *,
@@ -217,49 +239,65 @@ def count_file(
     n_channels: int | None,
     sync_channel: int | str = "auto",
     chunk_records: int | None = None,
-    force_progress: bool = False,
 ) -> CoincidenceReport:
-    """Stream a tag file through a CoincidenceCounter; UsageError on bad input."""
+    """Stream a tag file through a CoincidenceCounter; UsageError on bad input.
+
+    Without ``n_channels``, one pass: a PTU header's channel count when it has one,
+    else a counter as wide as the format allows, its report then cut to the channels
+    that saw tags (or the delay list, if longer), as a separate scan would give.
+    """
+    import numpy as np
+
     from coincidence import (
         DEFAULT_CHUNK_RECORDS,
+        ChannelError,
         CoincidenceCounter,
         CoincidenceError,
-        TagFileError,
+        channel_capacity,
         iter_tag_file,
-        n_channels_hint,
     )
 
+    n_delays = len(delays_ps) if delays_ps is not None else 0
+    counter_delays = delays_ps
+    trim = False
     try:
         if n_channels is None:
-            # from the data; a longer delay list may name channels that saw no tags
-            n_channels = max(n_channels_hint(path, sync_channel=sync_channel), 1)
-            if delays_ps is not None and len(delays_ps) > n_channels:
-                n_channels = len(delays_ps)
-        if delays_ps is not None and len(delays_ps) != n_channels:
-            raise UsageError(
-                f"--delays-ps has {len(delays_ps)} values but there are {n_channels} channels "
-                "(give one delay per channel)"
-            )
-        counter = CoincidenceCounter(n_channels, window_ps, delays_ps)
-        with DelayedProgress(f"reading {Path(path).name}", force=force_progress) as bar:
+            # a longer delay list may name channels that saw no tags
+            n_channels, exact = channel_capacity(path, sync_channel=sync_channel)
+            n_channels = max(n_channels, n_delays, 1)
+            if delays_ps is not None and not exact and n_delays < n_channels:
+                # channels without a delay must stay empty: checked on the result
+                pad = min(delays_ps) if n_delays else 0
+                counter_delays = [*delays_ps, *[pad] * (n_channels - n_delays)]
+            trim = not exact
+        if counter_delays is not None and len(counter_delays) != n_channels:
+            raise _delays_mismatch(n_delays, n_channels)
+        counter = CoincidenceCounter(n_channels, window_ps, counter_delays)
+        with DelayedProgress(f"reading {Path(path).name}") as bar:
             for batch in iter_tag_file(
                 path,
                 chunk_records=chunk_records or DEFAULT_CHUNK_RECORDS,
                 sync_channel=sync_channel,
                 progress=bar,
             ):
-                if len(batch) and int(batch.channels.max()) >= n_channels:
+                try:
+                    counter.process(batch)
+                except ChannelError:
                     hi = int(batch.channels.max())
                     raise UsageError(
                         f"{path}: channel {hi} is out of range for {n_channels} channels "
-                        f"(0..{n_channels - 1}); raise --channels"
-                    )
-                counter.process(batch)
-        return counter.result()
-    except TagFileError as e:
-        raise UsageError(str(e)) from None
+                        f"(0..{n_channels - 1}); raise --channels to at least {hi + 1}"
+                    ) from None
+        report = counter.result()
     except CoincidenceError as e:
         raise UsageError(str(e)) from None
+    if trim:
+        used = int(np.flatnonzero(report.singles)[-1]) + 1 if report.singles.any() else 0
+        n_used = max(used, n_delays, 1)
+        if delays_ps is not None and n_delays != n_used:
+            raise _delays_mismatch(n_delays, n_used)
+        report = _first_channels(report, n_used)
+    return report
 
 
 def find_delay_file(

@@ -284,3 +284,52 @@ def test_chunked_file_counts_equal_whole(sample):
     np.testing.assert_array_equal(parts.singles, whole.singles)
     assert parts.duration_ps == whole.duration_ps
     np.testing.assert_array_equal(whole.coincidences, ref_matrix(ts, ch, DELAYS, WINDOW))
+
+
+def test_channel_out_of_range_names_file_and_needed_count(sample):
+    """The counter's ChannelError becomes one line: file, highest channel, --channels hint."""
+    _, _, _, npz = sample
+    r = run("analyze", npz, "--channels", 6)
+    check_error(r, f"{npz}: channel 7 is out of range for 6 channels (0..5)",
+                "raise --channels to at least 8")  # fmt: skip
+
+
+def test_sync_channel_on_a_detector_exits_2(tmp_path):
+    p = tmp_path / "mh.ptu"
+    w.write_ptu(p, "multiharp", w.random_events("multiharp", 200, seed=1), n_input_channels=4)
+    check_error(run("analyze", p, "--sync-channel", 2), "sync_channel 2 is one of the file's 4")
+
+
+def test_channels_from_the_data_in_one_pass(sample, tmp_path, monkeypatch):
+    """Without --channels the file is read once (no channel scan first), same report."""
+    import coincidence._files as files
+    from controller._cli_analyze import UsageError, count_file
+
+    _, ts, ch, npz = sample
+    ptu = tmp_path / "bare.ptu"  # no HW_InpChannels: the old hint decoded the whole file
+    ev = w.Events(ts, ch.astype(np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+    recs = w.write_ptu(ptu, "hydraharp2", ev, n_input_channels=0)
+    decoded = []
+    real_decode = files._decode_t2
+    monkeypatch.setattr(
+        files, "_decode_t2", lambda r, *a: decoded.append(r.size) or real_decode(r, *a)
+    )
+    read = []
+    real_read = files._NpyMember.read
+    monkeypatch.setattr(
+        files._NpyMember, "read", lambda self, n: read.append(n) or real_read(self, n)
+    )
+    kw = dict(window_ps=WINDOW, delays_ps=None, n_channels=None, sync_channel="drop")
+    rep = count_file(str(ptu), chunk_records=4099, **kw)
+    assert sum(decoded) == recs.size
+    assert rep.n_channels == 8
+    np.testing.assert_array_equal(rep.coincidences, ref_matrix(ts, ch, np.zeros(8), WINDOW))
+    rep = count_file(str(npz), **kw)
+    assert sum(read) == 2 * ts.size  # timestamps and channels, once each
+    assert rep.n_channels == 8
+    np.testing.assert_array_equal(rep.singles, np.bincount(ch, minlength=8))
+    # a longer delay list names channels without tags; a shorter one is refused
+    rep = count_file(str(npz), **{**kw, "delays_ps": [0] * 10})
+    assert rep.n_channels == 10 and rep.singles[8:].sum() == 0
+    with pytest.raises(UsageError, match="--delays-ps has 3 values but there are 8 channels"):
+        count_file(str(npz), **{**kw, "delays_ps": [0, 0, 0]})

@@ -94,9 +94,10 @@ def test_sync_channel_options(tmp_path):
     assert n_sync > 0
     auto = read_ptu(path)
     assert int(np.sum(auto.channels == 8)) == n_sync  # HW_InpChannels
-    seven = read_ptu(path, sync_channel=7)
-    ts, ch, _ = expected("multiharp", ev, sync_channel=7)
-    np.testing.assert_array_equal(seven.channels, ch)
+    # an explicit channel must lie above the detection channels (HW_InpChannels = 8)
+    nine = read_ptu(path, sync_channel=9)
+    ts, ch, _ = expected("multiharp", ev, sync_channel=9)
+    np.testing.assert_array_equal(nine.channels, ch)
     dropped = read_ptu(path, sync_channel="drop")
     ts, ch, _ = expected("multiharp", ev, sync_channel=None)
     np.testing.assert_array_equal(dropped.timestamps, ts)
@@ -384,3 +385,122 @@ def test_n_channels_hint(tmp_path):
     z = tmp_path / "z.npz"
     write_npz(z, TagBatch(np.arange(5), np.asarray([0, 3, 11, 2, 1], np.uint8)))
     assert n_channels_hint(z) == 12
+
+
+# ------------------------------------------------------------------------- review fixes
+
+
+def test_npz_end_before_last_tag_is_refused(tmp_path):
+    """An end_ps at or before the last tag is an error, not a silently longer interval."""
+    ts = np.asarray([10, 20, 30])
+    for end in (25, 30):
+        p = tmp_path / f"end{end}.npz"
+        np.savez(p, timestamps=ts, channels=np.zeros(3, np.uint8), end_ps=np.int64(end))
+        for chunk in (1, 2, 5):
+            with pytest.raises(
+                TagFileError, match=rf"end{end}\.npz: end_ps {end} is not after the last tag at 30"
+            ):
+                list(iter_npz(p, chunk_records=chunk))
+    p = tmp_path / "ok.npz"
+    np.savez(p, timestamps=ts, channels=np.zeros(3, np.uint8), end_ps=np.int64(31))
+    assert read_npz(p).end_ps == 31
+    p = tmp_path / "empty.npz"
+    np.savez(p, timestamps=np.empty(0, np.int64), channels=np.empty(0, np.uint8),
+             begin_ps=np.int64(50), end_ps=np.int64(40))  # fmt: skip
+    with pytest.raises(TagFileError, match=r"empty\.npz: end_ps 40 is before begin_ps 50"):
+        read_npz(p)
+
+
+def test_npz_begin_after_first_tag_is_refused(tmp_path):
+    p = tmp_path / "begin.npz"
+    np.savez(p, timestamps=np.asarray([10, 20]), channels=np.zeros(2, np.uint8),
+             begin_ps=np.int64(15))  # fmt: skip
+    with pytest.raises(TagFileError, match=r"begin\.npz: begin_ps 15 is after the first tag at 10"):
+        read_npz(p)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 6, 7])
+def test_npz_unsorted_error_names_the_file_index(tmp_path, chunk):
+    """The index is the tag's position in the file, whatever the chunking and carry."""
+    p = tmp_path / "u.npz"
+    np.savez(p, timestamps=np.asarray([10, 20, 30, 30, 40, 35, 50]), channels=np.zeros(7, np.uint8))
+    with pytest.raises(TagFileError, match=r"u\.npz: bad tags: .*decrease at tag index 5: 40 ps"):
+        list(iter_npz(p, chunk_records=chunk))
+
+
+@pytest.mark.parametrize("sync", ["drop", "auto"])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 7, 8])
+def test_ptu_unsorted_error_names_the_record(tmp_path, chunk, sync):
+    """The record index and byte offset point at the same record, past overflows/markers/syncs."""
+    recs = np.asarray(
+        [
+            (0 << 25) | 500,  # photon, ch 0
+            (1 << 31) | (63 << 25) | 1,  # overflow
+            (1 << 31) | (2 << 25) | 7,  # marker
+            (1 << 31) | (0 << 25) | 550,  # sync
+            (1 << 25) | 600,  # photon, ch 1
+            (1 << 25) | 100,  # record 5: earlier than record 4
+            (2 << 25) | 700,
+        ],
+        dtype="<u4",
+    )
+    head = w.header_bytes(w.RT_HYDRAHARP2_T2, 1e-12, recs.size)
+    p = tmp_path / "u.ptu"
+    p.write_bytes(head + recs.tobytes())
+    where = rf"record 5 \(byte offset {len(head) + 20}\)"
+    with pytest.raises(TagFileError, match=rf"u\.ptu: bad tags: .*decrease at {where}"):
+        list(iter_ptu(p, chunk_records=chunk, sync_channel=sync))
+
+
+def test_chunker_validates_each_tag_about_once(tmp_path, monkeypatch):
+    """Chunks are not validated whole and again when split: ~1 order check per tag."""
+    import coincidence._tags as tags
+
+    b = _batch(2000, seed=4)
+    p = tmp_path / "t.npz"
+    write_npz(p, b)
+    checked = []
+    real = tags._first_decrease
+    monkeypatch.setattr(tags, "_first_decrease", lambda ts: checked.append(ts.size) or real(ts))
+    batches = list(iter_npz(p, chunk_records=97))
+    assert sum(checked) <= 1.1 * len(b)  # the carried tags (one time each) are seen twice
+    np.testing.assert_array_equal(concat(batches).timestamps, b.timestamps)
+
+
+def test_sync_channel_on_a_detection_channel_is_refused(tmp_path):
+    ev = w.random_events("multiharp", 400, seed=2)
+    path = tmp_path / "mh.ptu"
+    w.write_ptu(path, "multiharp", ev, n_input_channels=8)
+    with pytest.raises(TagFileError, match=r"mh\.ptu: sync_channel 3 is one of the file's 8 detec"):
+        iter_ptu(path, sync_channel=3)
+    with pytest.raises(TagFileError, match="sync_channel 7 is one of"):
+        iter_tag_file(path, sync_channel=7)
+    # without HW_InpChannels: refused when a detection record is on the sync channel
+    bare = tmp_path / "bare.ptu"
+    recs = w.write_ptu(bare, "multiharp", ev, n_input_channels=0)
+    h = read_ptu_header(bare)
+    assert h.n_input_channels is None
+    r = np.flatnonzero((recs >> 31 == 0) & ((recs >> 25) & 0x3F == 2))[0]
+    msg = rf"bare\.ptu: record {r} \(byte offset {h.data_offset + 4 * r}\) is a detection on"
+    with pytest.raises(TagFileError, match=msg + " channel 2, which sync_channel 2 also names"):
+        list(iter_ptu(bare, sync_channel=2, chunk_records=50))
+    assert int(np.sum(read_ptu(bare, sync_channel=5).channels == 5)) == int(np.sum(ev.channels < 0))
+
+
+def test_channel_capacity(tmp_path):
+    from coincidence import channel_capacity
+
+    ev = w.random_events("multiharp", 100, seed=1)
+    p = tmp_path / "m.ptu"
+    w.write_ptu(p, "multiharp", ev, n_input_channels=6)
+    assert channel_capacity(p) == (7, True)
+    assert channel_capacity(p, sync_channel="drop") == (6, True)
+    w.write_ptu(p, "multiharp", ev, n_input_channels=0)
+    assert channel_capacity(p) == (65, False)
+    assert channel_capacity(p, sync_channel=70) == (71, False)
+    q = tmp_path / "p.ptu"
+    w.write_ptu(q, "picoharp", w.random_events("picoharp", 50), n_input_channels=0)
+    assert channel_capacity(q) == (15, False)
+    z = tmp_path / "z.npz"
+    write_npz(z, TagBatch(np.arange(3), np.asarray([0, 3, 1], np.uint8)))
+    assert channel_capacity(z) == (256, False)

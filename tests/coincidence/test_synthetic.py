@@ -60,3 +60,10 @@ def test_rates_and_pairs_land_at_their_delays():
 def test_bad_arguments_are_named(kw, msg):
     with pytest.raises(CoincidenceError, match=msg):
         make(**kw)
+
+
+def test_noise_rate_of_wrong_length_is_named():
+    for rates in ([1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [[1.0, 2.0, 3.0]]):
+        with pytest.raises(CoincidenceError, match=r"noise_rate_hz needs one rate or 3 \(one per"):
+            make(noise_rate_hz=rates)
+    assert len(make(noise_rate_hz=[2e5])) == len(make(noise_rate_hz=2e5))

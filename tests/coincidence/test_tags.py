@@ -76,3 +76,9 @@ def test_split_at_gives_contiguous_pieces_that_concatenate_back():
     assert np.array_equal(whole.timestamps, ts)
     with pytest.raises(TagBatchError, match="outside the batch"):
         b.split_at([40])
+
+
+def test_check_channels_names_the_channel_at_the_index():
+    b = TagBatch(np.array([1, 2, 3]), np.array([0, 5, 7]))
+    with pytest.raises(ChannelError, match=r"counter: channel 5 at index 1 is outside"):
+        b.check_channels(4, "counter")
