@@ -6,9 +6,12 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from controller.config import NodeConfig
 
 
 def _fmt(value: Any) -> str:
@@ -51,8 +54,29 @@ def _probe(name: str, cfg: Any) -> dict[str, Any]:
     return row
 
 
+def _load(config: Path) -> NodeConfig:
+    """The node config of ``config``, a node config or a daemon config.
+
+    A daemon config's ``node_config:`` is followed (its instruments and node name merged
+    in, as ``qnet run`` does); its ``daemon:`` section is not checked here.
+    """
+    from pydantic import ValidationError
+
+    from controller._daemon_config import read_daemon_yaml
+    from controller.config import ConfigError, NodeConfig, format_validation_errors
+
+    data = read_daemon_yaml(config)
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_errors(config, exc)) from None
+
+
 def devices(
-    config: Annotated[Path, typer.Argument(help="node config YAML (e.g. configs/sim-node.yaml)")],
+    config: Annotated[
+        Path,
+        typer.Argument(help="node or daemon config YAML (e.g. configs/sim-node.yaml)"),
+    ],
     as_json: Annotated[
         bool, typer.Option("--json", help="print JSON rows instead of a table")
     ] = False,
@@ -66,10 +90,10 @@ def devices(
     from rich.console import Console
     from rich.table import Table
 
-    from controller.config import ConfigError, load_node_config
+    from controller.config import ConfigError
 
     try:
-        cfg = load_node_config(config)
+        cfg = _load(config)
     except ConfigError as exc:
         typer.echo(f"qnet devices: bad config:\n{exc}", err=True)
         raise typer.Exit(2) from None

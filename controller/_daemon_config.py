@@ -140,7 +140,12 @@ class TelemetryConfig(_Section):
 
     broker: BrokerSettings | None = None
     outbox: OutboxSettings | None = None
-    max_lines_per_message: int = Field(500, ge=1)
+    max_lines_per_message: int = Field(
+        500,
+        ge=1,
+        le=100_000,  # PublisherSettings' bound, so that --check catches a value it refuses
+        description="records per MQTT message",
+    )
 
 
 class DaemonSection(_Section):
@@ -193,9 +198,41 @@ class DaemonConfig(NodeConfig):
                 need(a.device, f"daemon.interlocks.{name}.actions.{k}.device")
         if d.compensation is not None:
             need(d.compensation.device, "daemon.compensation.device")
+            self._check_compensation_elements(d.compensation)
         for k, a in enumerate(d.safe_state):
             need(a.device, f"daemon.safe_state.{k}.device")
         return self
+
+    def _check_compensation_elements(self, comp: CompensationConfig) -> None:
+        """The compensation device must have elements to move, and ``elements`` must exist.
+
+        Without this a controller with nothing to move would only be noticed when the
+        compensation runs (and an index past the last element only then, as a failure).
+        """
+        from drivers import DRIVERS
+
+        from .commands import element_settings, surface_for
+
+        ic = self.instruments.get(comp.device)
+        if ic is None:  # "daemon" passes need(), but has no elements either
+            raise ValueError(
+                f"daemon.compensation.device: {comp.device!r} is not an instrument; name a "
+                "polarization controller"
+            )
+        cls = DRIVERS[ic.driver]
+        surf = surface_for(comp.device, cls, {**cls.DEFAULT_LIMITS, **ic.limits})
+        names = element_settings(surf)
+        if not names:
+            raise ValueError(
+                f"daemon.compensation.device: {comp.device!r} ({surf.model}) has no element "
+                "settings to move; name a polarization controller"
+            )
+        for k in comp.elements or ():
+            if k >= len(names):
+                raise ValueError(
+                    f"daemon.compensation.elements: index {k} is outside 0..{len(names) - 1} "
+                    f"({comp.device} has {', '.join(names)})"
+                )
 
     def base_dir(self) -> Path:
         """Folder relative paths in the config resolve against (set by the loader)."""

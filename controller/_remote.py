@@ -33,12 +33,16 @@ def broker_from(
 ) -> tuple[str, BrokerSettings]:
     """(node, broker settings) from a daemon config and/or ``--broker host:port``.
 
-    Raises ``typer.BadParameter`` for unusable input (exit 2).
+    The config's broker settings are kept (TLS, keepalive, reconnect timing) except its
+    client id (each invocation gets a fresh one) and its credentials: the MQTT user and
+    password are the operator's, from ``--mqtt-user`` / ``--mqtt-password-env``.
+    ``--broker`` overrides only host and port. Raises ``typer.BadParameter`` for
+    unusable input (exit 2).
     """
     from ._daemon_config import ConfigError, load_daemon_config
 
     node = None
-    host, port = "127.0.0.1", 1883
+    base: dict[str, Any] = {}
     if config is not None:
         try:
             cfg = load_daemon_config(config)
@@ -47,19 +51,23 @@ def broker_from(
         node = cfg.node
         b = cfg.daemon.telemetry.broker
         if b is not None:
-            host, port = b.host, b.port
+            base = b.model_dump(exclude={"client_id", "username", "password"})
     if broker:
         h, _, p = broker.rpartition(":")
         if not h or not p.isdigit():
             raise typer.BadParameter(f"--broker must be HOST:PORT, got {broker!r}")
-        host, port = h, int(p)
+        base.update(host=h, port=int(p))
     if node is None:
-        raise typer.BadParameter("give the daemon's CONFIG (or --node)")
+        raise typer.BadParameter("give the daemon's CONFIG (it names the node)")
     pw = None
     if password_env:
+        if password_env not in os.environ:
+            raise typer.BadParameter(
+                f"environment variable {password_env} (--mqtt-password-env) is not set"
+            )
         pw = {"env": password_env}
     settings = BrokerSettings.model_validate(
-        {"host": host, "port": port, "client_id": client_id(), "username": user, "password": pw}
+        {**base, "client_id": client_id(), "username": user, "password": pw}
     )
     return node, settings
 
@@ -72,15 +80,23 @@ async def request(
 
     from telemetry import command_topic, reply_topic
 
+    from ._broker import BrokerSetupError, connect_secrets
+
     suffix = uuid.uuid4().hex[:12]
     body = {"id": suffix, **body}
+    try:
+        password, tls_context = connect_secrets(broker, "daemon.telemetry.broker")
+    except BrokerSetupError as exc:
+        raise RemoteError(f"cannot connect to broker {broker.host}:{broker.port}: {exc}") from None
     try:
         async with aiomqtt.Client(
             broker.host,
             broker.port,
             identifier=broker.client_id,
             username=broker.username,
-            password=broker.password_value(),
+            password=password,
+            tls_context=tls_context,
+            keepalive=broker.keepalive_s,
             clean_session=True,
             protocol=aiomqtt.ProtocolVersion.V311,
             timeout=timeout_s,

@@ -231,6 +231,12 @@ def surface_for(
     return DeviceSurface(name, model, settings, readables, actions)
 
 
+def element_settings(surface: DeviceSurface) -> list[str]:
+    """The settings compensation moves on ``surface`` (``element<k>...``), element 1 first."""
+    names = [n for n in surface.settings if n.startswith("element")]
+    return sorted(names, key=lambda n: (len(n), n))
+
+
 # -- validation -------------------------------------------------------------------------------
 
 

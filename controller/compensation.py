@@ -8,7 +8,8 @@ scan of every element over its whole range (liquid-crystal retarders are
 periodic and nonlinear, so plain descent can stall in a local minimum); a
 stalled round starts another scan. It stops as soon as the QBER is below the
 target, after ``max_evaluations`` measurements, or (without scans) when the
-step is below ``min_step``.
+step is below ``min_step``. With no element to move it measures the start once
+and returns (reason ``"no elements"``) instead of looping.
 
 Every proposed setpoint is clipped into the controller's safe range
 (``limits``) before ``measure_qber`` is called, so the optimizer can never ask
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,8 +37,8 @@ class CompensationSettings(BaseModel):
     initial_step: float = Field(0.5, gt=0.0)
     min_step: float = Field(0.01, gt=0.0)
     max_evaluations: int = Field(200, ge=1)
-    elements: tuple[int, ...] | None = Field(
-        None, description="indices of the setpoints to move (default: all)"
+    elements: tuple[Annotated[int, Field(ge=0)], ...] | None = Field(
+        None, min_length=1, description="indices of the setpoints to move (default: all)"
     )
     scan_points: int = Field(
         0, ge=0, le=1000, description="grid points per element of a coarse scan (0: no scan)"
@@ -99,6 +101,15 @@ def compensate(
         return CompensationResult(x, best, len(history), converged, reason, history)
 
     while True:
+        # checked every round: a round that moves nothing must not spin forever
+        if best < s.target_qber:
+            return result(True, "below target")
+        if not elements:
+            return result(False, "no elements")
+        if len(history) >= s.max_evaluations:
+            return result(False, "max_evaluations reached")
+        if should_stop is not None and should_stop():
+            return result(False, "stopped")
         if s.scan_points >= 2:
             # coarse scan: each element over a grid of its range, keeping the best point
             for k in elements:

@@ -52,8 +52,10 @@ from .commands import (
     CommandError,
     DeviceSurface,
     ValidRequest,
+    element_settings,
     error_reply,
     ok_reply,
+    parse_request,
     surface_for,
     validate_request,
 )
@@ -138,7 +140,6 @@ class Daemon:
         self.calibration: dict[str, Any] = {"state": "not run"}
         self.compensation: dict[str, Any] = {"state": "idle"}
         self.acquisition_state = "stopped"
-        self.windows_missed = 0
         self.requests_handled = 0
         self.requests_refused = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -149,8 +150,6 @@ class Daemon:
         self._cal_lock = asyncio.Lock()
         self._window_waiters: list[asyncio.Future[WindowResult]] = []
         self._started_wall = time.time()
-        self._first_tag_wall: float | None = None
-        self._last_window: WindowResult | None = None
         self._merger: MergedTagSource | None = None  # two taggers: Bob's clock map lives here
         self._clock: DriftTracker | None = None
         self._clock_pin_ps = 0.0  # offset left in the channel delays (see pin_clock)
@@ -324,10 +323,7 @@ class Daemon:
         self._tasks = [t for t in self._tasks if not t.done()]
         acq = self.cfg.daemon.acquisition
         assert acq is not None and self.roles is not None
-        self._last_window = result
         now = time.time()
-        if self._first_tag_wall is None:
-            self._first_tag_wall = now - result.duration_s
         summary = result.summary()
         summary["time_s"] = now
         summary["key_paused"] = self.key_paused
@@ -341,6 +337,8 @@ class Daemon:
                 if self.key_paused:
                     recs = [_zero_secure(r) for r in recs]
                 recs += [self._health_record(n) for n in self.workers]
+                # the publisher's own counters (outbox depth, drops, reconnects), once a window
+                recs.append(self.publisher.counters_record(time.time_ns()))
                 self.publisher.submit(recs)
             except Exception as exc:
                 log.warning("window %d: telemetry failed: %s", result.index, exc)
@@ -561,60 +559,118 @@ class Daemon:
         self.publisher.start()
 
     async def _command_loop(self) -> None:
+        """Listen for requests until cancelled; any failure is logged and retried with backoff.
+
+        A broker outage, a missing password or TLS file, or a bug in one round must not end
+        the listener: the daemon would keep running but could no longer be commanded.
+        """
         import aiomqtt
 
-        from telemetry import command_topic, reply_topic
+        from telemetry import backoff_s, command_topic
+
+        from ._broker import BrokerSetupError, connect_secrets
 
         b = self.broker
+        where = "daemon.telemetry.broker"
         prefix = command_topic(self.node, "")
         attempt = 0
         while True:
             try:
+                password, tls_context = connect_secrets(b, where)
                 async with aiomqtt.Client(
                     b.host,
                     b.port,
                     identifier=f"{b.client_id}-cmd",
                     username=b.username,
-                    password=b.password_value(),
-                    tls_context=b.tls.context() if b.tls else None,
+                    password=password,
+                    tls_context=tls_context,
                     keepalive=b.keepalive_s,
                     clean_session=True,
                     protocol=aiomqtt.ProtocolVersion.V311,
                 ) as client:
                     attempt = 0
-                    await client.subscribe(prefix + "#", qos=1)
-                    self._event("mqtt", "command listener subscribed", None)
-                    # requests run concurrently (a calibration does not hold up a status),
-                    # at most MAX_INFLIGHT at a time
-                    sem = asyncio.Semaphore(MAX_INFLIGHT)
-                    inflight: set[asyncio.Task[None]] = set()
-                    async for msg in client.messages:
-                        suffix = str(msg.topic)[len(prefix) :] or "default"
-                        payload = msg.payload if isinstance(msg.payload, bytes) else b""
-                        await sem.acquire()
-                        topic = reply_topic(self.node, suffix)
-                        task = asyncio.create_task(self._answer(client, topic, payload, sem))
-                        inflight.add(task)
-                        task.add_done_callback(inflight.discard)
+                    await self._listen(client, prefix)
+                delay = backoff_s(attempt, b.reconnect_min_s, b.reconnect_max_s)
             except aiomqtt.MqttError as exc:
-                attempt += 1
-                delay = min(b.reconnect_max_s, b.reconnect_min_s * 2 ** min(attempt, 10))
+                delay = backoff_s(attempt, b.reconnect_min_s, b.reconnect_max_s)
                 log.warning("command listener: %s; retry in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+            except BrokerSetupError as exc:
+                delay = b.reconnect_max_s  # waits for someone to fix it: no need to hurry
+                log.error(
+                    "command listener cannot connect: %s; fix %s in the config "
+                    "(requests are not answered until then); retry in %.1f s",
+                    exc,
+                    where,
+                    delay,
+                )
+                self._event("mqtt", f"command listener: {exc}", None)
+            except Exception as exc:
+                delay = backoff_s(attempt, b.reconnect_min_s, b.reconnect_max_s)
+                log.exception("command listener failed: %s; restarting it in %.1f s", exc, delay)
+                self._event("mqtt", f"command listener failed: {type(exc).__name__}: {exc}", None)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _listen(self, client: Any, prefix: str) -> None:
+        """Subscribe to this node's commands and answer each (returns if the client stops)."""
+        from telemetry import reply_topic
+
+        await client.subscribe(prefix + "#", qos=1)
+        self._event("mqtt", "command listener subscribed", None)
+        # requests run concurrently (a calibration does not hold up a status),
+        # at most MAX_INFLIGHT at a time
+        sem = asyncio.Semaphore(MAX_INFLIGHT)
+        inflight: set[asyncio.Task[None]] = set()
+        async for msg in client.messages:
+            suffix = str(msg.topic)[len(prefix) :] or "default"
+            payload = msg.payload if isinstance(msg.payload, bytes) else b""
+            await sem.acquire()
+            topic = reply_topic(self.node, suffix)
+            task = asyncio.create_task(
+                self._answer(client, topic, payload, sem, retained=bool(msg.retain))
+            )
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
 
     async def _answer(
-        self, client: Any, topic: str, payload: bytes, sem: asyncio.Semaphore
+        self,
+        client: Any,
+        topic: str,
+        payload: bytes,
+        sem: asyncio.Semaphore,
+        retained: bool = False,
     ) -> None:
-        """Answer one request on ``topic``; releases ``sem`` when done."""
+        """Answer one request on ``topic``; releases ``sem`` when done.
+
+        A retained request is refused, not executed: it would run again on every reconnect.
+        """
         import aiomqtt
 
         try:
-            reply = await self.handle_payload(payload)
+            if retained:
+                reply = self._refuse_retained(payload, topic)
+            else:
+                reply = await self.handle_payload(payload)
             await client.publish(topic, reply, qos=1)
         except aiomqtt.MqttError as exc:
             log.warning("reply on %s lost: %s", topic, exc)
         finally:
             sem.release()
+
+    def _refuse_retained(self, payload: bytes, topic: str) -> bytes:
+        """The ``bad_request`` reply to a retained request (counted as refused)."""
+        self.requests_refused += 1
+        try:
+            rid = parse_request(payload).id
+        except CommandError as exc:
+            rid = exc.request_id
+        log.warning("retained request %r on %s refused", rid, topic)
+        return error_reply(
+            rid,
+            "bad_request",
+            "retained commands are not executed (a retained request would run again on "
+            "every reconnect): publish it with retain=false",
+        )
 
     # -- calibration --
     async def _calibrate_at_start(self) -> None:
@@ -755,7 +811,7 @@ class Daemon:
         device = comp.device
         worker = self.workers[device]
         surf = self.surfaces[device]
-        names = sorted(n for n in surf.settings if n.startswith("element"))
+        names = element_settings(surf)
         self._event("compensation", f"started on {device}", device)
         try:
             start = [float(await worker.call(surf.settings[n].getter)) for n in names]

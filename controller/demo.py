@@ -238,9 +238,9 @@ def demo(
     """Run the emulated node end to end and watch it live; summary and plots in runs/<stamp>/.
 
     Starts the emulated testbed, an embedded MQTT broker (unless --broker) and the
-    daemon; the delays are found, a polarization drift is imposed half way and
-    compensated. Exit 0 when the link ends calibrated with QBER below the
-    interlock threshold, 1 otherwise, 2 for bad options.
+    daemon; the delays are found, a polarization drift is imposed at --drift-at
+    (default: 35 % of --duration) and compensated. Exit 0 when the link ends
+    calibrated with QBER below the interlock threshold, 1 otherwise, 2 for bad options.
     """
     import sys
 

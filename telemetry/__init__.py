@@ -11,6 +11,7 @@ from ._outbox import Outbox as Outbox
 from ._outbox import OutboxFull as OutboxFull
 from ._outbox import Spool as Spool
 from ._publisher import Publisher as Publisher
+from ._publisher import backoff_s as backoff_s
 from ._schema import MEASUREMENTS as MEASUREMENTS
 from ._schema import LineProtocolError as LineProtocolError
 from ._schema import Measurement as Measurement

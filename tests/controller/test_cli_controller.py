@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,70 @@ def test_token_from_the_environment(monkeypatch):
         r = runner.invoke(app, [*args, "--user", "alice", "--token-env", "QNET_TEST_TOKEN"])
         assert r.exit_code == 2, (args, r.output)
         assert "QNET_TEST_TOKEN" in r.output, (args, r.output)
+
+
+def test_devices_follows_the_node_config_of_a_daemon_config(tmp_path):
+    port = free_port()  # nothing listens there: the instruments are unreachable (exit 1)
+    node = {
+        "node": "lab-node",
+        "instruments": {
+            "pump_laser": {
+                "driver": "thorlabs_cld1015",
+                "resource": f"TCPIP::127.0.0.1::{port}::SOCKET",
+                "timeout_s": 0.5,
+            }
+        },
+    }
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(node))
+    daemon = {
+        "node_config": "node.yaml",
+        "instruments": {
+            "power_meter": {
+                "driver": "thorlabs_pm100",
+                "resource": f"TCPIP::127.0.0.1::{port}::SOCKET",
+                "timeout_s": 0.5,
+            }
+        },
+        "daemon": {"link": "l"},
+    }
+    p = tmp_path / "daemon.yaml"
+    p.write_text(yaml.safe_dump(daemon))
+    r = runner.invoke(app, ["devices", str(p), "--json"])
+    assert r.exit_code == 1, r.output
+    out = json.loads(r.stdout)
+    assert out["node"] == "lab-node"
+    assert [row["name"] for row in out["instruments"]] == ["pump_laser", "power_meter"]
+
+
+def test_remote_commands_keep_the_configs_tls_and_keepalive(tmp_path, monkeypatch):
+    from controller._remote import broker_from
+
+    raw = yaml.safe_load(Path(SIM).read_text())
+    raw["node_config"] = str(CONFIGS / "sim-node.yaml")
+    raw["daemon"]["telemetry"]["broker"].update(
+        port=8883,
+        keepalive_s=17,
+        tls={"ca_file": str(tmp_path / "ca.crt")},
+        username="daemon",
+        password={"env": "QNET_DAEMON_PW"},
+    )
+    p = tmp_path / "tls.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    node, b = broker_from(p, None, None, None)
+    assert node == "sim-node"
+    assert (b.host, b.port, b.keepalive_s) == ("127.0.0.1", 8883, 17)
+    assert b.tls is not None and b.tls.ca_file == tmp_path / "ca.crt"
+    # the operator's own credentials, never the daemon's; a fresh client id
+    assert b.username is None and b.password is None
+    assert b.client_id != "qnet-sim-node"
+    monkeypatch.setenv("QNET_OP_PW", "x")
+    _, b = broker_from(p, "broker.lab:1884", "op", "QNET_OP_PW")
+    assert (b.host, b.port, b.username) == ("broker.lab", 1884, "op")
+    assert b.tls is not None and b.keepalive_s == 17
+    # a TLS file that cannot be read: exit 1 naming the setting, not a traceback
+    r = runner.invoke(app, ["get", str(p), "pump_laser", "laser_on", "--timeout", "2"])
+    assert r.exit_code == 1, r.output
+    assert "daemon.telemetry.broker.tls" in r.output and "ca.crt" in r.output, r.output
+    # an unset --mqtt-password-env is bad usage (exit 2) naming the variable
+    r = runner.invoke(app, ["get", SIM, "pump_laser", "laser_on", "--mqtt-password-env", "NOPE_X"])
+    assert r.exit_code == 2 and "NOPE_X" in r.output, r.output

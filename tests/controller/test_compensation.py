@@ -104,3 +104,34 @@ def test_scan_escapes_a_local_minimum_that_descent_alone_stalls_in():
     )
     assert scanned.converged and scanned.qber < 0.012
     assert all(0.0 <= v <= 10.0 for p in calls for v in p)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("scan_points", [0, 11])
+def test_nothing_to_move_returns_instead_of_spinning(scan_points):
+    # a controller without element settings: no setpoints, so no elements by default
+    calls = []
+
+    def measure(x):
+        calls.append(list(x))
+        return 0.2
+
+    res = compensate(measure, [], [], CompensationSettings(scan_points=scan_points))
+    assert res.reason == "no elements" and not res.converged
+    assert res.evaluations == 1 and calls == [[]]
+    # an empty selection (refused by the settings' validation, but not by compensate)
+    empty = CompensationSettings.model_construct(
+        **{**CompensationSettings().model_dump(), "elements": (), "scan_points": scan_points}
+    )
+    res = compensate(measure, [1.0, 2.0], [(0, 5)] * 2, empty)
+    assert res.reason == "no elements" and res.setpoints == [1.0, 2.0]
+
+
+def test_settings_refuse_an_empty_or_negative_element_selection():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="elements"):
+        CompensationSettings(elements=())
+    with pytest.raises(ValidationError, match=r"elements\.0"):
+        CompensationSettings(elements=(-1,))
+    assert CompensationSettings(elements=(0, 2)).elements == (0, 2)

@@ -100,3 +100,93 @@ def test_node_config_reference_errors_name_that_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_daemon_config(p)
     assert "node.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        (lambda d: d["daemon"]["compensation"].update(elements=[]), "daemon.compensation.elements"),
+        (
+            lambda d: d["daemon"]["compensation"].update(elements=[0, -1]),
+            "daemon.compensation.elements.1",
+        ),
+        (
+            lambda d: d["daemon"]["compensation"].update(elements=[0, 4]),
+            "daemon.compensation.elements: index 4 is outside 0..3",
+        ),
+        (
+            lambda d: d["daemon"]["compensation"].update(device="pump_laser"),
+            "'pump_laser' (Thorlabs CLD1015) has no element settings",
+        ),
+        (
+            lambda d: d["daemon"]["compensation"].update(device="daemon"),
+            "daemon.compensation.device: 'daemon' is not an instrument",
+        ),
+    ],
+)
+def test_compensation_needs_elements_to_move(tmp_path, change, expect):
+    data = _base()
+    change(data)
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(p)
+    assert str(p) in str(info.value) and expect in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("name", ["bob.lab", "a/b", "a+", "a#", "with space", "x" * 65, ""])
+def test_node_name_must_be_a_topic_level(tmp_path, name):
+    data = _base()
+    data["node"] = name
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(p)
+    msg = str(info.value)
+    assert f"{p}: node: " in msg and "letters, digits, '_' or '-'" in msg, msg
+
+
+def test_max_lines_per_message_has_the_publishers_bounds(tmp_path):
+    from telemetry import PublisherSettings
+
+    data = _base()
+    data["daemon"]["telemetry"]["max_lines_per_message"] = 100_001
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError, match=r"daemon\.telemetry\.max_lines_per_message"):
+        load_daemon_config(p)
+    data["daemon"]["telemetry"]["max_lines_per_message"] = 100_000
+    cfg = load_daemon_config(_write(tmp_path, data))
+    t = cfg.daemon.telemetry
+    # what --check accepts, the publisher built in Daemon.start accepts too
+    PublisherSettings(
+        node=cfg.node,
+        broker=t.broker,
+        outbox={"path": tmp_path / "o.db"},
+        max_lines_per_message=t.max_lines_per_message,
+    )
+
+
+def test_errors_never_print_a_secret(tmp_path):
+    data = _base()
+    data["daemon"]["telemetry"]["broker"]["password"] = "s3cr3t-broker"
+    data["daemon"]["permissions"]["users"] = {
+        "op": {"role": "operator", "token": "s3cr3t-token"},
+        "viewer": {"token": {"env": "QNET_T", "value": "s3cr3t-nested"}},
+    }
+    # an error about the whole instrument, whose input holds a secret-looking option
+    data["instruments"]["pump_laser"]["options"] = {"password": "s3cr3t-option"}
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(p)
+    msg = str(info.value)
+    for where in (
+        "daemon.telemetry.broker.password",
+        "daemon.permissions.users.op.token",
+        "daemon.permissions.users.viewer.token.value",
+        "instruments.pump_laser",
+    ):
+        assert where in msg, msg
+    assert "s3cr3t" not in msg, msg
+    # other values are still shown
+    data = _base()
+    data["daemon"]["acquisition"]["window_s"] = "soon"
+    with pytest.raises(ConfigError, match="got 'soon'"):
+        load_daemon_config(_write(tmp_path, data))

@@ -136,7 +136,8 @@ def test_daemon_end_to_end(sim):
 
     # -- telemetry reaches the broker: window records and polled device readings
     seen = asyncio.run(_telemetry_topics(port, 3.0))
-    for m in ("singles", "coincidences", "qber", "key_rate", "laser", "polarization", "health"):
+    kinds = ("singles", "coincidences", "qber", "key_rate", "laser", "polarization", "health")
+    for m in (*kinds, "telemetry"):
         assert f"qnet/v1/{NODE}/telemetry/{m}" in seen, sorted(seen)
 
     # -- the CLI against the running daemon (exit codes scripts can trust)
