@@ -34,7 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from coincidence import CoincidenceError, RoleMap
-from telemetry import BrokerSettings, OutboxSettings
+from telemetry import NODE_NAME_PATTERN, BrokerSettings, OutboxSettings
 
 from .commands import PermissionsConfig
 from .compensation import CompensationSettings
@@ -151,7 +151,7 @@ class TelemetryConfig(_Section):
 class DaemonSection(_Section):
     """Everything the daemon adds to the node config."""
 
-    link: str = Field("link", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    link: str = Field("link", pattern=NODE_NAME_PATTERN)
     acquisition: AcquisitionConfig | None = Field(
         None, description="tag analysis; None for a node that only runs instruments"
     )

@@ -19,17 +19,14 @@ Example::
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-#: What a node name may be (telemetry's ``PublisherSettings.node`` has the same pattern).
-NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: Keys whose values are secrets: never echoed in an error message.
-SECRET_KEYS = frozenset({"password", "token", "secret"})
+from telemetry import check_node_name
+from telemetry import format_validation_errors as format_validation_errors
 
 
 class ConfigError(ValueError):
@@ -118,14 +115,8 @@ class NodeConfig(BaseModel):
     @field_validator("node")
     @classmethod
     def _node_name(cls, v: str) -> str:
-        # the name is an MQTT topic level and a telemetry tag (telemetry's PublisherSettings
-        # takes the same pattern): caught here, --check names it instead of a failed start
-        if not NODE_NAME.fullmatch(v):
-            raise ValueError(
-                "node must be 1-64 letters, digits, '_' or '-' (it is an MQTT topic level; "
-                "no '.', '/', '+', '#' or spaces)"
-            )
-        return v
+        # caught here, so --check names it instead of a failed start
+        return check_node_name(v)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -141,46 +132,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-def format_validation_errors(path: Path, exc: ValidationError, prefix: str = "") -> str:
-    """One line per pydantic error: file, key path, what was expected and what was found.
-
-    ``prefix`` (e.g. ``"hil."``) is put before each key path, for a validated sub-section.
-    What was found is left out for a secret (a key path through ``password``, ``token`` or
-    ``secret``, or a ``Secret`` setting) and secrets inside it are masked, so that a secret
-    written into the config by mistake does not end up in logs.
-    """
-    lines = []
-    for err in exc.errors():
-        key = prefix + ".".join(str(p) for p in err["loc"]) or "<top level>"
-        if err["type"] == "missing" or _is_secret(err):
-            got = ""
-        else:
-            got = f" (got {_masked(err['input'])!r})"
-        if len(got) > 200:
-            got = got[:200] + "...)"
-        lines.append(f"{path}: {key}: {err['msg']}{got}")
-    return "\n".join(lines)
-
-
-def _is_secret(err: Any) -> bool:
-    """Whether a pydantic error is about a secret (its input must not be shown)."""
-    if any(isinstance(p, str) and p.lower() in SECRET_KEYS for p in err["loc"]):
-        return True
-    return (err.get("ctx") or {}).get("class_name") == "Secret"
-
-
-def _masked(value: Any) -> Any:
-    """``value`` with whatever sits under a secret key (at any depth) replaced by ``***``."""
-    if isinstance(value, dict):
-        return {
-            k: "***" if isinstance(k, str) and k.lower() in SECRET_KEYS else _masked(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return type(value)(_masked(v) for v in value)
-    return value
 
 
 def load_node_config(path: str | Path) -> NodeConfig:

@@ -13,10 +13,12 @@ from ._outbox import Spool as Spool
 from ._publisher import Publisher as Publisher
 from ._publisher import backoff_s as backoff_s
 from ._schema import MEASUREMENTS as MEASUREMENTS
+from ._schema import NODE_NAME_PATTERN as NODE_NAME_PATTERN
 from ._schema import LineProtocolError as LineProtocolError
 from ._schema import Measurement as Measurement
 from ._schema import Record as Record
 from ._schema import SchemaError as SchemaError
+from ._schema import check_node_name as check_node_name
 from ._schema import coincidences as coincidences
 from ._schema import command_topic as command_topic
 from ._schema import detector as detector
@@ -44,4 +46,5 @@ from ._settings import Secret as Secret
 from ._settings import SettingsError as SettingsError
 from ._settings import SpoolSettings as SpoolSettings
 from ._settings import TlsSettings as TlsSettings
+from ._settings import format_validation_errors as format_validation_errors
 from ._settings import load_bridge_settings as load_bridge_settings

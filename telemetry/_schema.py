@@ -716,10 +716,17 @@ def parse_telemetry_topic(topic: str) -> tuple[str, str]:
     return parts[2], parts[4]
 
 
+#: A node (or link) name: an MQTT topic level, a telemetry tag and the node's MQTT username.
+NODE_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
 def check_node_name(node: str) -> str:
-    """A node name usable in topics and as an MQTT username: ``[A-Za-z0-9_-]``, 1-64 chars."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", node):
-        raise SchemaError(f"bad node name {node!r}: use 1-64 of A-Z a-z 0-9 _ -")
+    """``node`` if it matches :data:`NODE_NAME_PATTERN`; else SchemaError saying what is allowed."""
+    if not re.fullmatch(NODE_NAME_PATTERN, node):
+        raise SchemaError(
+            f"bad node name {node!r}: use 1-64 letters, digits, '_' or '-' (it is an MQTT "
+            "topic level: no '.', '/', '+', '#' or spaces)"
+        )
     return node
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ._schema import NODE_NAME_PATTERN
 
 
 class SettingsError(ValueError):
@@ -133,7 +135,7 @@ class OutboxSettings(_Model):
 class PublisherSettings(_Model):
     """Everything the publisher needs: node name, broker, outbox, message sizing."""
 
-    node: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    node: str = Field(pattern=NODE_NAME_PATTERN)
     broker: BrokerSettings
     outbox: OutboxSettings
     max_lines_per_message: int = Field(500, ge=1, le=100_000)
@@ -183,4 +185,49 @@ def load_bridge_settings(path: Path) -> BridgeSettings:
     try:
         return BridgeSettings.model_validate(section)
     except ValidationError as exc:
-        raise SettingsError(f"{path}: {exc}") from None
+        prefix = "bridge." if "bridge" in data else ""
+        raise SettingsError(format_validation_errors(path, exc, prefix)) from None
+
+
+#: Keys whose values are secrets: never echoed in an error message.
+SECRET_KEYS = frozenset({"password", "token", "secret"})
+
+
+def format_validation_errors(path: Path, exc: ValidationError, prefix: str = "") -> str:
+    """One line per pydantic error: file, key path, what was expected and what was found.
+
+    ``prefix`` (e.g. ``"hil."``) is put before each key path, for a validated sub-section.
+    What was found is left out for a secret (a key path through ``password``, ``token`` or
+    ``secret``, or a ``Secret`` setting) and secrets inside it are masked, so that a secret
+    written into the config by mistake does not end up in logs.
+    """
+    lines = []
+    for err in exc.errors():
+        key = prefix + ".".join(str(p) for p in err["loc"]) or "<top level>"
+        if err["type"] == "missing" or _is_secret(err):
+            got = ""
+        else:
+            got = f" (got {_masked(err['input'])!r})"
+        if len(got) > 200:
+            got = got[:200] + "...)"
+        lines.append(f"{path}: {key}: {err['msg']}{got}")
+    return "\n".join(lines)
+
+
+def _is_secret(err: Any) -> bool:
+    """Whether a pydantic error is about a secret (its input must not be shown)."""
+    if any(isinstance(p, str) and p.lower() in SECRET_KEYS for p in err["loc"]):
+        return True
+    return (err.get("ctx") or {}).get("class_name") == "Secret"
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with whatever sits under a secret key (at any depth) replaced by ``***``."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if isinstance(k, str) and k.lower() in SECRET_KEYS else _masked(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(_masked(v) for v in value)
+    return value

@@ -236,3 +236,19 @@ def test_tls_settings_name_the_file_they_cannot_use(tmp_path):
     bad.write_text("not a certificate")
     with pytest.raises(SettingsError, match=r"tls\.cert_file .*cert\.pem"):
         TlsSettings(cert_file=bad).context()
+
+
+def test_bridge_config_errors_never_print_a_secret(tmp_path):
+    """A password or token written literally (instead of env/file) is refused, not echoed."""
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(
+        "bridge:\n"
+        "  broker: {client_id: b, password: hunter2-literal}\n"
+        "  influx: {url: 'http://127.0.0.1:1', token: my-influx-token-literal}\n"
+        f"  spool: {{path: {tmp_path / 's.db'}}}\n"
+    )
+    with pytest.raises(SettingsError) as err:
+        load_bridge_settings(cfg)
+    text = str(err.value)
+    assert "bridge.broker.password" in text and "bridge.influx.token" in text, text
+    assert "hunter2" not in text and "my-influx-token" not in text, text
