@@ -10,8 +10,6 @@ testbed and the path of that config.
 
 from __future__ import annotations
 
-import re
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,20 +17,10 @@ from typing import Any
 import yaml
 
 from controller._daemon_config import read_daemon_yaml
+from drivers import with_port
+from drivers.sim import free_port as free_port
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _readdress(resource: str, port: int) -> str:
-    out = re.sub(r"(?i)(TCPIP\d*::[^:]+::)\d+(::SOCKET)", rf"\g<1>{port}\g<2>", resource)
-    return re.sub(r"(socket://[^:/]+:)\d+", rf"\g<1>{port}", out)
 
 
 def make_sim_node(
@@ -61,7 +49,7 @@ def make_sim_node(
         port = free_port()
         stream = free_port() if spec.get("stream_port") else None
         ports[name] = (port, stream)
-        spec["resource"] = _readdress(spec["resource"], port)
+        spec["resource"] = with_port(spec["resource"], port)
         if stream is not None:
             spec["stream_port"] = stream
     if testbed_changes is not None:
@@ -74,7 +62,7 @@ def make_sim_node(
     for name, spec in instruments.items():
         if name in ports:
             port, stream = ports[name]
-            spec["resource"] = _readdress(spec["resource"], port)
+            spec["resource"] = with_port(spec["resource"], port)
             if stream is not None:
                 spec.setdefault("options", {})["stream_port"] = stream
     raw["instruments"] = instruments

@@ -24,6 +24,8 @@ from ._registry import DRIVERS as DRIVERS
 from ._registry import make_instrument as make_instrument
 from ._registry import make_transport as make_transport
 from ._replay import FileReplaySource as FileReplaySource
+from ._resources import socket_address as socket_address
+from ._resources import with_port as with_port
 from ._tagframes import encode_frame as encode_frame
 from ._transport import SerialTransport as SerialTransport
 from ._transport import Transport as Transport

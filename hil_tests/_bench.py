@@ -9,8 +9,6 @@ On a real bench the tags come from the first time tagger's stream.
 from __future__ import annotations
 
 import logging
-import re
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +19,8 @@ import numpy as np
 from coincidence import RoleMap, TagBatch
 from controller.commands import surface_for
 from controller.config import NodeConfig
-from drivers import Instrument, InstrumentError
+from drivers import Instrument, InstrumentError, with_port
+from drivers.sim import free_port
 
 from ._config import HilConfig
 
@@ -50,21 +49,6 @@ EMULATED_TIMEOUT_S = 2.0
 
 #: Kind of each driver's settable switch that is safe OFF (else switches are restored).
 SAFE_OFF: dict[str, tuple[str, ...]] = {"laser": ("laser_on",)}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _with_port(resource: str, port: int) -> str:
-    out, n = re.subn(r"::\d+::SOCKET$", f"::{port}::SOCKET", resource)
-    if n == 0:
-        out, n = re.subn(r":\d+/?$", f":{port}", resource)
-    if n == 0:
-        raise ValueError(f"cannot move {resource!r} to another port")
-    return out
 
 
 class TrafficWatch(logging.Handler):
@@ -152,10 +136,10 @@ class Bench:
             if not spec.resource:
                 continue
             old = spec.resource
-            spec.resource = _with_port(old, _free_port())
+            spec.resource = with_port(old, free_port())
             old_stream = spec.stream_port
             if spec.stream_port is not None:
-                spec.stream_port = _free_port()
+                spec.stream_port = free_port()
             for ic in node.instruments.values():
                 if ic.resource == old:
                     ic.resource = spec.resource

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drivers.sim import free_port as free_port
+
 HOST = "127.0.0.1"
 
 BINARIES = {
@@ -64,13 +66,6 @@ def require(name: str) -> str:
             pytest.fail(f"{exc}; under CI=true the real servers are required")
         pytest.skip(str(exc))
         raise  # unreachable
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _tcp_open(port: int) -> bool:

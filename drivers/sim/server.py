@@ -31,6 +31,13 @@ log = logging.getLogger("qnet.sim.server")
 FAULT_MODES = ("none", "timeout", "garbage", "late", "disconnect")
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now (to serve an emulator on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class FaultConfig:
     """Fault-injection settings: ``mode`` one of FAULT_MODES; ``late_s`` for ``late``."""

@@ -31,7 +31,6 @@ wall clock, so they are repeatable only statistically.
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections import deque
@@ -44,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from coincidence import TagBatch
 
+from .._resources import socket_address
 from .._tagsource import TagSource
 from . import physics as ph
 from .instruments import (
@@ -189,18 +189,6 @@ def _merge_instruments(
     for name, extra in local.items():
         out.setdefault(name, {}).update(extra or {})
     return out
-
-
-def parse_address(resource: str) -> tuple[str, int]:
-    """``(host, port)`` of ``TCPIP::host::port::SOCKET`` or ``socket://host:port``."""
-    m = re.fullmatch(r"(?i)TCPIP\d*::([^:]+)::(\d+)::SOCKET", resource.strip())
-    if not m:
-        m = re.fullmatch(r"socket://([^:/]+):(\d+)/?", resource.strip())
-    if not m:
-        raise TestbedError(
-            f"cannot serve {resource!r}: expected TCPIP::HOST::PORT::SOCKET or socket://HOST:PORT"
-        )
-    return m.group(1), int(m.group(2))
 
 
 _MASK64 = (1 << 64) - 1
@@ -800,7 +788,10 @@ class Testbed:
             for name, spec in self.config.instruments.items():
                 if not spec.resource:
                     continue
-                host, port = parse_address(spec.resource)
+                try:
+                    host, port = socket_address(spec.resource)
+                except ValueError as exc:
+                    raise TestbedError(f"cannot serve instrument {name!r}: {exc}") from None
                 mode = self.config.faults.get(name, "none")
                 server = InstrumentServer(
                     self.emulators[name],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,8 @@ from typer.testing import CliRunner
 
 from controller.cli import app
 from controller.config import ConfigError, load_node_config
+from drivers.sim import free_port
 from drivers.sim.instruments import EMULATORS
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path, serve, drop=None):
@@ -26,7 +20,7 @@ def _config(tmp_path, serve, drop=None):
     for name, inst in node["instruments"].items():
         emu = EMULATORS[inst["driver"]]()
         if name == drop:
-            port = _free_port()
+            port = free_port()
         else:
             srv = serve(emu)
             port = srv.port
@@ -123,3 +117,27 @@ def test_shipped_sim_node_table(serve):
         row = next(line for line in lines if f" {name} " in line)
         assert "ready" in row and ic.resource in row
     assert "ID Quantique ID1000" in res.stdout and "power_w=1e-06" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("resource", "address", "moved"),
+    [
+        ("TCPIP::10.0.0.5::5025::SOCKET", ("10.0.0.5", 5025), "TCPIP::10.0.0.5::7::SOCKET"),
+        ("TCPIP0::lab-pm::80::SOCKET", ("lab-pm", 80), "TCPIP0::lab-pm::7::SOCKET"),
+        ("socket://127.0.0.1:15101", ("127.0.0.1", 15101), "socket://127.0.0.1:7"),
+    ],
+)
+def test_socket_resources_read_and_move(resource, address, moved):
+    from drivers import socket_address, with_port
+
+    assert socket_address(resource) == address
+    assert with_port(resource, 7) == moved
+
+
+@pytest.mark.parametrize("resource", ["ASRL/dev/ttyUSB0::INSTR", "/dev/ttyUSB0", "TCPIP::h::x"])
+def test_non_socket_resource_is_named(resource):
+    from drivers import socket_address, with_port
+
+    for fn in (socket_address, lambda r: with_port(r, 7)):
+        with pytest.raises(ValueError, match="not a socket resource"):
+            fn(resource)

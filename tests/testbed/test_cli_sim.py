@@ -13,21 +13,16 @@ import pytest
 import yaml
 
 from drivers import InstrumentTimeout, make_instrument
+from drivers.sim import free_port
 
 from .conftest import REPO, TESTBED_YAML
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _configs(tmp_path: Path) -> tuple[Path, dict]:
     """A copy of the sim node on free ports, and a testbed config pointing at it."""
     node = yaml.safe_load((REPO / "configs" / "sim-node.yaml").read_text())
     for spec in node["instruments"].values():
-        port = _free_port()
+        port = free_port()
         r = spec["resource"]
         spec["resource"] = (
             f"socket://127.0.0.1:{port}"
@@ -35,7 +30,7 @@ def _configs(tmp_path: Path) -> tuple[Path, dict]:
             else (f"TCPIP::127.0.0.1::{port}::SOCKET")
         )
         if (spec.get("options") or {}).get("stream_port"):
-            spec["options"]["stream_port"] = _free_port()
+            spec["options"]["stream_port"] = free_port()
     (tmp_path / "node.yaml").write_text(yaml.safe_dump(node))
     tb = yaml.safe_load(TESTBED_YAML.read_text())
     tb["node_config"] = "node.yaml"

@@ -8,7 +8,6 @@ one clock in this config), merged to the 8-channel stream Alice H,V,D,A + Bob H,
 
 from __future__ import annotations
 
-import socket
 import time
 
 import numpy as np
@@ -16,7 +15,8 @@ import pytest
 import yaml
 
 from coincidence import TagBatch, find_delay
-from drivers import InstrumentError, InstrumentTimeout, make_instrument
+from drivers import InstrumentError, InstrumentTimeout, make_instrument, with_port
+from drivers.sim import free_port
 from drivers.sim import physics as ph
 from drivers.sim.testbed import Testbed
 
@@ -26,27 +26,15 @@ NODE = yaml.safe_load((REPO / "configs" / "sim-node.yaml").read_text())["instrum
 SPEED = 10.0  # simulated seconds per wall second on the served streams
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _relocated(resource: str, port: int) -> str:
-    if resource.startswith("socket://"):
-        return f"socket://127.0.0.1:{port}"
-    return f"TCPIP::127.0.0.1::{port}::SOCKET"
-
-
 @pytest.fixture(scope="module")
 def bench():
     raw = make_config(
         speed=SPEED, chunk_s=0.01, **{"physics.bob.drift_rad_per_sqrt_s": 0.0}
     ).model_dump()
     for spec in raw["instruments"].values():
-        spec["resource"] = _relocated(spec["resource"], _free_port())
+        spec["resource"] = with_port(spec["resource"], free_port())
         if spec.get("stream_port"):
-            spec["stream_port"] = _free_port()
+            spec["stream_port"] = free_port()
     from drivers.sim.testbed import TestbedConfig
 
     tb = Testbed(TestbedConfig.model_validate(raw))
@@ -246,8 +234,8 @@ def test_two_taggers_served_offset_and_drift_found_by_the_core():
     keep = {"time_tagger", "bob_tagger"}
     raw["instruments"] = {k: v for k, v in raw["instruments"].items() if k in keep}
     for spec in raw["instruments"].values():
-        spec["resource"] = _relocated(spec["resource"], _free_port())
-        spec["stream_port"] = _free_port()
+        spec["resource"] = with_port(spec["resource"], free_port())
+        spec["stream_port"] = free_port()
     tb = Testbed(TestbedConfig.model_validate(raw))
     tb.serve()
     taggers, streams = [], []
