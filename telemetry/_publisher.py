@@ -104,10 +104,9 @@ class Publisher:
         items: list[tuple[str, Record]] = []
         for rec in records:
             validate(rec)
-            if rec.tags.get("node") != self.node:
+            if rec.node != self.node:  # validate() made sure the tag is there
                 raise SchemaError(
-                    f"record of node {rec.tags.get('node')!r} given to the publisher of "
-                    f"node {self.node!r}"
+                    f"record of node {rec.node!r} given to the publisher of node {self.node!r}"
                 )
             items.append((telemetry_topic(self.node, rec.measurement), rec))
         seqs = self.outbox.append(items)
