@@ -173,6 +173,9 @@ class Keithley2400Emulator(ScpiEmulator):
             default: 0 V superconducting, ``bias * latch_resistance_ohm`` (clipped at
             the compliance) when latched.
         critical_current_a: a bias above it latches the detector (default 20 uA).
+        next_latched: ``f(latched, bias_a) -> latched`` after a bias change (output off
+            counts as 0 A); default: latch above ``critical_current_a``, clear at 0 A. The
+            testbed passes its physics' rule so served and in-process detectors agree.
 
     State: ``output_on``, ``bias_current_a``, ``compliance_v``, ``latched``
     (set it True to latch the detector; it clears when the bias drops to
@@ -186,8 +189,10 @@ class Keithley2400Emulator(ScpiEmulator):
         self,
         read_voltage_v: Callable[[float, bool], float] | None = None,
         critical_current_a: float = 20e-6,
+        next_latched: Callable[[bool, float], bool] | None = None,
     ) -> None:
         super().__init__()
+        self.next_latched = next_latched
         self.output_on = False
         self.bias_current_a = 0.0
         self.compliance_v = 2.0
@@ -217,9 +222,12 @@ class Keithley2400Emulator(ScpiEmulator):
         return 0.0
 
     def _update_latch(self) -> None:
-        if not self.output_on or self.bias_current_a == 0.0:
+        bias = self.bias_current_a if self.output_on else 0.0
+        if self.next_latched is not None:
+            self.latched = bool(self.next_latched(self.latched, bias))
+        elif bias == 0.0:
             self.latched = False
-        elif abs(self.bias_current_a) > self.critical_current_a:
+        elif abs(bias) > self.critical_current_a:
             self.latched = True
 
     def _set_output(self, v: str) -> bool:

@@ -340,6 +340,7 @@ class Testbed:
                     bias, latched, det
                 ),
                 critical_current_a=det.critical_current_a,
+                next_latched=lambda latched, bias, det=det: ph.next_latched(latched, bias, det),
             )
             return emu
         if d == "thorlabs_pm100":

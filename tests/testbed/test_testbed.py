@@ -315,3 +315,15 @@ def test_one_emulator_table_builds_every_configured_instrument(testbed):
     assert testbed_module.EMULATORS is instruments.EMULATORS
     for name, spec in testbed.config.instruments.items():
         assert type(testbed.emulators[name]) is instruments.EMULATORS[spec.driver]
+
+
+def test_smu_and_model_detectors_latch_by_one_rule(testbed):
+    """A detector on the served SMU (ch 0) and one on the model only (ch 1) agree at the
+    edges: at exactly I_c both latch; at reset_current_a (not only at 0 A) both clear."""
+    det = testbed._det[0]
+    for ch in (0, 1):
+        testbed.set_bias(ch, det.critical_current_a)
+        assert testbed.latched()[ch], ch
+        testbed.set_bias(ch, det.reset_current_a)
+        testbed.set_bias(ch, 16e-6)
+        assert not testbed.latched()[ch], ch
