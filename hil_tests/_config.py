@@ -103,7 +103,7 @@ class TelemetrySettings(_Model):
     mqtt_host: str | None = None
     mqtt_port: int = 1883
     influx_url: str | None = None
-    influx_bucket: str = "qnet"
+    """A VictoriaMetrics URL: the check writes through its InfluxDB API and reads back."""
 
 
 class HilSettings(_Model):

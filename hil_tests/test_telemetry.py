@@ -24,7 +24,8 @@ from ._checks import delays
 
 
 def _export(url, match):
-    urllib.request.urlopen(f"{url}/internal/force_flush", timeout=10).read()
+    with urllib.request.urlopen(f"{url}/internal/force_flush", timeout=10) as r:
+        r.read()
     q = urllib.parse.urlencode({"match[]": match})
     with urllib.request.urlopen(f"{url}/api/v1/export?{q}", timeout=30) as r:
         return [json.loads(line) for line in r.read().splitlines() if line.strip()]
