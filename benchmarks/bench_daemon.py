@@ -33,6 +33,7 @@ import psutil
 
 from benchmarks._harness import Row
 from coincidence import RoleMap, TagBatch, generate_pairs
+from controller._cli_sample import bbm92_pair_channels
 from controller.acquisition import Acquisition, Windower, WindowResult, window_records
 from drivers import TagSource
 
@@ -42,17 +43,6 @@ DELAYS_PS = [0, 0, 0, 0, 5_000_000, 5_000_000, 5_000_000, 5_000_000]
 BATCH_PS = 10_000_000_000  # 10 ms
 
 
-def _pairs() -> list[tuple[int, int]]:
-    """BBM92 phi+ pair list: matched basis right 31, wrong 1; mismatched 16 (weights)."""
-    out = []
-    for i, a in enumerate("HVDA"):
-        for j, b in enumerate("HVDA"):
-            same_basis = (a in "HV") == (b in "HV")
-            w = 16 if not same_basis else (31 if a == b else 1)
-            out += [(i, 4 + j)] * w
-    return out
-
-
 def make_second() -> list[TagBatch]:
     """One second of the stream, cut into 10 ms batches."""
     batch = generate_pairs(
@@ -60,7 +50,7 @@ def make_second() -> list[TagBatch]:
         pair_rate_hz=1e6,
         noise_rate_hz=1e6,
         n_channels=8,
-        pair_channels=_pairs(),
+        pair_channels=bbm92_pair_channels(),
         delays_ps=DELAYS_PS,
         jitter_ps=50.0,
         seed=3,

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from controller._json import jsonable
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
@@ -371,27 +373,6 @@ def key_rates(
     return qber, secure, None
 
 
-def _num(x: Any) -> Any:
-    """JSON-safe number: nan/inf -> None, numpy scalars -> Python."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def _jsonable(a: Any) -> Any:
-    import numpy as np
-
-    if isinstance(a, np.ndarray):
-        return _jsonable(a.tolist())
-    if isinstance(a, list | tuple):
-        return [_jsonable(v) for v in a]
-    if isinstance(a, dict):
-        return {k: _jsonable(v) for k, v in a.items()}
-    if isinstance(a, np.generic):
-        return _num(a.item())
-    return _num(a)
-
-
 def analysis_dict(
     report: CoincidenceReport,
     *,
@@ -440,7 +421,7 @@ def analysis_dict(
         }
         out["sifted"] = qber.sifted
         out["sifted_rate_hz"] = qber.sifted_rate_hz
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -648,7 +629,7 @@ def analyze(
             if as_json:
                 typer.echo(
                     json.dumps(
-                        _jsonable(
+                        jsonable(
                             {
                                 "file": path,
                                 "channel_a": ch_a,

@@ -1,7 +1,8 @@
 """Options shared by the commands that talk to a running daemon (get, set, status, calibrate).
 
-One place for their help texts and for turning ``--user``/``--token-env`` into request fields,
-so every remote command authenticates the same way.
+One place for their help texts, for turning ``--user``/``--token-env`` into request fields
+(so every remote command authenticates the same way) and for parsing ``--broker HOST:PORT``
+(also used by ``qnet run`` and ``qnet demo``).
 """
 
 from __future__ import annotations
@@ -36,3 +37,11 @@ def auth_fields(user: str | None, token_env: str | None) -> dict[str, Any]:
             raise typer.BadParameter(f"environment variable {token_env} is not set")
         out["token"] = token
     return out
+
+
+def parse_host_port(text: str, option: str = "--broker") -> tuple[str, int]:
+    """``(host, port)`` from ``HOST:PORT``; ``typer.BadParameter`` (exit 2) if malformed."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise typer.BadParameter(f"{option} must be HOST:PORT (port 1-65535), got {text!r}")
+    return host, int(port)

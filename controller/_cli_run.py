@@ -44,14 +44,15 @@ def run(
         raise typer.Exit(2) from None
     override = None
     if broker is not None:
-        from controller._remote import broker_from
+        from controller._cli_options import parse_host_port
+        from telemetry import BrokerSettings
 
-        _, b = broker_from(config, broker, None, None)
+        host, port = parse_host_port(broker)
         base = cfg.daemon.telemetry.broker
         override = (
-            base.model_copy(update={"host": b.host, "port": b.port})
+            base.model_copy(update={"host": host, "port": port})
             if base is not None
-            else b.model_copy(update={"client_id": f"qnet-{cfg.node}"})
+            else BrokerSettings(host=host, port=port, client_id=f"qnet-{cfg.node}")
         )
     if check:
         typer.echo(f"{config}: valid config of node {cfg.node}")

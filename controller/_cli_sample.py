@@ -5,7 +5,8 @@ daemon against the emulated testbed). It generates a BBM92-like 8-channel tag
 stream with known pairs (Alice H,V,D,A on channels 0-3, Bob's on 4-7, phi+
 state, ~3 % intrinsic QBER, known per-channel cable delays, detector jitter and
 dark counts), writes it to ``runs/sample-<UTC timestamp>/sample.npz``, finds
-every channel's delay from the tags alone, counts coincidences at those delays,
+every channel's delay from the tags alone (the daemon's calibration,
+``controller.calibration.find_channel_delays``), counts coincidences at those delays,
 prints the same tables as ``qnet analyze`` and saves ``analysis.json`` and a
 PNG of the Alice-H / Bob-H coincidence histogram at the found delay in the run
 folder.
@@ -15,15 +16,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-
-if TYPE_CHECKING:
-    from coincidence import DelayEstimate, RoleMap, TagBatch
 
 #: Alice's H,V,D,A detectors are channels 0-3, Bob's 4-7.
 ALICE = {"H": 0, "V": 1, "D": 2, "A": 3}
@@ -52,53 +49,6 @@ def bbm92_pair_channels() -> list[tuple[int, int]]:
                 weight = ERROR_WEIGHT
             out += [(a_ch, b_ch)] * weight
     return out
-
-
-def delays_from_pairs(
-    batch: TagBatch,
-    channels_a: Sequence[int],
-    channels_b: Sequence[int],
-    *,
-    reference: int,
-    max_delay_ps: int,
-    resolution_ps: int,
-) -> tuple[list[int | None], dict[tuple[int, int], DelayEstimate]]:
-    """Per-channel delays (relative to ``reference``) from pairwise correlation peaks.
-
-    Finds the delay of every (a, b) pair with a significant peak, then assigns
-    delays along the most significant pairs outward from ``reference`` (a maximum
-    spanning tree): ``d[b] = d[a] + delay(a, b)``. Channels no significant pair
-    reaches get None. Subtracting ``d`` from each channel's tags aligns them.
-    """
-    from coincidence import NoSignificantPeakError, find_delay_in_batch
-
-    n = max([*channels_a, *channels_b]) + 1
-    est: dict[tuple[int, int], DelayEstimate] = {}
-    for a in channels_a:
-        for b in channels_b:
-            try:
-                est[(a, b)] = find_delay_in_batch(
-                    batch, a, b, max_delay_ps=max_delay_ps, resolution_ps=resolution_ps
-                )
-            except NoSignificantPeakError:
-                continue
-    delays: list[int | None] = [None] * n
-    delays[reference] = 0
-    while True:
-        best: tuple[float, int, int] | None = None
-        for (a, b), e in est.items():
-            known_a, known_b = delays[a] is not None, delays[b] is not None
-            if known_a != known_b and (best is None or e.significance > best[0]):
-                best = (e.significance, a, b)
-        if best is None:
-            break
-        _, a, b = best
-        da, db = delays[a], delays[b]
-        if da is not None:
-            delays[b] = da + est[(a, b)].delay_ps
-        elif db is not None:
-            delays[a] = db - est[(a, b)].delay_ps
-    return delays, est
 
 
 def _run_dir(out: Path) -> Path:
@@ -170,6 +120,7 @@ def sample(
         generate_pairs,
         write_npz,
     )
+    from controller.calibration import CalibrationError, find_channel_delays
 
     console = Console()
     t0 = time.monotonic()
@@ -191,19 +142,16 @@ def sample(
     sample = run / "sample.npz"
     write_npz(sample, batch)
 
-    found, _ = delays_from_pairs(
-        batch,
-        list(ALICE.values()),
-        list(BOB.values()),
-        reference=ALICE["H"],
-        max_delay_ps=100_000,
-        resolution_ps=10,
-    )
-    missing = [c for c, d in enumerate(found) if d is None]
-    if missing:
+    try:
+        cal = find_channel_delays(batch, roles, 8, max_delay_ps=100_000, resolution_ps=10)
+    except CalibrationError as e:
+        typer.echo(f"qnet sample: {e}", err=True)
+        raise typer.Exit(1) from None
+    if cal.unresolved:
+        missing = list(cal.unresolved)
         typer.echo(f"qnet sample: no significant delay for channels {missing}", err=True)
         raise typer.Exit(1)
-    delays = [int(d) for d in found if d is not None]
+    delays = [int(d) for d in cal.delays_ps]
 
     counter = CoincidenceCounter(8, window_ps, delays)
     counter.process(batch)

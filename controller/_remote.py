@@ -18,6 +18,8 @@ import typer
 
 from telemetry import BrokerSettings
 
+from ._cli_options import parse_host_port
+
 
 class RemoteError(Exception):
     """The daemon could not be reached or did not answer in time."""
@@ -53,10 +55,8 @@ def broker_from(
         if b is not None:
             base = b.model_dump(exclude={"client_id", "username", "password"})
     if broker:
-        h, _, p = broker.rpartition(":")
-        if not h or not p.isdigit():
-            raise typer.BadParameter(f"--broker must be HOST:PORT, got {broker!r}")
-        base.update(host=h, port=int(p))
+        host, port = parse_host_port(broker)
+        base.update(host=host, port=port)
     if node is None:
         raise typer.BadParameter("give the daemon's CONFIG (it names the node)")
     pw = None
@@ -130,8 +130,13 @@ def run_request(
     if as_json:
         typer.echo(json.dumps(reply, indent=2))
     if not reply.get("ok"):
-        err = reply.get("error") or {}
         if not as_json:
-            typer.echo(f"qnet: refused ({err.get('code')}): {err.get('message')}", err=True)
+            typer.echo(f"qnet: {refusal(reply)}", err=True)
         raise typer.Exit(1)
     return reply
+
+
+def refusal(reply: dict[str, Any]) -> str:
+    """One line naming why the daemon refused a request: ``refused (code): message``."""
+    err = reply.get("error") or {}
+    return f"refused ({err.get('code')}): {err.get('message')}"

@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from telemetry import Secret
 
+from ._json import jsonable
+
 MAX_REQUEST_BYTES = 16 * 1024
 ROLES = ("none", "viewer", "operator", "admin")
 Role = Literal["none", "viewer", "operator", "admin"]
@@ -382,23 +384,9 @@ def _need(role: str, needed: str, what: str) -> None:
 # -- replies -------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
 def ok_reply(request_id: str | int | None, result: Any) -> bytes:
     """The JSON reply of a request that succeeded."""
-    body = {"id": request_id, "ok": True, "result": _jsonable(result), "time_ns": time.time_ns()}
+    body = {"id": request_id, "ok": True, "result": jsonable(result), "time_ns": time.time_ns()}
     return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -33,6 +33,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ._cli_options import parse_host_port
+
 log = logging.getLogger("qnet.demo")
 
 
@@ -248,12 +250,7 @@ def demo(
     live = live and sys.stdout.isatty()
     if duration <= 5:
         raise typer.BadParameter("--duration must be more than 5 s")
-    addr = None
-    if broker:
-        host, _, port = broker.rpartition(":")
-        if not host or not port.isdigit():
-            raise typer.BadParameter(f"--broker must be HOST:PORT, got {broker!r}")
-        addr = (host, int(port))
+    addr = parse_host_port(broker) if broker else None
     code, out, summary = asyncio.run(run_demo(duration, drift_at, addr, runs, live))
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "shutdown"}, indent=2))
     typer.echo(f"run folder: {out} (summary.json, histogram.png, qber_keyrate.png)")

@@ -39,6 +39,22 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
 
 
+def capture_line(capture: dict[str, Any] | None, width: int = 20) -> str:
+    """``capture [####......] 0.4 / 1.0 s`` for a running raw-tag capture ("" when idle).
+
+    The daemon captures raw tags to calibrate (``qnet calibrate``), track drift and
+    compensate; this shows how much tag time it has of what it needs.
+    """
+    if not capture:
+        return ""
+    done = float(capture.get("collected_s") or 0.0)
+    want = float(capture.get("duration_s") or 0.0)
+    frac = min(1.0, max(0.0, done / want)) if want > 0 else 0.0
+    filled = round(frac * width)
+    bar = "#" * filled + "." * (width - filled)
+    return f"capture [{bar}] {done:.1f} / {want:.1f} s"
+
+
 def render(status: dict[str, Any], title: str = "") -> Any:
     """A rich renderable of one ``daemon.status`` snapshot."""
     from rich.console import Group
@@ -67,6 +83,7 @@ def render(status: dict[str, Any], title: str = "") -> Any:
         "",
         "",
     )
+    cap = capture_line(status.get("capture"))
     rates = Table(title="link", expand=True)
     rates.add_column("quantity", no_wrap=True)
     rates.add_column("now")
@@ -105,4 +122,5 @@ def render(status: dict[str, Any], title: str = "") -> Any:
         t = time.strftime("%H:%M:%S", time.localtime(e.get("time_s", 0)))
         style = "red" if e.get("kind") == "interlock" else ""
         ev.add_row(t, Text(f"{e.get('kind')}: {e.get('text')}", style=style))
-    return Panel(Group(head, rates, dev, ev), title=title or "qnet status")
+    parts = [head, Text(cap, style="yellow")] if cap else [head]
+    return Panel(Group(*parts, rates, dev, ev), title=title or "qnet status")

@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -56,6 +57,45 @@ def test_bad_usage_exits_2():
     assert r.exit_code == 2
 
 
+def test_host_port_parsing_is_shared_by_every_broker_option():
+    from controller._cli_options import parse_host_port
+
+    assert parse_host_port("broker.lab:1884") == ("broker.lab", 1884)
+    assert parse_host_port("::1:1883") == ("::1", 1883)
+    for bad in ("nohostport", ":1883", "host:", "host:x1", "host:0", "host:70000"):
+        with pytest.raises(typer.BadParameter, match="HOST:PORT"):
+            parse_host_port(bad)
+    for args in (["run", "--check", SIM], ["status", SIM, "--once"], ["demo"]):
+        r = runner.invoke(app, [*args, "--broker", "host:70000"])
+        assert r.exit_code == 2 and "HOST:PORT" in r.output, (args, r.output)
+
+
+def test_run_broker_override_keeps_the_configs_broker_settings(tmp_path, monkeypatch):
+    import controller.daemon as daemon_mod
+
+    seen = {}
+
+    class FakeDaemon:  # stands in for the daemon only: records the broker it was given
+        def __init__(self, cfg, broker=None):
+            seen["broker"] = broker
+            raise ValueError("stop here")
+
+    monkeypatch.setattr(daemon_mod, "Daemon", FakeDaemon)
+    r = runner.invoke(app, ["run", SIM, "--broker", "broker.lab:1884"])
+    assert r.exit_code == 2, r.output
+    b = seen["broker"]
+    assert (b.host, b.port, b.client_id) == ("broker.lab", 1884, "qnet-sim-node")
+    raw = yaml.safe_load(Path(SIM).read_text())
+    del raw["daemon"]["telemetry"]["broker"]
+    raw["node_config"] = str(CONFIGS / "sim-node.yaml")
+    p = tmp_path / "nobroker.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["run", str(p), "--broker", "broker.lab:1884"])
+    assert r.exit_code == 2, r.output
+    b = seen["broker"]
+    assert (b.host, b.port, b.client_id, b.tls) == ("broker.lab", 1884, "qnet-sim-node", None)
+
+
 def test_token_from_the_environment(monkeypatch):
     from controller._cli_options import auth_fields
 
@@ -68,6 +108,8 @@ def test_token_from_the_environment(monkeypatch):
         ["get", SIM, "pump_laser", "laser_on"],
         ["set", SIM, "pump_laser", "laser_on", "false"],
         ["calibrate", SIM],
+        ["status", SIM, "--once"],
+        ["status", SIM],
     ):
         r = runner.invoke(app, [*args, "--user", "alice", "--token-env", "QNET_TEST_TOKEN"])
         assert r.exit_code == 2, (args, r.output)

@@ -156,6 +156,24 @@ def test_replies_are_json():
     assert err["ok"] is False and err["error"]["code"] == "bad_request"
 
 
+def test_jsonable_makes_numpy_and_non_finite_values_plain_json():
+    import numpy as np
+
+    from controller._json import jsonable
+
+    value = {
+        1: np.array([1.5, np.nan]),
+        "s": np.float32("inf"),
+        "i": np.int64(7),
+        "t": (np.float64(2.0), None, True),
+        "o": object,
+    }
+    out = jsonable(value)
+    assert out == {"1": [1.5, None], "s": None, "i": 7, "t": [2.0, None, True], "o": str(object)}
+    assert type(out["i"]) is int
+    json.dumps(out, allow_nan=False)  # strict JSON
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda kids: (

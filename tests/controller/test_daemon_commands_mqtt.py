@@ -211,3 +211,54 @@ def test_listener_outlives_an_unreadable_tls_file(tmp_path):
         asyncio.run(main())
     finally:
         mq.stop()
+
+
+def test_status_cli_authenticates_and_shows_a_refusal(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from controller.cli import app
+
+    servers.require("mosquitto")
+    mq = servers.start_mosquitto(tmp_path / "mq")
+    var = f"QNET_TEST_TOKEN_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(var, "s3cret")
+    try:
+        cfg_path = _config(tmp_path, {"port": mq.port})
+        raw = yaml.safe_load(cfg_path.read_text())
+        raw["daemon"]["permissions"] = {
+            "default_role": "none",
+            "users": {"alice": {"role": "viewer", "token": {"env": var}}},
+        }
+        cfg_path.write_text(yaml.safe_dump(raw))
+        runner = CliRunner()
+        auth = ["--user", "alice", "--token-env", var]
+        live = ["--duration", "1", "--interval", "0.2"]
+
+        def status(*args: str) -> Any:
+            return runner.invoke(app, ["status", str(cfg_path), "--timeout", "5", *args])
+
+        async def main() -> None:
+            d = Daemon(load_daemon_config(cfg_path))
+            await d.start()
+            try:
+                await _until(
+                    lambda: any("subscribed" in e["text"] for e in d.events), 10, "the listener"
+                )
+                # anonymous: refused, and the refusal is shown (not a blank view), exit 1
+                for args in (["--once"], live):
+                    r = await asyncio.to_thread(status, *args)
+                    assert r.exit_code == 1, (args, r.output)
+                    assert "refused (forbidden)" in r.output, (args, r.output)
+                # the viewer's user and token from the environment: the status itself
+                r = await asyncio.to_thread(status, "--once", *auth)
+                assert r.exit_code == 0, r.output
+                assert json.loads(r.output)["node"] == NODE
+                r = await asyncio.to_thread(status, *live, *auth)
+                assert r.exit_code == 0, r.output
+                assert NODE in r.output and "refused" not in r.output, r.output
+            finally:
+                await d.shutdown()
+
+        asyncio.run(main())
+    finally:
+        mq.stop()

@@ -1,6 +1,6 @@
 from rich.console import Console
 
-from controller.status_view import render, sparkline
+from controller.status_view import capture_line, render, sparkline
 
 
 def test_sparkline_scales_and_marks_gaps():
@@ -29,3 +29,23 @@ def test_render_shows_the_key_facts():
     text = console.export_text()
     for needle in ("n1", "PAUSED", "12.34 %", "faulted", "qber trip: high", "interlocks: qber"):
         assert needle in text, needle
+
+
+def _text(status):
+    console = Console(width=120, record=True)
+    console.print(render(status, "t"))
+    return console.export_text()
+
+
+def test_render_shows_a_running_capture():
+    # e.g. `qnet calibrate` collecting 1 s of raw tags: visible while it runs
+    status = {"node": "n1", "capture": {"collected_s": 0.4, "duration_s": 1.0}}
+    text = _text(status)
+    assert "capture [########............] 0.4 / 1.0 s" in text
+    assert "capture" not in _text({"node": "n1", "capture": None})
+
+
+def test_capture_line_clamps_and_handles_idle():
+    assert capture_line(None) == ""
+    assert capture_line({"collected_s": 2.5, "duration_s": 2.0}, 4) == "capture [####] 2.5 / 2.0 s"
+    assert capture_line({"collected_s": 0.0, "duration_s": 0.0}, 4) == "capture [....] 0.0 / 0.0 s"
