@@ -23,11 +23,15 @@ file; its own ``instruments`` entries are added on top). Example::
       permissions: {default_role: viewer, users: {op: {role: operator}}}
 
 Validated whole at start: an error names the file, the key path and what was
-expected, and nothing starts half-configured.
+expected, and nothing starts half-configured. Beyond the schema, every reference is
+checked against the instruments' command surfaces (:meth:`DaemonConfig.problems`):
+monitored and interlock readings exist, and each interlock, ``on_clear`` and
+``safe_state`` action passes the same validation it gets when it runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,10 +40,24 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from coincidence import CoincidenceError, RoleMap
 from telemetry import NODE_NAME_PATTERN, BrokerSettings, OutboxSettings
 
-from .commands import PermissionsConfig
+from .acquisition import WINDOW_READINGS
+from .commands import (
+    DAEMON,
+    CommandError,
+    DeviceSurface,
+    PermissionsConfig,
+    element_settings,
+    surface_for,
+    validate_request,
+)
 from .compensation import CompensationSettings
-from .config import ConfigError, NodeConfig, format_validation_errors, read_yaml
+from .config import ConfigError, InstrumentConfig, NodeConfig, format_validation_errors, read_yaml
 from .interlocks import ActionSpec, InterlockRule
+
+#: What the daemon calls on a tagger named in ``acquisition.source.taggers``.
+_TAGGER_METHODS = ("set_streaming", "tag_source")
+#: Daemon actions that need a section of the daemon config (else refused when run).
+_DAEMON_ACTION_NEEDS = {"compensate": "compensation", "calibrate": "acquisition"}
 
 
 class _Section(BaseModel):
@@ -174,65 +192,129 @@ class DaemonConfig(NodeConfig):
     daemon: DaemonSection
     _base_dir: str = PrivateAttr(".")
 
-    @model_validator(mode="after")
-    def _references(self) -> DaemonConfig:
-        devices = set(self.instruments)
+    def problems(self) -> list[tuple[str, str]]:
+        """Everything the daemon would trip over only when running, as (key path, what).
+
+        Checked against each instrument's command surface, built as the daemon builds it
+        (:func:`instrument_surface`): the taggers, the monitored readings, each interlock's
+        reading (a window reading or a monitored ``device.key``), and every interlock,
+        ``on_clear`` and ``safe_state`` action through the operator-command validation with
+        the ``system`` role. Otherwise a misspelt setting or an out-of-range value would only
+        fail at a trip or at shutdown, and a misspelt reading would never trip at all.
+        """
+        from drivers import DRIVERS
+
         d = self.daemon
+        out: list[tuple[str, str]] = []
+        surfaces = {n: instrument_surface(n, ic) for n, ic in self.instruments.items()}
+        known = ", ".join(sorted(surfaces)) or "none"
 
-        def need(name: str, where: str) -> None:
-            if name != "daemon" and name not in devices:
-                raise ValueError(
-                    f"{where}: no instrument {name!r} (instruments: {', '.join(sorted(devices))})"
-                )
+        def no_instrument(name: str) -> str:
+            return f"no instrument {name!r} (instruments: {known})"
 
-        src = d.acquisition.source if d.acquisition is not None else None
-        if d.acquisition is None and d.compensation is not None:
-            raise ValueError("daemon.compensation needs daemon.acquisition (QBER is its cost)")
-        if isinstance(src, TaggersSource):
-            for k, t in enumerate(src.taggers):
-                need(t.device, f"daemon.acquisition.source.taggers.{k}.device")
-        for dev in d.monitor:
-            need(dev, f"daemon.monitor.{dev}")
+        acq = d.acquisition
+        if acq is None and d.compensation is not None:
+            out.append(("daemon.compensation", "needs daemon.acquisition (QBER is its cost)"))
+        if acq is not None and isinstance(acq.source, TaggersSource):
+            for k, t in enumerate(acq.source.taggers):
+                where = f"daemon.acquisition.source.taggers.{k}.device"
+                ic = self.instruments.get(t.device)
+                if ic is None:
+                    out.append((where, no_instrument(t.device)))
+                elif not all(hasattr(DRIVERS[ic.driver], a) for a in _TAGGER_METHODS):
+                    model = surfaces[t.device].model
+                    out.append((where, f"{t.device!r} ({model}) is not a time tagger"))
+        readings = set(WINDOW_READINGS) if acq is not None else set()
+        for dev, keys in d.monitor.items():
+            surf = surfaces.get(dev)
+            if surf is None:
+                out.append((f"daemon.monitor.{dev}", no_instrument(dev)))
+                continue
+            names = {*surf.readables, *surf.settings}
+            for k, key in enumerate(keys):
+                if key in names:
+                    readings.add(f"{dev}.{key}")
+                else:
+                    out.append(
+                        (
+                            f"daemon.monitor.{dev}.{k}",
+                            f"{key!r} is not a reading of {dev} ({surf.model}; readings: "
+                            f"{', '.join(sorted(names))})",
+                        )
+                    )
         for name, rule in d.interlocks.items():
-            for k, a in enumerate((*rule.actions, *rule.on_clear)):
-                need(a.device, f"daemon.interlocks.{name}.actions.{k}.device")
+            base = f"daemon.interlocks.{name}"
+            if rule.reading not in readings:
+                out.append((f"{base}.reading", _unknown_reading(rule.reading, readings, surfaces)))
+            for field, specs in (("actions", rule.actions), ("on_clear", rule.on_clear)):
+                for k, a in enumerate(specs):
+                    out += self._action_problems(f"{base}.{field}.{k}", a, surfaces, no_instrument)
         if d.compensation is not None:
-            need(d.compensation.device, "daemon.compensation.device")
-            self._check_compensation_elements(d.compensation)
+            out += self._compensation_problems(d.compensation, surfaces, no_instrument)
         for k, a in enumerate(d.safe_state):
-            need(a.device, f"daemon.safe_state.{k}.device")
-        return self
+            where = f"daemon.safe_state.{k}"
+            if a.device == DAEMON:  # applied with the devices only; nothing to undo in the daemon
+                out.append((f"{where}.device", "the safe state sets instruments, not the daemon"))
+            else:
+                out += self._action_problems(where, a, surfaces, no_instrument)
+        return out
 
-    def _check_compensation_elements(self, comp: CompensationConfig) -> None:
+    def _action_problems(
+        self,
+        where: str,
+        action: ActionSpec,
+        surfaces: dict[str, DeviceSurface],
+        no_instrument: Callable[[str], str],
+    ) -> list[tuple[str, str]]:
+        """Why ``action`` would be refused when run (as the daemon runs it), if it would."""
+        if action.device != DAEMON and action.device not in surfaces:
+            return [(f"{where}.device", no_instrument(action.device))]
+        body = {"id": "config-check", **action.as_request()}
+        try:
+            validate_request(body, surfaces, self.daemon.permissions, role="system")
+        except CommandError as exc:
+            return [(where, f"{exc.message} ({exc.code})")]
+        if action.device == DAEMON:
+            needs = _DAEMON_ACTION_NEEDS.get(str(action.action))
+            if needs is not None and getattr(self.daemon, needs) is None:
+                return [(where, f"daemon action {action.action!r} needs daemon.{needs}")]
+        return []
+
+    def _compensation_problems(
+        self,
+        comp: CompensationConfig,
+        surfaces: dict[str, DeviceSurface],
+        no_instrument: Callable[[str], str],
+    ) -> list[tuple[str, str]]:
         """The compensation device must have elements to move, and ``elements`` must exist.
 
         Without this a controller with nothing to move would only be noticed when the
         compensation runs (and an index past the last element only then, as a failure).
         """
-        from drivers import DRIVERS
-
-        from .commands import element_settings, surface_for
-
-        ic = self.instruments.get(comp.device)
-        if ic is None:  # "daemon" passes need(), but has no elements either
-            raise ValueError(
-                f"daemon.compensation.device: {comp.device!r} is not an instrument; name a "
-                "polarization controller"
-            )
-        cls = DRIVERS[ic.driver]
-        surf = surface_for(comp.device, cls, {**cls.DEFAULT_LIMITS, **ic.limits})
+        where = "daemon.compensation.device"
+        if comp.device == DAEMON:
+            what = f"{comp.device!r} is not an instrument; name a polarization controller"
+            return [(where, what)]
+        surf = surfaces.get(comp.device)
+        if surf is None:
+            return [(where, no_instrument(comp.device))]
         names = element_settings(surf)
         if not names:
-            raise ValueError(
-                f"daemon.compensation.device: {comp.device!r} ({surf.model}) has no element "
-                "settings to move; name a polarization controller"
-            )
-        for k in comp.elements or ():
-            if k >= len(names):
-                raise ValueError(
-                    f"daemon.compensation.elements: index {k} is outside 0..{len(names) - 1} "
-                    f"({comp.device} has {', '.join(names)})"
+            return [
+                (
+                    where,
+                    f"{comp.device!r} ({surf.model}) has no element settings to move; name a "
+                    "polarization controller",
                 )
+            ]
+        return [
+            (
+                "daemon.compensation.elements",
+                f"index {k} is outside 0..{len(names) - 1} ({comp.device} has {', '.join(names)})",
+            )
+            for k in comp.elements or ()
+            if k >= len(names)
+        ]
 
     def base_dir(self) -> Path:
         """Folder relative paths in the config resolve against (set by the loader)."""
@@ -271,12 +353,51 @@ def read_daemon_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_daemon_config(path: str | Path) -> DaemonConfig:
-    """Read and validate a daemon config; ConfigError names the file, key path and expectation."""
+    """Read and validate a daemon config; ConfigError names the file, key path and expectation.
+
+    One line per problem: first the schema (pydantic), then, for a config that passed it,
+    everything :meth:`DaemonConfig.problems` finds against the instruments' surfaces.
+    """
     p = Path(path)
     data = read_daemon_yaml(p)
     try:
         cfg = DaemonConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_errors(p, exc)) from None
+    problems = cfg.problems()
+    if problems:
+        raise ConfigError(format_problems(p, problems))
     cfg._base_dir = str(p.parent.resolve())
     return cfg
+
+
+def format_problems(path: str | Path | None, problems: list[tuple[str, str]]) -> str:
+    """One line per problem: ``file: key.path: what`` (no file part when ``path`` is None)."""
+    head = f"{path}: " if path is not None else ""
+    return "\n".join(f"{head}{key}: {' '.join(what.split())}" for key, what in problems)
+
+
+def instrument_surface(name: str, ic: InstrumentConfig) -> DeviceSurface:
+    """The command surface of one configured instrument, as the daemon serves it.
+
+    The driver's default safe limits overlaid by the configured ``limits``: the same
+    ranges the built instrument enforces (``Instrument.limits``).
+    """
+    from drivers import DRIVERS
+
+    cls = DRIVERS[ic.driver]
+    return surface_for(name, cls, {**cls.DEFAULT_LIMITS, **ic.limits})
+
+
+def _unknown_reading(reading: str, provided: set[str], surfaces: dict[str, DeviceSurface]) -> str:
+    """Why an interlock's ``reading`` never arrives, and what would."""
+    dev, _, key = reading.partition(".")
+    surf = surfaces.get(dev)
+    if reading in WINDOW_READINGS:
+        return f"{reading!r} is a window reading, but there is no daemon.acquisition"
+    if surf is not None and key in {*surf.readables, *surf.settings}:
+        return f"{reading!r} is not polled: add {key!r} to daemon.monitor.{dev}"
+    return (
+        f"{reading!r} is not a reading the daemon provides (provided: "
+        f"{', '.join(sorted(provided)) or 'none'}; a device reading needs daemon.monitor)"
+    )

@@ -32,6 +32,9 @@ from drivers import TagSource
 
 log = logging.getLogger("qnet.acquisition")
 
+#: The readings each window gives the interlock engine (:meth:`WindowResult.readings`).
+WINDOW_READINGS = ("max_singles_rate_hz", "qber", "qber_z", "qber_x", "sifted_rate_hz")
+
 
 @dataclass(frozen=True)
 class WindowResult:
@@ -77,7 +80,7 @@ class WindowResult:
         return max(vals) if vals else math.nan
 
     def readings(self, min_sifted: int = 100) -> dict[str, float]:
-        """The readings the interlock engine watches."""
+        """The readings the interlock engine watches (keys: ``WINDOW_READINGS``)."""
         rates = np.asarray(self.report.singles_rate_hz, dtype=float)
         return {
             "max_singles_rate_hz": float(rates.max()) if rates.size else 0.0,
@@ -94,15 +97,15 @@ class WindowResult:
             "duration_s": self.duration_s,
             "tags": self.n_tags,
             "singles_rate_hz": [round(float(x), 1) for x in self.report.singles_rate_hz],
-            "qber_z": _finite(self.qber_z),
-            "qber_x": _finite(self.qber_x),
+            "qber_z": finite_or_none(self.qber_z),
+            "qber_x": finite_or_none(self.qber_x),
             "sifted_rate_hz": self.sifted_rate_hz,
             "secure_rate_bps": self.secure_rate_bps,
             "processing_s": self.processing_s,
         }
 
 
-def _finite(x: float) -> float | None:
+def finite_or_none(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
@@ -167,8 +170,8 @@ def window_records(result: WindowResult, node: str, link: str, roles: RoleMap) -
             link=link,
             sifted_bps=result.sifted_rate_hz,
             secure_bps=result.secure_rate_bps,
-            qber_z=_finite(result.qber_z),
-            qber_x=_finite(result.qber_x),
+            qber_z=finite_or_none(result.qber_z),
+            qber_x=finite_or_none(result.qber_x),
             time_ns=t,
         )
     )
@@ -341,17 +344,28 @@ class Windower:
 
 @dataclass
 class Capture:
-    """Raw tags collected for ``duration_ps`` of tag time (for calibration)."""
+    """Raw tags collected for ``duration_ps`` of tag time (for calibration).
+
+    Filled by the acquisition thread through :meth:`add` and :meth:`clear` (under the
+    acquisition's lock), which keep ``collected_ps`` as a running total: summing every
+    batch on each new one would cost O(batches) per batch under that lock.
+    """
 
     duration_ps: int
     batches: list[TagBatch] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
+    collected_ps: int = 0
 
-    @property
-    def collected_ps(self) -> int:
-        """Tag time collected so far, ps."""
-        return sum(b.duration_ps for b in self.batches)
+    def add(self, batch: TagBatch) -> None:
+        """Append a batch (contiguous with the last one) and count its tag time."""
+        self.batches.append(batch)
+        self.collected_ps += batch.duration_ps
+
+    def clear(self) -> None:
+        """Drop what was collected (a gap in the stream: start over)."""
+        self.batches.clear()
+        self.collected_ps = 0
 
     def batch(self) -> TagBatch:
         """The collected tags as one batch."""
@@ -399,8 +413,12 @@ class Acquisition:
         self._thread = threading.Thread(target=self._run, name="qnet-acquisition", daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Ask the worker to stop without waiting: no window is handed on from now on."""
+        self._stop.set()
+
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Ask the worker to stop and wait for it."""
+        """Ask the worker to stop and wait for it (up to ``timeout_s``); ends every capture."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -415,10 +433,15 @@ class Acquisition:
         """Start collecting raw tags for ``duration_s`` of tag time; wait on ``.done``.
 
         Several captures may run at once (calibration, drift tracking, compensation).
+        Once stopping, the capture comes back done with an error (no tags will come).
         """
         cap = Capture(round(duration_s * 1e12))
         with self._lock:
-            self._captures.append(cap)
+            if not self._stop.is_set():
+                self._captures.append(cap)
+                return cap
+        cap.error = "acquisition stopped"
+        cap.done.set()
         return cap
 
     def capture_progress(self) -> dict[str, float] | None:
@@ -471,12 +494,14 @@ class Acquisition:
             with self._lock:
                 for cap in self._captures:
                     if cap.batches and batch.begin_ps != cap.batches[-1].end_ps:
-                        cap.batches.clear()  # a gap (source reopened): start over
-                    cap.batches.append(batch)
+                        cap.clear()  # a gap (source reopened): start over
+                    cap.add(batch)
                     if cap.collected_ps >= cap.duration_ps:
                         cap.done.set()
                 self._captures = [c for c in self._captures if not c.done.is_set()]
             for result in self.windower.feed(batch):
+                if self._stop.is_set():
+                    return  # stopping: hand nothing more on (the daemon is in its safe state)
                 self.windows += 1
                 try:
                     self.on_window(result)

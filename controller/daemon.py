@@ -16,7 +16,9 @@
 
 ``stop()`` (SIGTERM / SIGINT in ``qnet run``) brings every instrument to its
 configured safe state, flushes the outbox and closes everything within
-``shutdown_timeout_s``.
+``shutdown_timeout_s``. From the moment shutdown begins nothing new is started
+(no interlock action, request, capture or compensation step), so nothing can
+undo the safe state.
 """
 
 from __future__ import annotations
@@ -35,11 +37,18 @@ from typing import Any
 import numpy as np
 
 from coincidence import DriftTracker
-from drivers import DRIVERS, InstrumentError, TagSource
+from drivers import InstrumentError, TagSource
 
-from ._daemon_config import ConfigError, DaemonConfig, TaggersSource, TestbedSource
+from ._daemon_config import (
+    ConfigError,
+    DaemonConfig,
+    TaggersSource,
+    TestbedSource,
+    format_problems,
+    instrument_surface,
+)
 from ._device_records import device_records
-from .acquisition import Acquisition, Windower, WindowResult, window_records
+from .acquisition import Acquisition, Windower, WindowResult, finite_or_none, window_records
 from .calibration import (
     CalibrationError,
     find_channel_delays,
@@ -56,7 +65,6 @@ from .commands import (
     error_reply,
     ok_reply,
     parse_request,
-    surface_for,
     validate_request,
 )
 from .compensation import CompensationResult, compensate
@@ -69,6 +77,12 @@ log = logging.getLogger("qnet.daemon")
 HISTORY = 600
 #: Requests answered concurrently by the command listener.
 MAX_INFLIGHT = 64
+#: Share of ``shutdown_timeout_s`` the safe state may use (the rest: flush and close).
+SAFE_STATE_SHARE = 0.6
+#: Part of ``shutdown_timeout_s`` kept for closing the publisher and the devices, at most 1 s.
+CLOSE_SHARE = 0.2
+#: Why a request is refused once shutdown has begun (reply code ``device_unavailable``).
+SHUTTING_DOWN = "the daemon is shutting down (safe state): nothing new is executed"
 
 
 class Daemon:
@@ -89,27 +103,21 @@ class Daemon:
         self.broker = broker if broker is not None else d.telemetry.broker
         self.testbed = testbed
         self._own_testbed = False
+        problems = cfg.problems()  # load_daemon_config reports these with the file name
+        if problems:
+            raise ConfigError(format_problems(None, problems))
         self.instruments: dict[str, Any] = {}
         self.surfaces: dict[str, DeviceSurface] = {}
         for name, ic in cfg.instruments.items():
-            inst = ic.build(name)
-            self.instruments[name] = inst
-            self.surfaces[name] = surface_for(name, DRIVERS[ic.driver], inst.limits)
+            self.instruments[name] = ic.build(name)
+            self.surfaces[name] = instrument_surface(name, ic)
         workers: dict[str, DeviceWorker] = {}
         for name, ic in cfg.instruments.items():
             surf = self.surfaces[name]
-            monitor: dict[str, Callable[[Any], Any]] = {}
-            for key in d.monitor.get(name, []):
-                if key in surf.readables:
-                    monitor[key] = surf.readables[key]
-                elif key in surf.settings:
-                    monitor[key] = surf.settings[key].getter
-                else:
-                    known = ", ".join(sorted({*surf.readables, *surf.settings}))
-                    raise ConfigError(
-                        f"daemon.monitor.{name}: {key!r} is not a reading of {surf.model} "
-                        f"(readings: {known})"
-                    )
+            monitor: dict[str, Callable[[Any], Any]] = {
+                key: surf.readables[key] if key in surf.readables else surf.settings[key].getter
+                for key in d.monitor.get(name, [])
+            }
             workers[name] = DeviceWorker(
                 name,
                 self.instruments[name],
@@ -145,6 +153,8 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._answers: set[asyncio.Task[None]] = set()  # requests being answered
+        self._stopping = False  # set first thing in shutdown(): nothing new starts
         self._comp_task: asyncio.Task[Any] | None = None
         self._comp_stop = threading.Event()
         self._cal_lock = asyncio.Lock()
@@ -198,25 +208,44 @@ class Daemon:
         self._stop.set()
 
     async def shutdown(self) -> dict[str, Any]:
-        """Safe state, flush, close; bounded by ``shutdown_timeout_s``. Returns what happened."""
+        """Safe state, flush, close, all within ``shutdown_timeout_s``. Returns what happened.
+
+        First nothing new may start (``_stopping``: no interlock evaluation or action, no
+        request, capture or compensation step), the supervisor stops polling and the
+        acquisition stops handing on windows, and what runs is cancelled: nothing can undo
+        the safe state. Then the safe state, in order, within ``SAFE_STATE_SHARE`` of the
+        budget (each entry gets an equal share of what is left, so a hung device cannot
+        starve the next one); the outbox is flushed until ``CLOSE_SHARE`` of the budget is
+        left, which closes the publisher and the devices. A driver call already running in
+        a device thread cannot be interrupted: the safe state queues behind it, and one
+        stuck past the budget is abandoned (the process still waits for it at exit).
+        """
         budget = self.cfg.daemon.shutdown_timeout_s
         t0 = time.monotonic()
+        deadline = t0 + budget
         report: dict[str, Any] = {"safe_state": [], "flushed": None}
+        self._stopping = True
         self._comp_stop.set()
+        if self.acquisition is not None:
+            self.acquisition.request_stop()
         for fut in self._window_waiters:
             fut.cancel()
-        for t in self._tasks:
-            t.cancel()
+        cancelled = [*self._tasks, *self._answers]
         if self._comp_task is not None:
-            self._comp_task.cancel()
+            cancelled.append(self._comp_task)
+        for t in cancelled:
+            t.cancel()
+        await self.supervisor.stop()  # its keepers are cancelled: no poll, no readings
         acq_stop = (
-            asyncio.create_task(asyncio.to_thread(self.acquisition.stop, 1.0))
-            if self.acquisition
+            asyncio.create_task(asyncio.to_thread(self.acquisition.stop, 0.5 * budget))
+            if self.acquisition is not None
             else None
         )
         # safe state first: it matters most
-        for spec in self.cfg.daemon.safe_state:
-            left = budget * 0.6 - (time.monotonic() - t0)
+        specs = self.cfg.daemon.safe_state
+        safe_end = t0 + SAFE_STATE_SHARE * budget
+        for k, spec in enumerate(specs):
+            share = (safe_end - time.monotonic()) / (len(specs) - k)
             try:
                 vreq = validate_request(
                     {"id": "shutdown", **spec.as_request()},
@@ -224,27 +253,32 @@ class Daemon:
                     self.cfg.daemon.permissions,
                     role="system",
                 )
-                await asyncio.wait_for(self._device_op(vreq, force=True), max(0.1, left))
+                await asyncio.wait_for(self._device_op(vreq, force=True), max(0.05, share))
                 report["safe_state"].append({**spec.as_request(), "ok": True})
             except Exception as exc:
-                log.error("safe state %s failed: %s", spec.as_request(), exc)
-                report["safe_state"].append({**spec.as_request(), "ok": False, "error": str(exc)})
-        await self.supervisor.stop()
-        if acq_stop is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(acq_stop, 1.5)
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+                why = str(exc) or f"no answer in time ({type(exc).__name__})"
+                log.error("safe state %s failed: %s", spec.as_request(), why)
+                report["safe_state"].append({**spec.as_request(), "ok": False, "error": why})
+        close_s = min(1.0, CLOSE_SHARE * budget)
+        waits = [t for t in (*cancelled, acq_stop) if t is not None]
+        if waits:
+            done, _ = await asyncio.wait(
+                waits, timeout=max(0.0, deadline - close_s - time.monotonic())
+            )
+            for t in done:  # retrieved, so that a late failure is not reported as unhandled
+                if not t.cancelled() and t.exception() is not None:
+                    log.debug("at shutdown: %s ended with %r", t.get_name(), t.exception())
         self._tasks.clear()
+        closers = [asyncio.create_task(self.supervisor.close())]
         if self.publisher is not None:
-            left = budget - (time.monotonic() - t0) - 0.5
             with contextlib.suppress(Exception):
-                report["flushed"] = await self.publisher.wait_drained(max(0.1, left))
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.publisher.close(drain_s=0.1), 1.0)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.supervisor.close(), 1.0)
+                report["flushed"] = await self.publisher.wait_drained(
+                    max(0.0, deadline - close_s - time.monotonic())
+                )
+            closers.append(asyncio.create_task(self.publisher.close(drain_s=0.0)))
+        _, pending = await asyncio.wait(closers, timeout=max(0.01, deadline - time.monotonic()))
+        for t in pending:
+            t.cancel()
         if self._own_testbed and self.testbed is not None:
             self.testbed.stop()
         report["elapsed_s"] = time.monotonic() - t0
@@ -320,6 +354,8 @@ class Daemon:
         self._event("acquisition", state, None)
 
     def _on_window(self, result: WindowResult) -> None:
+        if self._stopping:
+            return  # a window still queued on the loop: no interlock may act any more
         self._tasks = [t for t in self._tasks if not t.done()]
         acq = self.cfg.daemon.acquisition
         assert acq is not None and self.roles is not None
@@ -327,7 +363,7 @@ class Daemon:
         summary = result.summary()
         summary["time_s"] = now
         summary["key_paused"] = self.key_paused
-        summary["qber"] = _fin(result.link_qber(acq.min_sifted))
+        summary["qber"] = finite_or_none(result.link_qber(acq.min_sifted))
         self.history.append(summary)
         readings = result.readings(acq.min_sifted)
         self._evaluate(readings)
@@ -377,6 +413,8 @@ class Daemon:
                 self.publisher.submit([self._health_record(device)])
 
     def _on_device_readings(self, device: str, values: dict[str, Any]) -> None:
+        if self._stopping:
+            return
         readings: dict[str, Any] = {}
         for k, v in values.items():
             if isinstance(v, bool | int | float):
@@ -394,6 +432,9 @@ class Daemon:
 
     # -- interlocks --
     def _evaluate(self, readings: dict[str, Any]) -> None:
+        """Feed readings to the interlock engine and act on its events (never while stopping)."""
+        if self._stopping:
+            return
         for ev in self.engine.evaluate(readings, time.monotonic()):
             self._on_interlock(ev)
 
@@ -417,6 +458,8 @@ class Daemon:
                         )
                     ]
                 )
+        if self._stopping:
+            return
         for action in ev.actions:
             self._tasks.append(asyncio.create_task(self._run_action(ev.interlock, action)))
 
@@ -462,7 +505,14 @@ class Daemon:
         return ok_reply(vreq.id, result)
 
     async def execute(self, vreq: ValidRequest, quiet: bool = False) -> Any:
-        """Run a validated request (device operation or daemon action); ``quiet``: no event."""
+        """Run a validated request (device operation or daemon action); ``quiet``: no event.
+
+        Every request, interlock action and compensation step passes here, so once shutdown
+        has begun nothing reaches a device after (or in between) the safe state: refused
+        with ``device_unavailable``.
+        """
+        if self._stopping:
+            raise CommandError("device_unavailable", SHUTTING_DOWN)
         if vreq.device == DAEMON:
             return await self._daemon_action(vreq.name)
         return await self._device_op(vreq, quiet=quiet)
@@ -490,10 +540,24 @@ class Daemon:
                 self._event("set", text, vreq.device)
             return {"value": value}
         fn = surf.actions[vreq.name]
-        timeout = 30.0 if vreq.name == "reset_latch" else None
+        timeout = self._reset_latch_timeout_s(vreq.device) if vreq.name == "reset_latch" else None
         result = await worker.call(fn, timeout)
         self._event("action", f"{vreq.device}.{vreq.name} ({vreq.role})", vreq.device)
         return {"value": result}
+
+    def _reset_latch_timeout_s(self, device: str) -> float:
+        """How long a ``reset_latch`` may take before the device is declared hung.
+
+        The driver waits ``reset_wait_s`` and ramps in ``reset_steps`` steps of
+        ``ramp_step_s``, each step a set command and its error query (plus the drop to 0
+        and two reads): allow those waits, every exchange up to the instrument's
+        ``timeout_s``, plus the usual call timeout. Shorter would fault the device mid-ramp.
+        """
+        opts = self.instruments[device].options
+        steps = max(1, int(opts.get("reset_steps", 1)))
+        waits_s = float(opts.get("reset_wait_s", 0.0)) + steps * float(opts.get("ramp_step_s", 0.0))
+        exchanges_s = 2 * (steps + 2) * self.cfg.instruments[device].timeout_s
+        return self.workers[device].call_timeout_s + waits_s + exchanges_s
 
     async def _daemon_action(self, name: str) -> Any:
         if name == "status":
@@ -620,7 +684,6 @@ class Daemon:
         # requests run concurrently (a calibration does not hold up a status),
         # at most MAX_INFLIGHT at a time
         sem = asyncio.Semaphore(MAX_INFLIGHT)
-        inflight: set[asyncio.Task[None]] = set()
         async for msg in client.messages:
             suffix = str(msg.topic)[len(prefix) :] or "default"
             payload = msg.payload if isinstance(msg.payload, bytes) else b""
@@ -629,8 +692,8 @@ class Daemon:
             task = asyncio.create_task(
                 self._answer(client, topic, payload, sem, retained=bool(msg.retain))
             )
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
+            self._answers.add(task)  # shutdown cancels what is still being answered
+            task.add_done_callback(self._answers.discard)
 
     async def _answer(
         self,
@@ -680,6 +743,8 @@ class Daemon:
             log.error("calibration at start failed: %s", exc.message)
 
     async def _capture(self, seconds: float) -> Any:
+        if self._stopping:
+            raise CommandError("device_unavailable", SHUTTING_DOWN)
         if self.acquisition is None:
             raise CommandError("not_configured", "this node has no acquisition section")
         cap = self.acquisition.capture(seconds)
@@ -850,7 +915,7 @@ class Daemon:
         self.compensation = {
             "state": "converged" if result.converged else "stopped",
             "reason": result.reason,
-            "qber": _fin(result.qber),
+            "qber": finite_or_none(result.qber),
             "setpoints": [round(v, 4) for v in result.setpoints],
             "evaluations": result.evaluations,
             "finished_s": time.time(),
@@ -884,10 +949,6 @@ class Daemon:
         fut: asyncio.Future[WindowResult] = self._loop.create_future()
         self._window_waiters.append(fut)
         return await asyncio.wait_for(fut, timeout_s)
-
-
-def _fin(x: float) -> float | None:
-    return float(x) if isinstance(x, float | int) and math.isfinite(x) else None
 
 
 def _zero_secure(rec: Any) -> Any:

@@ -181,12 +181,9 @@ class _ListSource(TagSource):
 
 def test_acquisition_on_generate_pairs_gives_the_known_qber():
     from coincidence import generate_pairs
+    from controller._cli_sample import bbm92_pair_channels
 
-    pairs = []
-    for i, a in enumerate("HVDA"):
-        for j, b in enumerate("HVDA"):
-            same_basis = (a in "HV") == (b in "HV")
-            pairs += [(i, 4 + j)] * (16 if not same_basis else (31 if a == b else 1))
+    pairs = bbm92_pair_channels()
     delays = [0, 100, 200, 300, 9_000_000, 9_000_150, 9_000_300, 9_000_450]
     whole = generate_pairs(
         duration_ps=400_000_000_000,
@@ -221,3 +218,78 @@ def test_acquisition_on_generate_pairs_gives_the_known_qber():
     assert abs(qz - 1 / 32) < 0.01 and abs(qx - 1 / 32) < 0.01, (qz, qx)
     # half of the pairs are sifted: 2e5 pairs/s * 1/2
     assert np.mean([r.sifted_rate_hz for r in got]) == pytest.approx(1e5, rel=0.05)
+
+
+def test_window_readings_are_the_advertised_names(testbed_tags):
+    from controller.acquisition import WINDOW_READINGS
+
+    batches, truth = testbed_tags
+    w = Windower(8, 0.01, 1000, ROLES, truth)
+    out = [r for b in batches[:3] for r in w.feed(b)]
+    assert out
+    # --check accepts exactly these as interlock readings without a monitor entry
+    assert tuple(out[0].readings()) == WINDOW_READINGS
+
+
+def test_capture_keeps_a_running_total_of_its_tag_time():
+    from controller.acquisition import Capture
+
+    cap = Capture(30)
+    ends = [(0, 10), (10, 25), (25, 40)]
+    for begin, end in ends:
+        cap.add(TagBatch(np.array([begin], np.int64), np.array([0], np.uint8), begin, end))
+    assert cap.collected_ps == 40 == sum(b.duration_ps for b in cap.batches)
+    cap.clear()
+    assert cap.collected_ps == 0 and cap.batches == []
+
+
+class _Summing(list):
+    """A batch list that counts how often it is iterated (a re-sum walks it all)."""
+
+    walks = 0
+
+    def __iter__(self):
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_capture_does_not_resum_the_batches_on_each_new_one(testbed_tags):
+    from controller.acquisition import Capture
+
+    batches, truth = testbed_tags
+    windower = Windower(8, 0.1, 1000, ROLES, truth)
+    acq = Acquisition(lambda: _ListSource(batches), windower, lambda r: None)
+    cap = Capture(round(0.3 * 1e12), batches=_Summing())
+    with acq._lock:
+        acq._captures.append(cap)
+    acq.start()
+    assert cap.done.wait(10)
+    acq.stop()
+    assert cap.collected_ps >= cap.duration_ps
+    assert cap.collected_ps == sum(b.duration_ps for b in list.__iter__(cap.batches))
+    assert _Summing.walks == 0  # one running total, not a sum over every batch per batch
+
+
+def test_stopping_acquisition_hands_on_no_window_and_refuses_captures(testbed_tags):
+    batches, truth = testbed_tags
+    got = []
+    first = threading.Event()
+    release = threading.Event()
+
+    def on_window(r):
+        got.append(r)
+        first.set()
+        release.wait(5)  # the daemon is busy with this window while shutdown begins
+
+    acq = Acquisition(
+        lambda: _ListSource(batches), Windower(8, 0.001, 1000, ROLES, truth), on_window
+    )
+    acq.start()
+    assert first.wait(10)
+    acq.request_stop()
+    release.set()
+    acq.stop()
+    # each ~10 ms batch completes several 1 ms windows: none after the stop request is handed on
+    assert len(got) == 1
+    cap = acq.capture(0.1)
+    assert cap.done.is_set() and cap.error == "acquisition stopped"

@@ -190,3 +190,150 @@ def test_errors_never_print_a_secret(tmp_path):
     data["daemon"]["acquisition"]["window_s"] = "soon"
     with pytest.raises(ConfigError, match="got 'soon'"):
         load_daemon_config(_write(tmp_path, data))
+
+
+# -- references checked against the instruments' command surfaces (what --check catches) --
+
+
+def _drop_acquisition(d):
+    for key in ("acquisition", "compensation"):
+        d["daemon"].pop(key)
+
+
+def _no_compensation(d):
+    d["daemon"].pop("compensation")
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        (  # a misspelt safe-state setting: it would only fail at shutdown
+            lambda d: d["daemon"]["safe_state"][0].update(setting="laser_onn"),
+            "daemon.safe_state.0: pump_laser has no setting 'laser_onn'",
+        ),
+        (  # a safe state out of the safe range
+            lambda d: d["daemon"]["safe_state"][1].update(value=1.0e-3),
+            "daemon.safe_state.1: snspd_bias.bias_current_a = 0.001 is outside the safe range",
+        ),
+        (
+            lambda d: d["daemon"]["safe_state"].append({"device": "daemon", "action": "pause_key"}),
+            "daemon.safe_state.2.device: the safe state sets instruments, not the daemon",
+        ),
+        (  # a misspelt reading: the rule would never fire
+            lambda d: d["daemon"]["interlocks"]["snspd_latch"].update(reading="snspd_bias.latchd"),
+            "daemon.interlocks.snspd_latch.reading: 'snspd_bias.latchd' is not a reading the "
+            "daemon provides",
+        ),
+        (  # a real reading that nobody polls: never fires either
+            lambda d: d["daemon"]["monitor"].pop("snspd_bias"),
+            "daemon.interlocks.snspd_latch.reading: 'snspd_bias.latched' is not polled: add "
+            "'latched' to daemon.monitor.snspd_bias",
+        ),
+        (
+            _drop_acquisition,
+            "daemon.interlocks.qber.reading: 'qber' is a window reading, but there is no "
+            "daemon.acquisition",
+        ),
+        (  # passed --check, then `qnet run` failed without naming the file
+            lambda d: d["daemon"]["monitor"]["snspd_bias"].append("latchd"),
+            "daemon.monitor.snspd_bias.2: 'latchd' is not a reading of snspd_bias (Keithley 2400",
+        ),
+        (
+            lambda d: d["daemon"]["monitor"].update(laser9=["x"]),
+            "daemon.monitor.laser9: no instrument",
+        ),
+        (  # out of range in an interlock action: only found when it tripped
+            lambda d: d["daemon"]["interlocks"]["count_rate"]["actions"].append(
+                {"device": "pump_laser", "setting": "current_setpoint_a", "value": 0.5}
+            ),
+            "daemon.interlocks.count_rate.actions.1: pump_laser.current_setpoint_a = 0.5 is "
+            "outside the safe range [0, 0.1] (out_of_limits)",
+        ),
+        (
+            lambda d: d["daemon"]["interlocks"]["laser_tec"]["actions"][0].update(value="off"),
+            "daemon.interlocks.laser_tec.actions.0: pump_laser.laser_on takes true or false",
+        ),
+        (  # on_clear entries are numbered under on_clear (not after the actions)
+            lambda d: d["daemon"]["interlocks"]["qber"]["on_clear"][0].update(action="resume"),
+            "daemon.interlocks.qber.on_clear.0: the daemon's actions are",
+        ),
+        (
+            lambda d: d["daemon"]["interlocks"]["qber"]["on_clear"].append(
+                {"device": "snspd_bias", "action": "reset_latchh"}
+            ),
+            "daemon.interlocks.qber.on_clear.1: snspd_bias has no action 'reset_latchh'",
+        ),
+        (
+            _no_compensation,
+            "daemon.interlocks.qber.actions.1: daemon action 'compensate' needs "
+            "daemon.compensation",
+        ),
+        (
+            lambda d: d["daemon"]["acquisition"]["source"]["taggers"][0].update(
+                device="pump_laser"
+            ),
+            "daemon.acquisition.source.taggers.0.device: 'pump_laser' (Thorlabs CLD1015) is not "
+            "a time tagger",
+        ),
+    ],
+)
+def test_references_are_checked_against_the_device_surfaces(tmp_path, change, expect):
+    data = _base()
+    change(data)
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(p)
+    assert f"{p}: {expect}" in str(info.value), str(info.value)
+
+
+def test_every_problem_is_one_line_naming_the_file(tmp_path):
+    data = _base()
+    d = data["daemon"]
+    d["safe_state"][0]["setting"] = "laser_onn"
+    d["monitor"]["snspd_bias"] = ["latchd"]  # and so snspd_latch's reading is not polled
+    d["interlocks"]["qber"]["on_clear"][0]["action"] = "resume"
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(p)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 4, lines
+    assert all(line.startswith(f"{p}: daemon.") for line in lines), lines
+    assert not any("actions.3" in line for line in lines), lines
+
+
+def test_run_check_names_the_file_of_a_monitor_typo(tmp_path):
+    from typer.testing import CliRunner
+
+    from controller.cli import app
+
+    data = _base()
+    data["daemon"]["monitor"]["pump_laser"] = ["tec_temperature"]
+    p = _write(tmp_path, data)
+    r = CliRunner().invoke(app, ["run", "--check", str(p)])
+    assert r.exit_code == 2, r.output
+    assert f"{p}: daemon.monitor.pump_laser.0: 'tec_temperature' is not a reading" in r.output
+
+
+@pytest.mark.parametrize("name", ["sim-daemon.yaml", "alice.yaml", "bob.yaml"])
+def test_checked_surfaces_are_the_ones_the_instruments_enforce(name):
+    from controller._daemon_config import instrument_surface
+    from controller.commands import surface_for
+    from drivers import DRIVERS
+
+    cfg = load_daemon_config(CONFIGS / name)
+    assert cfg.problems() == []
+    for dev, ic in cfg.instruments.items():
+        inst = ic.build(dev)  # unopened: its limits are the ones its setters check
+        built = surface_for(dev, DRIVERS[ic.driver], inst.limits)
+        assert instrument_surface(dev, ic).describe() == built.describe()
+
+
+def test_daemon_refuses_a_config_that_skipped_the_loader(tmp_path):
+    from controller._daemon_config import DaemonConfig
+    from controller.daemon import Daemon
+
+    data = _base()
+    data["daemon"]["safe_state"][0]["setting"] = "laser_onn"
+    cfg = DaemonConfig.model_validate(data)  # schema only
+    with pytest.raises(ConfigError, match=r"daemon\.safe_state\.0: pump_laser has no setting"):
+        Daemon(cfg)
