@@ -187,34 +187,33 @@ class Publisher:
                     await self._drain(c)
                     await c.publish(topic, status_payload(self.node, False, session), 1, True)
                     return
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, SettingsError) as exc:
                 self.connected = False
                 if self._stopping:
                     return
-                self.reconnects += 1
-                delay = backoff_s(attempt, broker.reconnect_min_s, broker.reconnect_max_s)
-                attempt += 1
-                log.warning(
-                    "broker %s:%d unreachable (%s); %d records kept in outbox, retry in %.2f s",
-                    broker.host,
-                    broker.port,
-                    exc,
-                    len(self.outbox),
-                    delay,
-                )
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wait_stop(), timeout=delay)
-            except SettingsError as exc:  # a missing password or TLS file: say so, keep trying
-                delay = broker.reconnect_max_s
-                log.error(
-                    "cannot connect to broker %s:%d: %s; fix the broker settings. %d records "
-                    "kept in outbox, retry in %.0f s",
-                    broker.host,
-                    broker.port,
-                    exc,
-                    len(self.outbox),
-                    delay,
-                )
+                if isinstance(exc, SettingsError):  # a missing password or TLS file
+                    delay = broker.reconnect_max_s
+                    log.error(
+                        "cannot connect to broker %s:%d: %s; fix the broker settings. "
+                        "%d records kept in outbox, retry in %.0f s",
+                        broker.host,
+                        broker.port,
+                        exc,
+                        len(self.outbox),
+                        delay,
+                    )
+                else:
+                    self.reconnects += 1
+                    delay = backoff_s(attempt, broker.reconnect_min_s, broker.reconnect_max_s)
+                    attempt += 1
+                    log.warning(
+                        "broker %s:%d unreachable (%s); %d records kept in outbox, retry in %.2f s",
+                        broker.host,
+                        broker.port,
+                        exc,
+                        len(self.outbox),
+                        delay,
+                    )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wait_stop(), timeout=delay)
             finally:
