@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 QNET   := $(VENV)/bin/qnet
 STAMP  := $(VENV)/.installed
+MYPY_ROOMS := channel distill kms
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: help install system-deps demo test lint format bench hil reliability clean
@@ -37,9 +38,10 @@ test: $(STAMP) system-deps lint  ## install everything and run every test
 	$(PY) -m pytest
 	$(MAKE) hil HIL_ARGS=
 
-lint: $(STAMP)  ## ruff lint and format check
+lint: $(STAMP)  ## ruff lint and format check; mypy --strict on the rooms it covers so far
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(MYPY_ROOMS)
 
 format: $(STAMP)  ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .

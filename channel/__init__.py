@@ -1,0 +1,1 @@
+"""The classical channel between two nodes: authentication, framing, replay refusal, compression."""

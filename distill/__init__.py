@@ -1,0 +1,1 @@
+"""Key distillation: sifting, error correction, verification, privacy amplification."""

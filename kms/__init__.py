@@ -1,0 +1,1 @@
+"""The key store of a node and its ETSI GS QKD 014 key delivery API."""
