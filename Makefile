@@ -34,9 +34,11 @@ system-deps:  ## Debian packages for the real servers the tests start (mosquitto
 demo: $(STAMP)  ## run the main job on the embedded default
 	$(QNET) demo
 
-test: $(STAMP) system-deps lint  ## install everything and run every test
-	$(PY) -m pytest
-	$(MAKE) hil HIL_ARGS=
+test: $(STAMP) system-deps lint  ## install everything and run every test: the unit/integration suite and the HIL suite both always run
+	@unit=0; $(PY) -m pytest || unit=$$?; \
+	hil=0; $(MAKE) --no-print-directory hil HIL_ARGS= || hil=$$?; \
+	echo "make test: unit/integration suite exit $$unit, HIL suite exit $$hil"; \
+	[ $$unit -eq 0 ] && [ $$hil -eq 0 ]
 
 lint: $(STAMP)  ## ruff lint and format check; mypy --strict on the rooms it covers so far
 	$(VENV)/bin/ruff check .
