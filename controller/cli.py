@@ -33,6 +33,7 @@ _COMMAND_MODULES: list[str] = [
     "_cli_status",
     "_cli_getset",
     "_cli_calibrate",
+    "_cli_kms",
 ]
 
 
@@ -52,3 +53,7 @@ def _root() -> None:
 def main() -> None:
     """Console entry point of ``qnet``."""
     app()
+
+
+if __name__ == "__main__":
+    main()
