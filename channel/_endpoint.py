@@ -73,7 +73,7 @@ class ChannelEndpoint:
         keys: KeyPair,
         peer_public_key: bytes,
         link: str,
-        resend_interval_s: float = 2.0,
+        resend_interval_s: float = 5.0,
         heartbeat_s: float = 1.0,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_unacked: int = MAX_UNACKED,
@@ -318,6 +318,9 @@ class ChannelEndpoint:
                             break
                         sock.send_multipart([peer, frame], zmq.NOBLOCK)
                     else:
+                        if not self._connected.is_set():
+                            pending.clear()  # kept in the session; resent after HELLO
+                            break
                         sock.send(frame, zmq.NOBLOCK)
                 except zmq.Again:
                     if not self._connected.is_set():
