@@ -123,7 +123,7 @@ class ChannelEndpoint:
             self._thread.join(timeout_s)
 
     def __enter__(self) -> ChannelEndpoint:
-        return self.start()
+        return self if self._thread is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -351,10 +351,16 @@ class ChannelEndpoint:
             if self.role == "client":
                 self._connected.clear()
         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self._count("auth_failed", 1)
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            # a CURVE box that does not open (changed on the way, or a foreign key): libzmq
+            # drops the connection; the session resumes on the next one
+            self._count("curve_refused", 1)
+            log.warning(
+                "channel %s %s: refused a CURVE box (tampered or foreign)", self.role, self.link
+            )
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
             self._count("handshake_failed", 1)
-        elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-            self._count("handshake_failed", 1)
-            log.warning("channel %s %s: a CURVE handshake failed", self.role, self.link)
         return False
 
     def _zap(self, zap: zmq.Socket[bytes]) -> None:
