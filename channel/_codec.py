@@ -46,6 +46,9 @@ MAX_RICE_K = 62
 _u64 = np.uint64
 _MASK32 = np.uint64(0xFFFFFFFF)
 
+_TRAILING_ONES = np.array([(~b & (b + 1)).bit_length() - 1 for b in range(256)], np.uint8)
+"""Number of consecutive one bits from the least significant end of a byte."""
+
 # status codes of the kernels (negative: error)
 _OK = 0
 _E_TRUNCATED = -1
@@ -85,21 +88,46 @@ def _rice_bits(d: np.ndarray, lo: int, hi: int, k: int) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _choose_k(d: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
-    """The Rice parameter with the fewest bits for ``d[lo:hi]`` and that bit count."""
+    """The Rice parameter with the fewest bits for ``d[lo:hi]`` and that bit count.
+
+    Candidates: ``k0 = floor(log2(mean))`` and its two neighbours (ties to ``k0``,
+    then ``k0 - 1``). Without escapes the cost is ``sum(d >> k) + n (k + 1)``,
+    summed for the three candidates in one pass.
+    """
     s = 0.0
+    mx = _u64(0)
     for i in range(lo, hi):
-        s += d[i]
+        v = _u64(d[i])
+        s += float(v)
+        mx = max(mx, v)
     mean = s / (hi - lo)
     k0 = 0
     while k0 < MAX_RICE_K and float(_u64(1) << _u64(k0 + 1)) <= mean:
         k0 += 1
-    best_k = k0
-    best = _rice_bits(d, lo, hi, k0)
-    for k in (k0 - 1, k0 + 1):
-        if 0 <= k <= MAX_RICE_K:
-            b = _rice_bits(d, lo, hi, k)
-            if b < best:
-                best, best_k = b, k
+    km = max(k0 - 1, 0)
+    kp = min(k0 + 1, MAX_RICE_K)
+    n = hi - lo
+    if (mx >> _u64(km)) < ESCAPE_UNARY:
+        s0 = _u64(0)
+        sm = _u64(0)
+        sp = _u64(0)
+        for i in range(lo, hi):
+            v = _u64(d[i])
+            s0 += v >> _u64(k0)
+            sm += v >> _u64(km)
+            sp += v >> _u64(kp)
+        c0 = int(s0) + n * (k0 + 1)
+        cm = int(sm) + n * (km + 1)
+        cp = int(sp) + n * (kp + 1)
+    else:
+        c0 = _rice_bits(d, lo, hi, k0)
+        cm = _rice_bits(d, lo, hi, km)
+        cp = _rice_bits(d, lo, hi, kp)
+    best_k, best = k0, c0
+    if cm < best:
+        best_k, best = km, cm
+    if cp < best:
+        best_k, best = kp, cp
     return best_k, best
 
 
@@ -135,9 +163,15 @@ def _rice_encode(d: np.ndarray, block: int, ks: np.ndarray) -> np.ndarray:
                 w, acc, nb = _put(out, w, acc, nb, v & _MASK32, 32)
                 w, acc, nb = _put(out, w, acc, nb, v >> _u64(32), 32)
                 continue
-            # u ones then a zero: u + 1 <= 32 bits
-            w, acc, nb = _put(out, w, acc, nb, (_u64(1) << u) - _u64(1), int(u) + 1)
+            # u ones then a zero (u + 1 <= 32 bits), then the k low bits
             r = v & lowmask
+            nu = int(u) + 1
+            if nu + k <= 32:
+                w, acc, nb = _put(
+                    out, w, acc, nb, ((_u64(1) << u) - _u64(1)) | (r << u << 1), nu + k
+                )
+                continue
+            w, acc, nb = _put(out, w, acc, nb, (_u64(1) << u) - _u64(1), nu)
             if k <= 32:
                 w, acc, nb = _put(out, w, acc, nb, r, k)
             else:
@@ -177,8 +211,10 @@ def _rice_decode(
     k = 0
     kk = _u64(0)
     lowmask = _u64(0)
+    left = 0
     for i in range(n):
-        if i % block == 0:
+        if left == 0:
+            left = block
             r, acc, nb = _refill(words, r, acc, nb)
             if nb < 6:
                 return _E_TRUNCATED
@@ -189,21 +225,29 @@ def _rice_decode(
                 return _E_BAD_K
             kk = _u64(k)
             lowmask = (_u64(1) << kk) - _u64(1)
-        # unary part
-        u = 0
-        while True:
-            if nb == 0:
-                r, acc, nb = _refill(words, r, acc, nb)
+        left -= 1
+        # unary part: by table when the terminating zero is in the low byte (the usual case)
+        if nb <= 32:
+            r, acc, nb = _refill(words, r, acc, nb)
+        u = int(_TRAILING_ONES[int(acc & _u64(255))])
+        if u < 8 and u < nb:
+            acc >>= _u64(u + 1)
+            nb -= u + 1
+        else:
+            u = 0
+            while True:
                 if nb == 0:
-                    return _E_TRUNCATED
-            bit = acc & _u64(1)
-            acc >>= _u64(1)
-            nb -= 1
-            if bit == 0:
-                break
-            u += 1
-            if u == ESCAPE_UNARY:
-                break
+                    r, acc, nb = _refill(words, r, acc, nb)
+                    if nb == 0:
+                        return _E_TRUNCATED
+                bit = acc & _u64(1)
+                acc >>= _u64(1)
+                nb -= 1
+                if bit == 0:
+                    break
+                u += 1
+                if u == ESCAPE_UNARY:
+                    break
         if u == ESCAPE_UNARY:
             r, acc, nb = _refill(words, r, acc, nb)
             r, acc, nb = _refill(words, r, acc, nb)
