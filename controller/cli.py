@@ -33,6 +33,7 @@ _COMMAND_MODULES: list[str] = [
     "_cli_status",
     "_cli_getset",
     "_cli_calibrate",
+    "_cli_keys",
 ]
 
 
