@@ -101,9 +101,14 @@ def _bits(values: np.ndarray, what: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Hello:
-    """Control: ``next_seq`` is the next message number this side expects from the peer."""
+    """Control: ``next_seq`` is the next message number this side expects from the peer.
+
+    ``session`` is the sender's random session id: a new one means the peer
+    restarted, so both numberings start again (epochs stay deduplicated).
+    """
 
     next_seq: int
+    session: int = 0
 
 
 @dataclass(frozen=True)
@@ -296,7 +301,7 @@ _FIELD = struct.Struct("<BI")  # dtype code, count (items, or bytes for raw byte
 
 def _payload(message: Message) -> bytes:
     if isinstance(message, Hello):
-        return _U64.pack(message.next_seq)
+        return _U64.pack(message.next_seq) + _U64.pack(message.session)
     if isinstance(message, Ack):
         return _U64.pack(message.upto)
     if isinstance(message, TimeBasisEpoch):
@@ -394,9 +399,13 @@ def _count(n: int, what: str) -> int:
 def _decode_payload(mtype: MessageType, epoch: int, payload: memoryview) -> Message:
     r = _Reader(payload, mtype.name)
     msg: Message
-    if mtype in (MessageType.HELLO, MessageType.ACK):
-        (value,) = r.unpack(_U64, "seq")
-        msg = Hello(value) if mtype == MessageType.HELLO else Ack(value)
+    if mtype == MessageType.HELLO:
+        (value,) = r.unpack(_U64, "next_seq")
+        (session,) = r.unpack(_U64, "session")
+        msg = Hello(value, session)
+    elif mtype == MessageType.ACK:
+        (value,) = r.unpack(_U64, "upto")
+        msg = Ack(value)
     elif mtype == MessageType.EPOCH_TIMES:
         begin, end, res, n, nbytes = r.unpack(_EPOCH, "epoch header")
         _count(n, "EPOCH_TIMES events")

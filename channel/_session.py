@@ -26,7 +26,10 @@ Timers live in the I/O layer, which calls :meth:`connected`,
 
 from __future__ import annotations
 
+import secrets
+import struct
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ._errors import AcknowledgementError, ChannelError, OutOfOrderError, ProtocolError, ReplayError
@@ -43,6 +46,10 @@ from ._messages import (
     encode_frame,
     message_type,
 )
+
+_SEQ_OFFSET = 10
+"""Byte offset of the message number in a frame header (see channel._messages)."""
+_SEQ = struct.Struct("<Q")
 
 MAX_UNACKED = 4096
 """Default largest number of sent but unacknowledged messages kept for resending."""
@@ -92,6 +99,9 @@ class ChannelSession:
         max_frame_bytes: largest frame accepted or sent.
         max_unacked: largest number of unacknowledged messages kept (then
             :class:`ChannelFullError` on :meth:`send`).
+        last_epochs: the last delivered epoch per epoch-ordered type, as saved from
+            :attr:`last_epochs` before a restart, so no epoch is delivered twice across it.
+        session_id: this session's id (random 64 bits if None); a restart makes a new one.
     """
 
     def __init__(
@@ -99,6 +109,8 @@ class ChannelSession:
         link_id: int,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_unacked: int = MAX_UNACKED,
+        last_epochs: Mapping[MessageType, int] | None = None,
+        session_id: int | None = None,
     ) -> None:
         if not 0 <= link_id < 2**32:
             raise ChannelError(f"link_id must be a 32-bit unsigned integer, got {link_id}")
@@ -108,7 +120,9 @@ class ChannelSession:
         self._next_send = 1
         self._unacked: OrderedDict[int, bytes] = OrderedDict()
         self._next_expected = 1
-        self._last_epoch: dict[MessageType, int] = {}
+        self._last_epoch: dict[MessageType, int] = dict(last_epochs or {})
+        self.session_id = secrets.randbits(64) if session_id is None else session_id
+        self._peer_session: int | None = None
         self._outbox: list[bytes] = []
         self._ack_due = False
         self._resume_asked_for = 0
@@ -144,7 +158,7 @@ class ChannelSession:
     def hello(self) -> list[bytes]:
         """A HELLO frame (the reply to the peer's HELLO), without marking anything."""
         self._resume_asked_for = self._next_expected
-        return [self._control(Hello(self._next_expected))]
+        return [self._control(Hello(self._next_expected, self.session_id))]
 
     def resend_unacked(self) -> list[bytes]:
         """Every unacknowledged frame, in order (the I/O layer calls this on its resend timer)."""
@@ -204,7 +218,7 @@ class ChannelSession:
     def _handle(self, frame: Frame) -> list[Event]:
         msg = frame.message
         if isinstance(msg, Hello):
-            return self._on_hello(msg.next_seq)
+            return self._on_hello(msg.next_seq, msg.session)
         if isinstance(msg, Ack):
             return self._on_ack(msg.upto)
         seq = frame.seq
@@ -217,7 +231,7 @@ class ChannelSession:
         if seq > self._next_expected:
             if self._resume_asked_for != self._next_expected:
                 self._resume_asked_for = self._next_expected
-                self._outbox.append(self._control(Hello(self._next_expected)))
+                self._outbox.append(self._control(Hello(self._next_expected, self.session_id)))
             raise OutOfOrderError(
                 f"{frame.type.name} message {seq} arrived before message {self._next_expected}"
             )
@@ -251,7 +265,29 @@ class ChannelSession:
         self.counters["acked"] += dropped
         return [Acknowledged(upto)]
 
-    def _on_hello(self, next_seq: int) -> list[Event]:
+    @property
+    def last_epochs(self) -> dict[MessageType, int]:
+        """The last delivered epoch per epoch-ordered type (save it to restore after a restart)."""
+        return dict(self._last_epoch)
+
+    def _peer_restarted(self) -> None:
+        """The peer is a new session: number both ways from 1 again, keep the epoch record."""
+        self.counters["peer_restarts"] += 1
+        self._next_expected = 1
+        self._resume_asked_for = 0
+        self._resend_mark = None
+        frames = list(self._unacked.values())
+        self._unacked.clear()
+        for seq, frame in enumerate(frames, 1):
+            self._unacked[seq] = frame[:_SEQ_OFFSET] + _SEQ.pack(seq) + frame[_SEQ_OFFSET + 8 :]
+        self._next_send = len(frames) + 1
+
+    def _on_hello(self, next_seq: int, peer_session: int) -> list[Event]:
+        if self._peer_session is None:
+            self._peer_session = peer_session
+        elif peer_session != self._peer_session:
+            self._peer_session = peer_session
+            self._peer_restarted()
         if next_seq > self._next_send:
             raise AcknowledgementError(
                 f"peer expects message {next_seq}, but only {self._next_send - 1} were sent"

@@ -214,7 +214,10 @@ class WanEmulator:
         last_due = 0.0
         try:
             while True:
-                data = await reader.read(65536)
+                try:
+                    data = await reader.read(65536)
+                except (ConnectionError, OSError):
+                    break
                 if not data:
                     break
                 now = time.monotonic()
@@ -262,9 +265,12 @@ class WanEmulator:
                 pos = self._rng.randrange(len(b))
                 b[pos] ^= 1 << self._rng.randrange(8)
                 seg = bytes(b)
-            writer.write(seg)
+            try:
+                writer.write(seg)
+                await writer.drain()
+            except (ConnectionError, OSError):
+                return  # the other side closed: the connection's end, not an error
             self.stats[f"bytes_{direction}"] += len(seg)
-            await writer.drain()
 
 
 @dataclass(frozen=True)

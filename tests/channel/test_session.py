@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channel import (
+    Ack,
     Acknowledged,
     ChannelError,
     ChannelFullError,
@@ -97,7 +98,6 @@ def test_foreign_and_garbage_counted():
 def test_bad_acknowledgement_refused():
     a, b = ChannelSession(LINK), ChannelSession(LINK)
     a.send(epoch(1))
-    from channel import Ack
 
     (ev,) = a.receive(encode_frame(Ack(5), LINK, 0))
     assert ev.error.kind == "bad_ack"
@@ -185,3 +185,32 @@ def test_exactly_once_in_order_over_a_lossy_reconnecting_link(seed, p_drop, p_di
     assert link.got_b == list(range(n))  # every epoch once, in order
     assert link.got_a == list(range(n))  # every reply once, in order
     assert link.a.unacked == 0 and link.b.unacked == 0
+
+
+def test_peer_restart_renumbers_and_no_epoch_is_delivered_twice():
+    a, b = ChannelSession(LINK), ChannelSession(LINK)
+    for f in a.connected():
+        b.receive(f)
+    for f in b.outgoing() + b.hello():
+        a.receive(f)
+    got = []
+    for e in range(5):
+        got += delivered(b.receive(a.send(epoch(e))))
+    # b acknowledged only up to epoch 2 before it crashed
+    a.receive(encode_frame(Ack(3), LINK, 0))
+    assert a.unacked == 2
+    b2 = ChannelSession(LINK, last_epochs=b.last_epochs)  # restarted, epoch record restored
+    f_new = a.send(epoch(5))
+    del f_new  # lost with the old connection
+    for f in a.connected():
+        b2.receive(f)
+    for f in b2.outgoing() + b2.hello():
+        a.receive(f)  # a sees a new session: renumbers 4, 5 (and 6) from 1 and resends
+    assert a.counters["peer_restarts"] == 1
+    for f in a.outgoing():
+        got += delivered(b2.receive(f))
+    assert [m.epoch for m in got] == [0, 1, 2, 3, 4, 5]  # 3 and 4 refused by epoch, 5 once
+    assert b2.counters["replayed"] == 2
+    for f in b2.outgoing():
+        a.receive(f)
+    assert a.unacked == 0
