@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Literal
 
 import zmq
@@ -59,7 +60,15 @@ class ChannelEndpoint:
         link: the link's name; both ends must use the same (its id is in every frame).
         resend_interval_s: with messages unacknowledged and no progress for this
             long, the oldest is sent again (a backstop; reconnects resume by HELLO).
-        heartbeat_s: ZMTP heartbeat interval; a connection silent for 3x this is dropped.
+        heartbeat_s: ZMTP heartbeat interval (PING every this long).
+        heartbeat_timeout_s: a connection whose PONG does not come back within this
+            is dropped and re-made. A PING queues behind the frames already sent, so
+            this must exceed the time the largest frame takes on the link (a 2 MB
+            epoch at 10 Mbit/s: 1.7 s).
+        max_delivered: delivered messages held for :meth:`receive`; when that many
+            wait, the socket is not read (the peer sees backpressure) until some are taken.
+        tap: called with ``("tx" | "rx", frame)`` for every frame sent or received
+            (the plaintext inside CURVE), e.g. for a test that decodes all traffic.
         max_frame_bytes: largest frame sent or accepted (libzmq drops a peer that
             sends a larger one before it is read into memory).
         max_unacked: largest number of unacknowledged messages kept.
@@ -75,6 +84,9 @@ class ChannelEndpoint:
         link: str,
         resend_interval_s: float = 5.0,
         heartbeat_s: float = 1.0,
+        heartbeat_timeout_s: float = 10.0,
+        max_delivered: int = 10_000,
+        tap: Callable[[str, bytes], None] | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_unacked: int = MAX_UNACKED,
     ) -> None:
@@ -89,6 +101,9 @@ class ChannelEndpoint:
         self.link = link
         self._resend_interval_s = resend_interval_s
         self._heartbeat_ms = max(1, int(heartbeat_s * 1000))
+        self._heartbeat_timeout_ms = max(self._heartbeat_ms, int(heartbeat_timeout_s * 1000))
+        self._max_delivered = max_delivered
+        self._tap = tap
         self._max_frame_bytes = max_frame_bytes
         self._session = ChannelSession(link_id_of(link), max_frame_bytes, max_unacked)
         self._lock = threading.Lock()
@@ -199,8 +214,8 @@ class ChannelEndpoint:
             sock.linger = 0
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes)
             sock.setsockopt(zmq.HEARTBEAT_IVL, self._heartbeat_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self._heartbeat_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * self._heartbeat_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self._heartbeat_timeout_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TTL, self._heartbeat_timeout_ms)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
             sock.setsockopt(zmq.HANDSHAKE_IVL, 10_000)
@@ -265,8 +280,10 @@ class ChannelEndpoint:
                         with self._lock:
                             pending.clear()
                             pending.extend(self._session.connected())
-            if sock in ready:
-                while True:
+            if sock in ready and self._rx.qsize() >= self._max_delivered:
+                time.sleep(0.005)  # the application is behind: leave it in the socket
+            elif sock in ready:
+                while self._rx.qsize() < self._max_delivered:
                     try:
                         parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
                     except zmq.Again:
@@ -278,6 +295,8 @@ class ChannelEndpoint:
                         log.warning("channel %s: refused a %d-part message", self.link, len(parts))
                         continue
                     self._count("bytes_received", len(parts[0]))
+                    if self._tap is not None:
+                        self._tap("rx", parts[0])
                     with self._lock:
                         events = self._session.receive(parts[0])
                     for ev2 in events:
@@ -334,6 +353,8 @@ class ChannelEndpoint:
                     raise
                 pending.popleft()
                 self._count("bytes_sent", len(frame))
+                if self._tap is not None:
+                    self._tap("tx", frame)
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:

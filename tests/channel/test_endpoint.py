@@ -208,3 +208,59 @@ def test_wan_latency_bandwidth_loss_and_outage_lose_and_repeat_nothing(tmp_path,
     assert r.all_acknowledged, r
     if mode == "reset":
         assert r.wan["dropped_connections"] >= 1 and r.sender["connects"] >= 2
+
+
+def test_every_captured_frame_decodes_to_times_bases_and_positions_only(keys):
+    """Tap both ends, decode all traffic; the epoch frames do not change when outcomes do."""
+    from channel import decode_frame, time_basis_epoch
+    from coincidence import TagBatch
+
+    basis = {0: 0, 1: 0, 2: 1, 3: 1}  # Alice H, V, D, A
+    rng = np.random.default_rng(11)
+    batches = []
+    for e in range(3):
+        t = np.sort(rng.integers(e * 10**10, (e + 1) * 10**10, 3000))
+        batches.append(TagBatch(t, rng.integers(0, 4, t.size), e * 10**10, (e + 1) * 10**10))
+    captured: list[tuple[str, bytes]] = []
+    bob_ep = ChannelEndpoint(
+        role="server",
+        address="tcp://127.0.0.1:0",
+        keys=keys["bob"],
+        peer_public_key=keys["alice"].public,
+        link=LINK,
+        tap=lambda d, f: captured.append(("bob-" + d, f)),
+    ).start()
+    with (
+        bob_ep as bob,
+        ChannelEndpoint(
+            role="client",
+            address=bob.address,
+            keys=keys["alice"],
+            peer_public_key=keys["bob"].public,
+            link=LINK,
+            tap=lambda d, f: captured.append(("alice-" + d, f)),
+        ) as alice,
+    ):
+        for e, b in enumerate(batches):
+            alice.send(time_basis_epoch(e, b, basis, 125))
+        for _ in batches:
+            m = bob.receive(WAIT_S)
+            bob.send(PairReply(m.epoch, m.times_ps.size, np.array([0, 7]), np.array([1, 0])))
+        for _ in batches:
+            assert alice.receive(WAIT_S) is not None
+        assert alice.wait_acked(WAIT_S) and bob.wait_acked(WAIT_S)
+    lid = link_id_of(LINK)
+    kinds = {type(decode_frame(f, lid).message).__name__ for _, f in captured}
+    assert kinds <= {"Hello", "Ack", "TimeBasisEpoch", "PairReply"}
+    epoch_frames = {
+        decode_frame(f, lid).seq: f
+        for d, f in captured
+        if d == "alice-tx" and decode_frame(f, lid).type.name == "EPOCH_TIMES"
+    }
+    assert len(epoch_frames) == 3
+    for e, b in enumerate(batches):
+        flipped = TagBatch(b.timestamps, b.channels ^ 1, b.begin_ps, b.end_ps)
+        assert (
+            encode_frame(time_basis_epoch(e, flipped, basis, 125), lid, e + 1)
+            == (epoch_frames[e + 1])
+        )
