@@ -264,7 +264,7 @@ class ChannelEndpoint:
         pending: deque[bytes] = deque()
         peer: bytes | None = None
         last_progress = time.monotonic()
-        last_unacked = 0
+        last_oldest = 0
         while not self._stop.is_set():
             ready = dict(poller.poll(10))
             if zap is not None and zap in ready:
@@ -319,11 +319,11 @@ class ChannelEndpoint:
             # what the session and the application want sent
             with self._lock:
                 pending.extend(self._session.outgoing())
-                unacked = self._session.unacked
-                if unacked < last_unacked or unacked == 0:
+                oldest = self._session.oldest_unacked
+                if oldest != last_oldest:  # an acknowledgement moved the window (or all done)
                     last_progress = time.monotonic()
-                last_unacked = unacked
-                if unacked and time.monotonic() - last_progress > self._resend_interval_s:
+                last_oldest = oldest
+                if oldest and time.monotonic() - last_progress > self._resend_interval_s:
                     pending.extend(self._session.resend_oldest())
                     last_progress = time.monotonic()
             while self._tx:

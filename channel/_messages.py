@@ -349,15 +349,13 @@ def encode_frame(
             f"a {message_type(message).name} frame of {HEADER_BYTES + len(payload)} bytes "
             f"exceeds the limit of {max_frame_bytes} bytes"
         )
+    epoch = message_epoch(message)
+    if not -(2**63) <= epoch < 2**63:
+        raise ChannelError(f"epoch {epoch} does not fit in 64 bits")
+    if not 0 <= seq < 2**64 or not 0 <= link_id < 2**32:
+        raise ChannelError(f"message number {seq} or link id {link_id} out of range")
     head = _HEADER.pack(
-        MAGIC,
-        PROTOCOL_VERSION,
-        message_type(message),
-        0,
-        link_id,
-        seq,
-        message_epoch(message),
-        len(payload),
+        MAGIC, PROTOCOL_VERSION, message_type(message), 0, link_id, seq, epoch, len(payload)
     )
     return head + payload
 

@@ -179,6 +179,11 @@ class ChannelSession:
         return [next(iter(self._unacked.values()))]
 
     @property
+    def oldest_unacked(self) -> int:
+        """The number of the oldest unacknowledged message (0 when all are acknowledged)."""
+        return next(iter(self._unacked), 0)
+
+    @property
     def unacked(self) -> int:
         """Number of sent messages not yet acknowledged."""
         return len(self._unacked)

@@ -151,3 +151,12 @@ def test_mutated_frames_never_raise_anything_but_protocol_errors(data):
         struct.pack_into("<I", frame, 26, len(frame) - HEADER_BYTES)  # keep length consistent
     with contextlib.suppress(ProtocolError):
         decode_frame(bytes(frame), LINK)
+
+
+def test_local_values_out_of_range_are_named():
+    with pytest.raises(ChannelError, match="does not fit in 64 bits"):
+        encode_frame(TypedPayload("x", 2**64), LINK, 1)
+    with pytest.raises(ChannelError, match="kind"):
+        TypedPayload("Bad Kind", 0)
+    with pytest.raises(ChannelError, match="dtype"):
+        TypedPayload("x", 0, {"a": np.array(["s"])})
