@@ -153,4 +153,4 @@ def test_bits_per_event_within_one_bit_of_the_entropy(rate_hz, resolution_ps):
     h = delta_entropy_bits(d)
     # the estimator agrees with the closed form for geometric differences
     assert h == pytest.approx(geometric_entropy_bits(float(d.mean())), abs=0.05)
-    assert h <= bits < h + 1.0
+    assert h - 0.05 <= bits < h + 1.0  # a prefix code cannot beat the entropy (estimate +-0.05)

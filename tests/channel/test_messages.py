@@ -160,3 +160,35 @@ def test_local_values_out_of_range_are_named():
         TypedPayload("Bad Kind", 0)
     with pytest.raises(ChannelError, match="dtype"):
         TypedPayload("x", 0, {"a": np.array(["s"])})
+
+
+field_values = st.one_of(
+    st.binary(max_size=40),
+    st.lists(st.integers(0, 255), max_size=30).map(lambda v: np.array(v, np.uint8)),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=30).map(lambda v: np.array(v, np.int64)),
+    st.lists(st.floats(allow_nan=False), max_size=30).map(lambda v: np.array(v, np.float64)),
+    st.sets(st.integers(0, 2**40), max_size=30).map(
+        lambda v: Positions(np.array(sorted(v), np.int64))
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_.-]{0,31}", fullmatch=True), field_values, max_size=8
+    ),
+    st.integers(-(2**63), 2**63 - 1),
+)
+def test_typed_payload_round_trip(fields, ep):
+    out = decode_frame(encode_frame(TypedPayload("block", ep, fields), LINK, 3), LINK).message
+    assert isinstance(out, TypedPayload) and out.epoch == ep and set(out.fields) == set(fields)
+    for name, v in fields.items():
+        got = out.fields[name]
+        if isinstance(v, bytes):
+            assert got == v
+        elif isinstance(v, Positions):
+            assert isinstance(got, Positions) and got.values.tolist() == v.values.tolist()
+        else:
+            assert isinstance(got, np.ndarray) and got.dtype == v.dtype
+            assert got.tolist() == v.tolist()
