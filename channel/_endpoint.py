@@ -25,14 +25,15 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 from ._errors import ChannelError
-from ._keys import KeyPair
+from ._keys import KeyPair, load_key_pair, load_public_key
 from ._messages import MAX_FRAME_BYTES, Message, link_id_of
 from ._session import MAX_UNACKED, ChannelSession, Delivered, PeerHello
 
@@ -116,6 +117,27 @@ class ChannelEndpoint:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._bound: str | None = None
+
+    @classmethod
+    def from_key_files(
+        cls,
+        *,
+        role: Literal["server", "client"],
+        address: str,
+        secret_key_file: Path,
+        peer_public_key_file: Path,
+        link: str,
+        **options: Any,
+    ) -> ChannelEndpoint:
+        """An endpoint from this node's ``.key_secret`` file and the peer's pinned ``.key`` file."""
+        return cls(
+            role=role,
+            address=address,
+            keys=load_key_pair(secret_key_file),
+            peer_public_key=load_public_key(peer_public_key_file),
+            link=link,
+            **options,
+        )
 
     # -- public API --------------------------------------------------------------------
     def start(self) -> ChannelEndpoint:

@@ -264,3 +264,28 @@ def test_every_captured_frame_decodes_to_times_bases_and_positions_only(keys):
             encode_frame(time_basis_epoch(e, flipped, basis, 125), lid, e + 1)
             == (epoch_frames[e + 1])
         )
+
+
+def test_endpoints_from_key_files(tmp_path):
+    a_pub, a_sec = generate_keys("alice", tmp_path / "alice-site")
+    b_pub, b_sec = generate_keys("bob", tmp_path / "bob-site")
+    bob = ChannelEndpoint.from_key_files(
+        role="server",
+        address="tcp://127.0.0.1:0",
+        secret_key_file=b_sec,
+        peer_public_key_file=a_pub,
+        link=LINK,
+    ).start()
+    with (
+        bob,
+        ChannelEndpoint.from_key_files(
+            role="client",
+            address=bob.address,
+            secret_key_file=a_sec,
+            peer_public_key_file=b_pub,
+            link=LINK,
+        ) as alice,
+    ):
+        alice.send(epoch(0))
+        m = bob.receive(WAIT_S)
+        assert isinstance(m, TimeBasisEpoch) and m.epoch == 0
