@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +34,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ._errors import ChannelError
 from ._keys import KeyPair, load_key_pair, load_public_key
-from ._messages import MAX_FRAME_BYTES, Message, link_id_of
+from ._messages import MAX_FRAME_BYTES, Message, MessageType, link_id_of
 from ._session import MAX_UNACKED, ChannelSession, Delivered, PeerHello
 
 log = logging.getLogger("qnet.channel")
@@ -73,6 +73,8 @@ class ChannelEndpoint:
         max_frame_bytes: largest frame sent or accepted (libzmq drops a peer that
             sends a larger one before it is read into memory).
         max_unacked: largest number of unacknowledged messages kept.
+        last_epochs: the record of delivered epochs saved from :meth:`last_epochs`
+            before a restart, so no epoch is delivered twice across it.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class ChannelEndpoint:
         tap: Callable[[str, bytes], None] | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_unacked: int = MAX_UNACKED,
+        last_epochs: Mapping[MessageType, int] | None = None,
     ) -> None:
         if role not in ("server", "client"):
             raise ChannelError(f"role must be 'server' or 'client', got {role!r}")
@@ -106,7 +109,9 @@ class ChannelEndpoint:
         self._max_delivered = max_delivered
         self._tap = tap
         self._max_frame_bytes = max_frame_bytes
-        self._session = ChannelSession(link_id_of(link), max_frame_bytes, max_unacked)
+        self._session = ChannelSession(
+            link_id_of(link), max_frame_bytes, max_unacked, last_epochs=last_epochs
+        )
         self._lock = threading.Lock()
         self._tx: deque[bytes] = deque()
         self._rx: queue.Queue[Message] = queue.Queue()
@@ -206,6 +211,11 @@ class ChannelEndpoint:
     def wait_connected(self, timeout_s: float) -> bool:
         """Wait until a peer connection is up; False on timeout."""
         return self._connected.wait(timeout_s)
+
+    def last_epochs(self) -> dict[MessageType, int]:
+        """The last delivered epoch per epoch-ordered type: save it, pass it back on restart."""
+        with self._lock:
+            return self._session.last_epochs
 
     def counters(self) -> dict[str, int]:
         """Session and transport counters: sent, delivered, refusals by kind, connects ..."""

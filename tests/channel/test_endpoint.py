@@ -289,3 +289,38 @@ def test_endpoints_from_key_files(tmp_path):
         alice.send(epoch(0))
         m = bob.receive(WAIT_S)
         assert isinstance(m, TimeBasisEpoch) and m.epoch == 0
+
+
+def test_server_restart_resumes_without_losing_or_repeating_an_epoch(keys):
+    """The analysing side's daemon restarts on the same port with its saved epoch record."""
+    bob = server(keys)
+    address = bob.address
+    got: list[int] = []
+    with client(keys, address) as alice:
+        for e in range(5):
+            alice.send(epoch(e))
+        while len(got) < 5:
+            m = bob.receive(WAIT_S)
+            assert m is not None
+            got.append(m.epoch)
+        saved = bob.last_epochs()
+        bob.close()
+        for e in range(5, 10):
+            alice.send(epoch(e))  # sent while the server is down
+        bob2 = ChannelEndpoint(
+            role="server",
+            address=address,
+            keys=keys["bob"],
+            peer_public_key=keys["alice"].public,
+            link=LINK,
+            last_epochs=saved,
+        ).start()
+        with bob2:
+            while len(got) < 10:
+                m = bob2.receive(WAIT_S)
+                assert m is not None
+                got.append(m.epoch)
+            assert alice.wait_acked(WAIT_S)
+            assert bob2.receive(0.5) is None
+            assert alice.counters()["peer_restarts"] == 1
+    assert got == list(range(10))
