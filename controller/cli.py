@@ -34,6 +34,7 @@ _COMMAND_MODULES: list[str] = [
     "_cli_getset",
     "_cli_calibrate",
     "_cli_kms",
+    "_cli_keys",
 ]
 
 
