@@ -33,10 +33,13 @@ class MeadowlarkD3050(Instrument):
     READ_TERMINATION = "\r\n"
     BAUDRATE = 38400
     N_ELEMENTS = 4
-    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+    #: The controller's drive range, 0-10 V per channel (manual). Liquid-crystal cells are
+    #: rated for the controller's full range, so unconfigured the hardware range applies.
+    HARDWARE_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
         "element_voltage_v": (0.0, 10.0),
         **{f"element{k}_voltage_v": (0.0, 10.0) for k in range(1, 5)},
     }
+    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = HARDWARE_LIMITS
 
     def _element(self, element: int, command: str) -> int:
         if isinstance(element, bool) or not isinstance(element, int):

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from coincidence import TagBatch
+from configfile import ConfigFileError, load_mapping
 
 from .._resources import socket_address
 from .._tagsource import TagSource
@@ -153,14 +153,9 @@ class TestbedConfig(_Model):
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     """A YAML mapping (empty file: empty mapping); TestbedError names the file and the fault."""
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise TestbedError(f"cannot read {what} {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise TestbedError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise TestbedError(f"{path}: expected a mapping at the top level")
-    return doc
+        return load_mapping(path, what).data
+    except ConfigFileError as exc:
+        raise TestbedError(str(exc)) from None
 
 
 def _instruments_from_node_config(path: Path) -> dict[str, dict[str, Any]]:

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,11 @@ def test_sim_daemon_takes_instruments_from_node_config():
     cfg = load_daemon_config(CONFIGS / "sim-daemon.yaml")
     assert {"pump_laser", "time_tagger", "bob_tagger"} <= set(cfg.instruments)
     assert cfg.node == "sim-node"
+
+
+def _at(p, expect):
+    """A regex for ``file:line: expect`` (every problem names the file and the line)."""
+    return re.escape(str(p)) + r":\d+: " + re.escape(expect)
 
 
 def _write(tmp_path, data, name="d.yaml"):
@@ -141,7 +147,7 @@ def test_node_name_must_be_a_topic_level(tmp_path, name):
     with pytest.raises(ConfigError) as info:
         load_daemon_config(p)
     msg = str(info.value)
-    assert f"{p}: node: " in msg and "letters, digits, '_' or '-'" in msg, msg
+    assert re.search(_at(p, "node: "), msg) and "letters, digits, '_' or '-'" in msg, msg
 
 
 def test_max_lines_per_message_has_the_publishers_bounds(tmp_path):
@@ -283,7 +289,7 @@ def test_references_are_checked_against_the_device_surfaces(tmp_path, change, ex
     p = _write(tmp_path, data)
     with pytest.raises(ConfigError) as info:
         load_daemon_config(p)
-    assert f"{p}: {expect}" in str(info.value), str(info.value)
+    assert re.search(_at(p, expect), str(info.value)), str(info.value)
 
 
 def test_every_problem_is_one_line_naming_the_file(tmp_path):
@@ -297,7 +303,7 @@ def test_every_problem_is_one_line_naming_the_file(tmp_path):
         load_daemon_config(p)
     lines = str(info.value).splitlines()
     assert len(lines) == 4, lines
-    assert all(line.startswith(f"{p}: daemon.") for line in lines), lines
+    assert all(re.match(_at(p, "daemon."), line) for line in lines), lines
     assert not any("actions.3" in line for line in lines), lines
 
 
@@ -311,7 +317,8 @@ def test_run_check_names_the_file_of_a_monitor_typo(tmp_path):
     p = _write(tmp_path, data)
     r = CliRunner().invoke(app, ["run", "--check", str(p)])
     assert r.exit_code == 2, r.output
-    assert f"{p}: daemon.monitor.pump_laser.0: 'tec_temperature' is not a reading" in r.output
+    assert "'tec_temperature' is not a reading" in r.output
+    assert re.search(re.escape(str(p)) + r":\d+: daemon\.monitor\.pump_laser\.0", r.output)
 
 
 @pytest.mark.parametrize("name", ["sim-daemon.yaml", "alice.yaml", "bob.yaml"])

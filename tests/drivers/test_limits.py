@@ -158,7 +158,7 @@ def test_limit_error_names_instrument_command_and_range(fake_instrument):
 def test_unknown_limit_key_is_refused(fake_instrument):
     from drivers import ThorlabsPM100
 
-    with pytest.raises(ValueError, match="unknown limit 'wavelenght_m'"):
+    with pytest.raises(ValueError, match="'wavelenght_m': not a settable quantity"):
         fake_instrument(ThorlabsPM100, limits={"wavelenght_m": (1e-6, 2e-6)})
 
 
