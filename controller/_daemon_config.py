@@ -200,6 +200,16 @@ class DaemonConfig(NodeConfig):
     node_config: str | None = None
     daemon: DaemonSection
     _base_dir: str = PrivateAttr(".")
+    _lines: dict[tuple[str, ...], int] = PrivateAttr(default_factory=dict)
+
+    def line_of(self, key: str) -> int | None:
+        """Line of the dotted key path in the config file (set by the loader), if known."""
+        parts = tuple(key.split("."))
+        while parts:
+            if parts in self._lines:
+                return self._lines[parts]
+            parts = parts[:-1]
+        return None
 
     def problems(self) -> list[tuple[str, str]]:
         """Everything the daemon would trip over only when running, as (key path, what).
@@ -349,11 +359,12 @@ def read_daemon_yaml(path: str | Path) -> dict[str, Any]:
     The daemon's own ``instruments`` entries override the node config's; ConfigError names
     the file and what was wrong (the node config's instruments are validated here).
     """
-    return _read_daemon_doc(Path(path)).data
+    return read_daemon_doc(Path(path)).data
 
 
-def _read_daemon_doc(p: Path) -> YamlDoc:
+def read_daemon_doc(path: str | Path) -> YamlDoc:
     """:func:`read_daemon_yaml` keeping the daemon file's key lines (for error messages)."""
+    p = Path(path)
     doc = read_config(p, "daemon config")
     data = doc.data
     ref = data.get("node_config")
@@ -396,12 +407,13 @@ def load_daemon_config(path: str | Path) -> DaemonConfig:
     the config refers to (secrets, the testbed config).
     """
     p = Path(path)
-    doc = _read_daemon_doc(p)
+    doc = read_daemon_doc(p)
     try:
         cfg = DaemonConfig.model_validate(doc.data)
     except ValidationError as exc:
         raise ConfigError(validation_problems(exc, doc, DaemonConfig)) from None
     cfg._base_dir = str(p.parent.resolve())
+    cfg._lines = dict(doc.lines)
     problems = cfg.problems()
     if problems:
         raise ConfigError(

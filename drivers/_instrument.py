@@ -168,7 +168,7 @@ class Instrument:
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 out.append((key, f"min and max must be finite numbers, got [{lo:g}, {hi:g}]"))
             elif lo > hi:
-                out.append((key, f"min {lo:g} is above max {hi:g} (reversed?)"))
+                out.append((key, f"min {_qty(lo, unit)} is above max {_qty(hi, unit)} (reversed?)"))
             else:
                 hw_lo, hw_hi = hardware[key]
                 if hi > hw_hi:

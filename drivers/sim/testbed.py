@@ -147,7 +147,11 @@ class TestbedConfig(_Model):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise TestbedError(f"{p}: invalid testbed config:\n{exc}") from exc
+            lines = [
+                f"{p}: {'.'.join(str(x) for x in e['loc']) or 'top level'}: {e['msg']}"
+                for e in exc.errors()
+            ]
+            raise TestbedError("\n".join(lines)) from exc
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
