@@ -365,7 +365,7 @@ def read_daemon_yaml(path: str | Path) -> dict[str, Any]:
 def read_daemon_doc(path: str | Path) -> YamlDoc:
     """:func:`read_daemon_yaml` keeping the daemon file's key lines (for error messages)."""
     p = Path(path)
-    doc = read_config(p, "daemon config")
+    doc = read_config(p, "config")
     data = doc.data
     ref = data.get("node_config")
     if ref is None:

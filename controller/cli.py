@@ -52,8 +52,9 @@ def _tidy(cmd: Command, ctx: Context) -> None:
             name = (param.name or "ARG").upper()
             param.metavar = name
             shown = name if param.required else f"[{name}]"
-            # usage line: CONFIG as click writes it, not typer's {CONFIG}
+            # usage line: CONFIG as click writes it, not typer's {CONFIG}; no <str> after it
             param._usage_display_name = lambda shown=shown: shown  # type: ignore[attr-defined]
+            param.display_type_rich = lambda ctx: None  # type: ignore[attr-defined]
         elif not getattr(param, "is_flag", False):
             try:
                 label = str(param.display_type(ctx)).strip("<>")  # type: ignore[attr-defined]

@@ -344,3 +344,140 @@ def test_daemon_refuses_a_config_that_skipped_the_loader(tmp_path):
     cfg = DaemonConfig.model_validate(data)  # schema only
     with pytest.raises(ConfigError, match=r"daemon\.safe_state\.0: pump_laser has no setting"):
         Daemon(cfg)
+
+
+# -- limits capped by the hardware, duplicate keys, messages that say where -------------------
+
+
+def _node_yaml(tmp_path, text_change):
+    """The shipped sim-node.yaml with one textual change, next to a daemon config using it."""
+    node = (CONFIGS / "sim-node.yaml").read_text()
+    changed = text_change(node)
+    assert changed != node, "the change did not apply"
+    (tmp_path / "sim-node.yaml").write_text(changed)
+    daemon = tmp_path / "d.yaml"
+    daemon.write_text((CONFIGS / "sim-daemon.yaml").read_text())
+    return daemon
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "value", "bound"),
+    [
+        (
+            "current_setpoint_a: [0.0, 0.1]",
+            "current_setpoint_a: [0.0, 5.0]",
+            "instruments.pump_laser.limits.current_setpoint_a",
+            "max 5 A",
+            "Thorlabs CLD1015 hardware maximum 1.5 A",
+        ),
+        (
+            "bias_current_a: [0.0, 25.0e-6]",
+            "bias_current_a: [0.0, 1.0e-3]",
+            "instruments.snspd_bias.limits.bias_current_a",
+            "max 0.001 A",
+            "Keithley 2400 hardware maximum 3e-05 A",
+        ),
+    ],
+)
+def test_limits_beyond_the_hardware_are_refused_at_load(tmp_path, old, new, key, value, bound):
+    p = _node_yaml(tmp_path, lambda t: t.replace(old, new))
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(p)
+    (problem,) = info.value.problems
+    assert problem.key == key and value in problem.what and bound in problem.what, problem
+    assert problem.file.endswith("sim-node.yaml") and problem.line is not None, problem
+
+
+@pytest.mark.parametrize(
+    ("where", "old", "new", "key"),
+    [
+        # a second current_setpoint_a widened the laser limit from 0.1 to 1.5 A
+        (
+            "node",
+            "      current_setpoint_a: [0.0, 0.1]\n",
+            "      current_setpoint_a: [0.0, 0.1]\n      current_setpoint_a: [0.0, 1.5]\n",
+            "instruments.pump_laser.limits.current_setpoint_a",
+        ),
+        # a second default_role made every user an admin
+        (
+            "daemon",
+            "    default_role: operator",
+            "    default_role: viewer\n    default_role: admin",
+            "daemon.permissions.default_role",
+        ),
+    ],
+)
+def test_duplicate_keys_are_an_error_naming_file_line_and_key(tmp_path, where, old, new, key):
+    if where == "node":
+        p = _node_yaml(tmp_path, lambda t: t.replace(old, new))
+        bad = tmp_path / "sim-node.yaml"
+    else:
+        (tmp_path / "sim-node.yaml").write_text((CONFIGS / "sim-node.yaml").read_text())
+        text = (CONFIGS / "sim-daemon.yaml").read_text()
+        assert old in text
+        p = bad = tmp_path / "d.yaml"
+        p.write_text(text.replace(old, new))
+    second = new.splitlines()[1]
+    line = 1 + next(k for k, t in enumerate(bad.read_text().splitlines()) if t.startswith(second))
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(p)
+    msg = str(info.value)
+    assert f"{bad}:{line}: duplicate key {key!r}" in msg, msg
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
+    p = tmp_path / "d.yaml"
+    p.write_text("node: a\ninstruments:\n  x: {driver: [1,\n")
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(p)
+    msg = str(info.value)
+    assert msg.startswith(f"{p}:") and "<unicode string>" not in msg, msg
+    assert info.value.problems[0].line is not None
+
+
+def test_unknown_key_suggests_the_nearest_valid_one(tmp_path):
+    data = _base()
+    acq = data["daemon"]["acquisition"]
+    acq["coincidence_windw_ps"] = acq.pop("coincidence_window_ps")
+    data["instruments"]["pump_laser"]["limits"]["current_setpont_a"] = [0, 0.05]
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(_write(tmp_path, data))
+    msg = str(info.value)
+    assert "did you mean coincidence_window_ps?" in msg, msg
+    assert "did you mean current_setpoint_a?" in msg, msg
+
+
+def test_reversed_limits_name_the_key_and_both_values_only(tmp_path):
+    data = _base()
+    data["instruments"]["pump_laser"]["limits"]["tec_temperature_setpoint_c"] = [30.0, 20.0]
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(_write(tmp_path, data))
+    (problem,) = info.value.problems
+    assert problem.key == "instruments.pump_laser.limits.tec_temperature_setpoint_c"
+    assert "min 30 degC is above max 20 degC" in problem.what, problem
+    assert "resource" not in str(info.value) and "TCPIP" not in str(info.value)
+
+
+def test_a_missing_referenced_file_names_the_key_that_referenced_it(tmp_path):
+    p = tmp_path / "d.yaml"
+    p.write_text((CONFIGS / "sim-daemon.yaml").read_text().replace("sim-node.yaml", "nope.yaml"))
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(p)
+    (problem,) = info.value.problems
+    assert problem.key == "node_config" and problem.line == 4 and "nope.yaml" in problem.what
+
+
+def test_secret_files_are_checked_where_the_daemon_runs(tmp_path):
+    data = _base()
+    missing = tmp_path / "no-such.token"
+    token = {"file": str(missing)}
+    data["daemon"]["permissions"]["users"] = {"op": {"role": "operator", "token": token}}
+    cfg = load_daemon_config(_write(tmp_path, data))
+    assert cfg.file_problems() == [
+        (
+            "daemon.permissions.users.op.token.file",
+            f"the secret file {str(missing)!r} does not exist",
+        )
+    ]
+    missing.write_text("s3cr3t\n")
+    assert cfg.file_problems() == []

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from drivers import (
     DRIVERS,
     IDQuantiqueID1000,
+    Instrument,
     LimitError,
     MeadowlarkD3050,
     control,
@@ -196,3 +197,70 @@ def test_switch_refuses_non_booleans(bad, fake_instrument):
     with pytest.raises(TypeError, match="laser_on"):
         inst.laser_on = bad
     assert fake.sent == []
+
+
+# -- limits capped by the hardware ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", list(DRIVERS.values()), ids=lambda c: c.__name__)
+def test_defaults_lie_inside_the_hardware_range(cls):
+    """Every settable quantity has a hardware range and a default inside it (same keys)."""
+    if not issubclass(cls, Instrument):
+        pytest.skip("not an instrument with settings")
+    hw = cls.hardware_limits()
+    assert set(cls.DEFAULT_LIMITS) == set(hw), cls
+    for key, (lo, hi) in cls.DEFAULT_LIMITS.items():
+        assert hw[key][0] <= lo <= hi <= hw[key][1], (cls, key)
+    keys = {d.limits_key for d in vars(cls).values() if isinstance(d, control)}
+    assert keys <= set(hw), (cls, keys - set(hw))
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "pair", "bound"),
+    [
+        # the reported cases: 5 A on a 1.5 A controller, 1 mA on a 30 uA SNSPD bias
+        ("ThorlabsCLD1015", "current_setpoint_a", (0.0, 5.0), "hardware maximum 1.5 A"),
+        ("Keithley2400", "bias_current_a", (0.0, 1e-3), "hardware maximum 3e-05 A"),
+        ("IDQuantiqueID120", "threshold_v", (-0.5, 0.5), "hardware minimum 0 V"),
+    ],
+)
+def test_limits_above_the_hardware_are_refused_before_any_byte(cls, key, pair, bound):
+    import drivers
+    from tests.drivers.conftest import FakeTransport
+
+    klass = getattr(drivers, cls)
+    fake = FakeTransport("dev", klass.WRITE_TERMINATION, klass.READ_TERMINATION)
+    with pytest.raises(ValueError) as info:
+        klass("dev", fake, limits={key: pair})
+    msg = str(info.value)
+    assert key in msg and bound in msg, msg
+    assert any(f"{v:g}" in msg for v in pair), msg
+    assert fake.sent == [] and not fake.is_open
+
+
+@pytest.mark.parametrize(
+    ("cls", "attr", "value"),
+    [
+        # no configured limit: the conservative default refuses what the hardware would take
+        ("Keithley2400", "bias_current_a", 5e-4),
+        ("Keithley2400", "bias_current_a", 25e-6),
+        ("ThorlabsCLD1015", "current_setpoint_a", 1.2),
+        ("IDQuantiqueID120", "threshold_v", 0.9),
+    ],
+)
+def test_unconfigured_settings_get_the_conservative_default(cls, attr, value, fake_instrument):
+    import drivers
+
+    inst, fake = fake_instrument(getattr(drivers, cls))
+    with pytest.raises(LimitError, match=attr):
+        setattr(inst, attr, value)
+    assert fake.sent == []
+
+
+def test_a_configured_limit_inside_the_hardware_widens_the_default(fake_instrument):
+    from drivers import Keithley2400
+
+    inst, fake = fake_instrument(Keithley2400, limits={"bias_current_a": (0.0, 25e-6)})
+    fake.expect([(":SOUR:CURR 2.500000E-05", None), (":SYST:ERR?", '0,"No error"')])
+    inst.bias_current_a = 25e-6
+    assert not fake.script
