@@ -1,3 +1,4 @@
+import itertools
 import json
 from pathlib import Path
 
@@ -274,10 +275,12 @@ def test_run_check_fails_on_a_missing_secret_file(tmp_path):
     assert "t0ken" not in r.output
 
 
+HELP_COMMANDS = ["run", "devices", "status", "bridge", "sim", "get", "set", "calibrate"]
+
+
 @pytest.mark.parametrize(
     "cmd",
-    [[], ["run"], ["devices"], ["status"], ["bridge"], ["sim"], ["get"], ["set"], ["calibrate"]]
-    + [["analyze"], ["sample"], ["demo"]],
+    [[], *([c] for c in [*HELP_COMMANDS, "analyze", "sample", "demo"])],
     ids=lambda c: " ".join(c) or "qnet",
 )
 def test_help_is_plain_text_that_fits_80_columns(cmd):
@@ -296,5 +299,5 @@ def test_help_is_plain_text_that_fits_80_columns(cmd):
         if para.lstrip().startswith(("Arguments:", "Options:", "Commands:")):
             break
         rows = para.splitlines()
-        for ln, nxt in zip(rows, rows[1:], strict=False):
+        for ln, nxt in itertools.pairwise(rows):
             assert len(ln) + 1 + len(nxt.split()[0]) > 80, (ln, nxt)
