@@ -137,10 +137,19 @@ class TestbedConfig(_Model):
     def load(cls, path: str | Path) -> TestbedConfig:
         """Read a testbed YAML file and, if it names one, merge in its node config."""
         p = Path(path)
-        raw = _read_yaml(p, "testbed config")
+        try:
+            doc = load_mapping(p, "testbed config")
+        except ConfigFileError as exc:
+            raise TestbedError(str(exc)) from None
+        raw = doc.data
         node = raw.get("node_config")
         if node:
             node_path = (p.parent / str(node)).resolve()
+            if not node_path.is_file():
+                raise TestbedError(
+                    f"{doc.where(['node_config'])}: node_config: the node config {str(node)!r} "
+                    f"it names does not exist ({node_path})"
+                )
             raw["instruments"] = _merge_instruments(
                 _instruments_from_node_config(node_path), raw.get("instruments") or {}
             )
@@ -148,7 +157,8 @@ class TestbedConfig(_Model):
             return cls.model_validate(raw)
         except ValidationError as exc:
             lines = [
-                f"{p}: {'.'.join(str(x) for x in e['loc']) or 'top level'}: {e['msg']}"
+                f"{doc.where(e['loc'])}: {'.'.join(str(x) for x in e['loc']) or 'top level'}: "
+                f"{e['msg']}"
                 for e in exc.errors()
             ]
             raise TestbedError("\n".join(lines)) from exc

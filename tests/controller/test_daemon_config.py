@@ -481,3 +481,27 @@ def test_secret_files_are_checked_where_the_daemon_runs(tmp_path):
     ]
     missing.write_text("s3cr3t\n")
     assert cfg.file_problems() == []
+
+
+@pytest.mark.parametrize(
+    ("device", "setting", "value"),
+    [
+        ("snspd_bias", "bias_current_a", 5e-4),  # reached the emulated SMU before
+        ("snspd_bias", "bias_current_a", 25e-6),  # above the 20 uA default
+        ("pump_laser", "current_setpoint_a", 1.2),  # reached the emulated laser before
+        ("spad", "threshold_v", 0.9),  # accepted by the wide default before
+    ],
+)
+def test_set_commands_meet_the_default_when_no_limit_is_configured(device, setting, value):
+    """``qnet set`` is checked against the same effective range the driver enforces."""
+    from controller._daemon_config import instrument_surface
+    from controller.commands import CommandError, PermissionsConfig, validate_request
+    from controller.config import InstrumentConfig
+
+    drivers = {"snspd_bias": "keithley_2400", "pump_laser": "thorlabs_cld1015", "spad": "idq_id120"}
+    ic = InstrumentConfig(driver=drivers[device], resource="TCPIP::127.0.0.1::1::SOCKET")
+    surfaces = {device: instrument_surface(device, ic)}
+    body = {"id": "t", "device": device, "setting": setting, "value": value}
+    with pytest.raises(CommandError) as info:
+        validate_request(body, surfaces, PermissionsConfig(default_role="admin"))
+    assert info.value.code == "out_of_limits", info.value
