@@ -19,9 +19,14 @@ import re
 from typing import IO, Any
 
 import typer
-from typer._click import Command, Context, HelpFormatter
-from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperGroup
+
+try:  # recent typer ships its own copy of click
+    from typer._click import Command, Context, HelpFormatter
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # older typer: click itself
+    from click import Command, Context, HelpFormatter  # type: ignore[no-redef]
+    from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]
 
 from controller._cli_options import error_line
 
