@@ -57,6 +57,11 @@ def limit_unit(key: str) -> str:
 
 
 def _qty(value: float, unit: str) -> str:
+    """``value`` with its unit and an SI prefix for small magnitudes (3e-05 A -> ``30 uA``)."""
+    if unit and unit != "degC" and value != 0 and abs(value) < 1:
+        for prefix, scale in (("m", 1e-3), ("u", 1e-6), ("n", 1e-9), ("p", 1e-12)):
+            if abs(value) >= scale * (1 - 1e-9):
+                return f"{value / scale:.6g} {prefix}{unit}"
     return f"{value:g} {unit}".rstrip()
 
 

@@ -242,7 +242,7 @@ def test_run_check_names_limits_above_the_hardware(tmp_path):
     laser, smu = _errors(r)
     assert "max 5 A is above the Thorlabs CLD1015 hardware maximum 1.5 A" in laser, laser
     assert "instruments.pump_laser.limits.current_setpoint_a)" in laser, laser
-    assert "max 0.001 A is above the Keithley 2400 hardware maximum 3e-05 A" in smu, smu
+    assert "max 1 mA is above the Keithley 2400 hardware maximum 30 uA" in smu, smu
 
 
 def test_run_check_lists_the_effective_limits_and_their_source():

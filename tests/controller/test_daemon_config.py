@@ -374,8 +374,8 @@ def _node_yaml(tmp_path, text_change):
             "bias_current_a: [0.0, 25.0e-6]",
             "bias_current_a: [0.0, 1.0e-3]",
             "instruments.snspd_bias.limits.bias_current_a",
-            "max 0.001 A",
-            "Keithley 2400 hardware maximum 3e-05 A",
+            "max 1 mA",
+            "Keithley 2400 hardware maximum 30 uA",
         ),
     ],
 )
