@@ -539,7 +539,7 @@ class Daemon:
             else:
                 await worker.call(lambda inst: spec.setter(inst, value))
             if not quiet:
-                text = f"{vreq.device}.{vreq.name} = {value!r} ({vreq.role})"
+                text = f"{vreq.device}.{vreq.name} = {describe_value(value)} ({vreq.role})"
                 self._event("set", text, vreq.device)
             return {"value": value}
         fn = surf.actions[vreq.name]

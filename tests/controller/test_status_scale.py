@@ -55,3 +55,28 @@ def test_run_folders_share_one_utc_stamp_format(tmp_path):
     assert a.name == "demo-20261204T165700Z" and b.name == "demo-20261204T165700Z-2"
     assert a.is_dir() and b.is_dir()
     assert re.fullmatch(r"sample-\d{8}T\d{6}Z", new_run_dir(tmp_path, "sample").name)
+
+
+def test_daemon_action_events_are_text_not_dicts():
+    import asyncio
+    from pathlib import Path
+
+    from controller._daemon_config import load_daemon_config
+    from controller.daemon import Daemon
+    from controller.interlocks import ActionSpec
+
+    cfg = load_daemon_config(Path(__file__).resolve().parents[2] / "configs" / "sim-daemon.yaml")
+    daemon = Daemon(cfg)
+    try:
+
+        async def execute(vreq, *args, **kwargs):
+            return {"value": False}
+
+        daemon.execute = execute
+        action = ActionSpec(device="pump_laser", setting="laser_on", value=False)
+        asyncio.run(daemon._run_action("qber", action))
+        text = daemon.events[-1]["text"]
+        assert text == "qber: pump_laser.laser_on = false -> value=false", text
+    finally:
+        for w in daemon.workers.values():
+            w.executor.shutdown()
