@@ -20,14 +20,18 @@ if TYPE_CHECKING:
     from controller.config import Problem
 
 CONFIG = Annotated[Path, typer.Argument(help="the node's daemon config (node name, broker)")]
-BROKER = Annotated[str | None, typer.Option(help="HOST:PORT overriding the config's broker")]
+BROKER = Annotated[
+    str | None, typer.Option(metavar="HOST:PORT", help="overrides the config's broker address")
+]
 MQTT_USER = Annotated[str | None, typer.Option(help="MQTT username (e.g. operator)")]
 MQTT_PASSWORD_ENV = Annotated[
-    str | None, typer.Option(help="environment variable holding the MQTT password")
+    str | None,
+    typer.Option(metavar="VAR", help="environment variable holding the MQTT password"),
 ]
 USER = Annotated[str | None, typer.Option(help="qnet user named in the request")]
 TOKEN_ENV = Annotated[
-    str | None, typer.Option(help="environment variable holding the qnet user's token")
+    str | None,
+    typer.Option(metavar="VAR", help="environment variable holding the qnet user's token"),
 ]
 AS_JSON = Annotated[bool, typer.Option("--json", help="print the whole JSON reply")]
 

@@ -16,9 +16,12 @@ def run(
         Path, typer.Argument(help="daemon config YAML (e.g. configs/sim-daemon.yaml)")
     ],
     broker: Annotated[
-        str | None, typer.Option(help="HOST:PORT overriding the config's MQTT broker")
+        str | None,
+        typer.Option(metavar="HOST:PORT", help="overrides the config's MQTT broker address"),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+    log_level: Annotated[
+        str, typer.Option(metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    ] = "INFO",
     check: Annotated[
         bool,
         typer.Option(
