@@ -263,3 +263,13 @@ def test_a_configured_limit_inside_the_hardware_widens_the_default(fake_instrume
     fake.expect([(":SOUR:CURR 2.500000E-05", None), (":SYST:ERR?", '0,"No error"')])
     inst.bias_current_a = 25e-6
     assert not fake.script
+
+
+def test_d3050_elements_take_the_common_range_unless_configured(fake_instrument):
+    limits = {"element_voltage_v": (1.0, 4.0), "element2_voltage_v": (2.0, 8.0)}
+    eff = MeadowlarkD3050.effective_limits(limits)
+    assert eff["element1_voltage_v"] == (1.0, 4.0) and eff["element2_voltage_v"] == (2.0, 4.0)
+    with pytest.raises(ValueError, match="does not overlap"):
+        fake_instrument(
+            MeadowlarkD3050, limits={"element_voltage_v": (1, 4), "element3_voltage_v": (5, 8)}
+        )
