@@ -80,3 +80,14 @@ def test_daemon_action_events_are_text_not_dicts():
     finally:
         for w in daemon.workers.values():
             w.executor.shutdown()
+
+
+def test_status_takes_the_qber_trip_level_from_the_config(tmp_path):
+    from pathlib import Path
+
+    from controller._cli_status import interlock_thresholds
+
+    sim = Path(__file__).resolve().parents[2] / "configs" / "sim-daemon.yaml"
+    levels = interlock_thresholds(sim)
+    assert 0.0 < levels["qber"] < 0.5, levels
+    assert interlock_thresholds(tmp_path / "missing.yaml") == {}
