@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 _SPARK = "▁▂▃▄▅▆▇█"
+#: Windows shown in each sparkline (fits an 80-column terminal with its scale).
+HISTORY_POINTS = 24
 
 
 def spark_scale(
@@ -90,6 +92,19 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
 
 
+def scale_label(scale: tuple[float, float], unit: str) -> str:
+    """A sparkline's scale, short: ``0-6 %``, ``0-13.6 kHz``, ``0-3 kbit/s``."""
+    lo, hi = scale
+    if unit == "%":
+        return f"{100 * lo:.3g}-{100 * hi:.3g} %"
+    prefix, div = "", 1.0
+    for p, d in (("M", 1e6), ("k", 1e3)):
+        if max(abs(lo), abs(hi)) >= d:
+            prefix, div = p, d
+            break
+    return f"{lo / div:.3g}-{hi / div:.3g} {prefix}{unit}"
+
+
 def capture_line(capture: dict[str, Any] | None, width: int = 20) -> str:
     """``capture [####......] 0.4 / 1.0 s`` for a running raw-tag capture ("" when idle).
 
@@ -114,6 +129,7 @@ def render(
     ``thresholds`` (reading -> interlock trip level, e.g. ``{"qber": 0.11}``) extend the
     sparklines' fixed scale so a trip level is always on the chart; each scale is printed.
     """
+    from rich import box
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -141,38 +157,41 @@ def render(
         "",
     )
     cap = capture_line(status.get("capture"))
-    rates = Table(title="link", expand=True)
+    rates = Table(title="link", expand=True, box=box.SIMPLE_HEAD, pad_edge=False)
     rates.add_column("quantity", no_wrap=True)
-    rates.add_column("now")
-    rates.add_column("history (last 32 windows)", no_wrap=True, min_width=32)
+    rates.add_column("now", no_wrap=True)
+    rates.add_column(f"last {HISTORY_POINTS} windows", min_width=HISTORY_POINTS)
     rates.add_column("scale", no_wrap=True)
     qber_max = (thresholds or {}).get("qber")
     rows = [
-        ("QBER (worse basis)", _pct(last.get("qber")), "qber", qber_max, _pct),
-        ("QBER Z", _pct(last.get("qber_z")), "qber_z", qber_max, _pct),
-        ("QBER X", _pct(last.get("qber_x")), "qber_x", qber_max, _pct),
+        ("QBER (worse basis)", _pct(last.get("qber")), "qber", qber_max, "%"),
+        ("QBER Z", _pct(last.get("qber_z")), "qber_z", qber_max, "%"),
+        ("QBER X", _pct(last.get("qber_x")), "qber_x", qber_max, "%"),
         (
             "sifted rate",
             _fmt_rate(last.get("sifted_rate_hz")) + "Hz",
             "sifted_rate_hz",
             None,
-            lambda x: _fmt_rate(x) + "Hz",
+            "Hz",
         ),
         (
             "secure key rate",
             _fmt_rate(last.get("secure_rate_bps")) + "bit/s",
             "secure_rate_bps",
             None,
-            lambda x: _fmt_rate(x) + "bit/s",
+            "bit/s",
         ),
     ]
-    for name, now, key, at_least, fmt in rows:
+    for name, now, key, at_least, unit in rows:
         series = [h.get(key) for h in hist]
-        scale = spark_scale(series, 32, at_least)
-        label = "" if scale is None else f"{fmt(scale[0])} to {fmt(scale[1])}".replace("  ", " ")
-        rates.add_row(name, now, Text(sparkline(series, 32, scale), style="cyan"), label)
+        scale = spark_scale(series, HISTORY_POINTS, at_least)
+        label = "" if scale is None else scale_label(scale, unit)
+        line = Text(sparkline(series, HISTORY_POINTS, scale), style="cyan")
+        rates.add_row(name, now, line, label)
     singles = last.get("singles_rate_hz") or []
-    rates.add_row("singles", ", ".join(_fmt_rate(s).strip() for s in singles) + " Hz", "")
+    if singles:
+        text = ", ".join(scale_label((0.0, s), "Hz").split("-", 1)[1] for s in singles)
+        rates.add_row("singles", "", text, "")
     dev = Table(title="devices", expand=True)
     dev.add_column("device")
     dev.add_column("state")
