@@ -99,14 +99,25 @@ def load_mapping(path: str | Path, what: str = "config") -> YamlDoc:
 
 
 def _walk(
-    path: Path, node: Node, prefix: tuple[str, ...], lines: dict[tuple[str, ...], int]
+    path: Path,
+    node: Node,
+    prefix: tuple[str, ...],
+    lines: dict[tuple[str, ...], int],
+    seen_nodes: set[int] | None = None,
 ) -> None:
-    """Record each key's line under ``prefix`` and refuse a key repeated in one mapping."""
+    """Record each key's line under ``prefix`` and refuse a key repeated in one mapping.
+
+    A node reached again through an alias is walked once (recursive anchors terminate).
+    """
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode):
-                _walk(path, value_node, prefix, lines)
+                _walk(path, value_node, prefix, lines, seen_nodes)
                 continue
             key = str(key_node.value)
             line = key_node.start_mark.line + 1
@@ -122,11 +133,11 @@ def _walk(
                 )
             seen[key] = line
             lines[(*prefix, key)] = line
-            _walk(path, value_node, (*prefix, key), lines)
+            _walk(path, value_node, (*prefix, key), lines, seen_nodes)
     elif isinstance(node, SequenceNode):
         for k, item in enumerate(node.value):
             lines.setdefault((*prefix, str(k)), item.start_mark.line + 1)
-            _walk(path, item, (*prefix, str(k)), lines)
+            _walk(path, item, (*prefix, str(k)), lines, seen_nodes)
 
 
 def nearest(word: str, choices: Iterable[str]) -> str | None:

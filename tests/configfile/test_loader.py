@@ -78,3 +78,10 @@ def test_every_config_reader_uses_it(tmp_path):
     node.write_text("node: a\nnode: b\n")
     with pytest.raises(ConfigError, match=rf"{node}:2: duplicate key 'node'"):
         load_node_config(node)
+
+
+def test_recursive_anchors_terminate(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("a: &x [1, *x]\n")
+    doc = load_mapping(p)
+    assert doc.data["a"][1] is doc.data["a"]
