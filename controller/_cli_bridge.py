@@ -38,11 +38,13 @@ def register(app: typer.Typer) -> None:
         import signal
         import threading
 
+        from controller._cli_options import fail_text
         from telemetry import Bridge, SettingsError, load_bridge_settings
 
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        level = getattr(logging, log_level.upper(), None)
+        if not isinstance(level, int):
+            fail_text("bridge", f"unknown log level {log_level!r}; use DEBUG, INFO, WARNING, ERROR")
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             settings = load_bridge_settings(config)
             b, i = settings.broker, settings.influx
@@ -51,8 +53,7 @@ def register(app: typer.Typer) -> None:
             i.token_value()
             bridge_ = Bridge(settings)
         except SettingsError as exc:
-            typer.echo(f"qnet bridge: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail_text("bridge", str(exc), config)
         logging.getLogger("qnet.telemetry.bridge").info(
             "starting bridge: broker %s:%d client_id=%s user=%s tls=%s topics=%s -> %s bucket=%s "
             "spool=%s",

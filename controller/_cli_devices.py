@@ -62,14 +62,14 @@ def _load(config: Path) -> NodeConfig:
     """
     from pydantic import ValidationError
 
-    from controller._daemon_config import read_daemon_yaml
-    from controller.config import ConfigError, NodeConfig, format_validation_errors
+    from controller._daemon_config import read_daemon_doc
+    from controller.config import ConfigError, NodeConfig, validation_problems
 
-    data = read_daemon_yaml(config)
+    doc = read_daemon_doc(config)
     try:
-        return NodeConfig.model_validate(data)
+        return NodeConfig.model_validate(doc.data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_errors(config, exc)) from None
+        raise ConfigError(validation_problems(exc, doc, NodeConfig)) from None
 
 
 def devices(
@@ -90,13 +90,13 @@ def devices(
     from rich.console import Console
     from rich.table import Table
 
+    from controller._cli_options import fail_problems
     from controller.config import ConfigError
 
     try:
         cfg = _load(config)
     except ConfigError as exc:
-        typer.echo(f"qnet devices: bad config:\n{exc}", err=True)
-        raise typer.Exit(2) from None
+        fail_problems("devices", exc.problems)
     names = list(cfg.instruments)
     rows: dict[str, dict[str, Any]] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, min(16, len(names))))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from controller.config import InstrumentConfig
 
 
 def run(
@@ -13,35 +16,50 @@ def run(
         Path, typer.Argument(help="daemon config YAML (e.g. configs/sim-daemon.yaml)")
     ],
     broker: Annotated[
-        str | None, typer.Option(help="HOST:PORT overriding the config's MQTT broker")
+        str | None,
+        typer.Option(metavar="HOST:PORT", help="overrides the config's MQTT broker address"),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+    log_level: Annotated[
+        str, typer.Option(metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    ] = "INFO",
     check: Annotated[
-        bool, typer.Option("--check", help="validate the config and exit (0 valid, 2 invalid)")
+        bool,
+        typer.Option(
+            "--check",
+            help="validate the config, print the effective safe limits and exit "
+            "(0 valid, 2 invalid)",
+        ),
     ] = False,
 ) -> None:
     """Run the daemon of one node: instruments, acquisition, interlocks, telemetry, commands.
 
-    The config is validated whole before anything starts (exit 2 naming the file,
-    key path and expectation). SIGTERM or SIGINT brings the instruments to their
-    configured safe state, flushes the telemetry outbox and exits 0 within the
-    configured shutdown timeout (5 s by default).
+    The config is validated whole before anything starts (exit 2, one line per problem
+    naming the file, line and key): limits inside each model's hardware range, every
+    reference resolved, every secret and TLS file readable. --check stops there and
+    prints the safe range each instrument will enforce and where it comes from (the
+    config or the driver's conservative default). SIGTERM or SIGINT brings the
+    instruments to their configured safe state, flushes the telemetry outbox and exits
+    0 within the configured shutdown timeout (5 s by default).
     """
     import asyncio
     import logging
     import signal
 
+    from controller._cli_options import fail, fail_problems
     from controller._daemon_config import ConfigError, load_daemon_config
+    from controller.config import Problem
 
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        fail("run", f"unknown log level {log_level!r}; use DEBUG, INFO, WARNING or ERROR")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_daemon_config(config)
     except ConfigError as exc:
-        typer.echo(f"qnet run: bad config:\n{exc}", err=True)
-        raise typer.Exit(2) from None
+        fail_problems("run", exc.problems)
+    files = cfg.file_problems()
+    if files:
+        fail_problems("run", [Problem(w, str(config), cfg.line_of(k), k) for k, w in files])
     override = None
     if broker is not None:
         from controller._cli_options import parse_host_port
@@ -56,15 +74,21 @@ def run(
         )
     if check:
         typer.echo(f"{config}: valid config of node {cfg.node}")
+        typer.echo(limits_table(cfg.instruments))
         return
 
+    from controller._cli_options import error_line
     from controller.daemon import Daemon
 
     async def main() -> int:
         try:
             daemon = Daemon(cfg, broker=override)
-        except (ConfigError, ValueError) as exc:
-            typer.echo(f"qnet run: bad config:\n{exc}", err=True)
+        except ConfigError as exc:
+            for p in exc.problems:
+                typer.echo(error_line("run", p.what, p.where or str(config)), err=True)
+            return 2
+        except ValueError as exc:
+            typer.echo(error_line("run", str(exc), str(config)), err=True)
             return 2
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,6 +99,30 @@ def run(
     code = asyncio.run(main())
     if code:
         raise typer.Exit(code)
+
+
+def limits_table(instruments: dict[str, InstrumentConfig]) -> str:
+    """The effective safe range of every settable quantity, one row each, 80 columns wide.
+
+    ``source`` says whether the range was configured (``config``) or is the driver's
+    documented default (``default``); ranges are in SI units.
+    """
+    from controller.config import limit_rows
+
+    head = ("device", "quantity", "min", "max", "unit", "source")
+    rows = [head] + [
+        (r.device, r.quantity, f"{r.lo:.6g}", f"{r.hi:.6g}", r.unit or "-", r.source)
+        for r in limit_rows(instruments)
+    ]
+    widths = [max(len(row[k]) for row in rows) for k in range(len(head))]
+    right = {2, 3}
+    lines = ["effective safe limits (SI units; source: config or the driver's default):"]
+    for row in rows:
+        cells = [
+            c.rjust(widths[k]) if k in right else c.ljust(widths[k]) for k, c in enumerate(row)
+        ]
+        lines.append(" ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:

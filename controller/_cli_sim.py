@@ -44,6 +44,7 @@ def sim(
     from rich.console import Console
     from rich.table import Table
 
+    from controller._cli_options import fail, fail_text
     from drivers.sim.testbed import Testbed, TestbedConfig, TestbedError
 
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -58,19 +59,15 @@ def sim(
             cfg = cfg.model_copy(update=changes)
         testbed = Testbed(cfg)
     except TestbedError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        fail_text("sim", str(exc), config)
     if not cfg.instruments:
-        console.print(f"[red]error:[/red] {config}: no instruments to serve (set node_config)")
-        raise typer.Exit(2)
+        fail("sim", "no instruments to serve (set node_config)", str(config))
     try:
         served = testbed.serve()
     except OSError as exc:
-        console.print(f"[red]error:[/red] cannot serve the testbed: {exc}")
-        raise typer.Exit(1) from None
+        fail("sim", f"cannot serve the testbed: {exc}", str(config), code=1)
     except TestbedError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        fail_text("sim", str(exc), config)
 
     stop = threading.Event()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -53,6 +54,7 @@ def status(
     from controller.status_view import render
 
     node, b = broker_from(config, broker, mqtt_user, mqtt_password_env)
+    thresholds = interlock_thresholds(config)
     body = {"device": "daemon", "action": "status", **auth_fields(user, token_env)}
     if once:
         reply = run_request(b, node, body, timeout, as_json=False)
@@ -78,12 +80,32 @@ def status(
                     if refused:
                         live.update(Text(f"qnet status - {node}: {refusal(reply)}", style="red"))
                     else:
-                        live.update(render(reply["result"], f"qnet status - {node}"))
+                        view = render(reply["result"], f"qnet status - {node}", thresholds)
+                        live.update(view)
                 time.sleep(interval)
     except KeyboardInterrupt:
         pass
     if refused:
         raise typer.Exit(1)
+
+
+def interlock_thresholds(config: Path) -> dict[str, float]:
+    """Trip levels of the config's ``above`` interlocks by reading (e.g. ``{"qber": 0.11}``).
+
+    They extend the sparklines' scale, so a QBER chart always shows the level that trips
+    the interlock. Empty when the config cannot be read (broker_from reports why).
+    """
+    from controller._daemon_config import ConfigError, load_daemon_config
+
+    try:
+        cfg = load_daemon_config(config)
+    except ConfigError:
+        return {}
+    return {
+        rule.reading: float(rule.trip_above)
+        for rule in cfg.daemon.interlocks.values()
+        if rule.kind == "above" and rule.trip_above is not None
+    }
 
 
 def register(app: typer.Typer) -> None:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from coincidence import CoincidenceError, RoleMap
+from configfile import YamlDoc
 from telemetry import NODE_NAME_PATTERN, BrokerSettings, OutboxSettings
 
 from .acquisition import WINDOW_READINGS
@@ -51,7 +52,15 @@ from .commands import (
     validate_request,
 )
 from .compensation import CompensationSettings
-from .config import ConfigError, InstrumentConfig, NodeConfig, format_validation_errors, read_yaml
+from .config import (
+    ConfigError,
+    InstrumentConfig,
+    NodeConfig,
+    Problem,
+    read_config,
+    secret_file_problems,
+    validation_problems,
+)
 from .interlocks import ActionSpec, InterlockRule
 
 #: What the daemon calls on a tagger named in ``acquisition.source.taggers``.
@@ -191,6 +200,16 @@ class DaemonConfig(NodeConfig):
     node_config: str | None = None
     daemon: DaemonSection
     _base_dir: str = PrivateAttr(".")
+    _lines: dict[tuple[str, ...], int] = PrivateAttr(default_factory=dict)
+
+    def line_of(self, key: str) -> int | None:
+        """Line of the dotted key path in the config file (set by the loader), if known."""
+        parts = tuple(key.split("."))
+        while parts:
+            if parts in self._lines:
+                return self._lines[parts]
+            parts = parts[:-1]
+        return None
 
     def problems(self) -> list[tuple[str, str]]:
         """Everything the daemon would trip over only when running, as (key path, what).
@@ -257,7 +276,20 @@ class DaemonConfig(NodeConfig):
                 out.append((f"{where}.device", "the safe state sets instruments, not the daemon"))
             else:
                 out += self._action_problems(where, a, surfaces, no_instrument)
+        if acq is not None and isinstance(acq.source, TestbedSource):
+            tb = self.base_dir() / acq.source.config
+            if not tb.is_file():
+                what = f"the testbed config it names does not exist ({tb})"
+                out.append(("daemon.acquisition.source.config", what))
         return out
+
+    def file_problems(self) -> list[tuple[str, str]]:
+        """Secret and TLS files the config names that are missing, unreadable or empty.
+
+        Separate from :meth:`problems` because they depend on the machine, not the config:
+        ``qnet run`` (and ``--check``) verify them where the daemon runs.
+        """
+        return secret_file_problems(self)
 
     def _action_problems(
         self,
@@ -327,19 +359,31 @@ def read_daemon_yaml(path: str | Path) -> dict[str, Any]:
     The daemon's own ``instruments`` entries override the node config's; ConfigError names
     the file and what was wrong (the node config's instruments are validated here).
     """
+    return read_daemon_doc(Path(path)).data
+
+
+def read_daemon_doc(path: str | Path) -> YamlDoc:
+    """:func:`read_daemon_yaml` keeping the daemon file's key lines (for error messages)."""
     p = Path(path)
-    data = read_yaml(p)
+    doc = read_config(p, "config")
+    data = doc.data
     ref = data.get("node_config")
     if ref is None:
-        return data
+        return doc
     if not isinstance(ref, str):
-        raise ConfigError(f"{p}: node_config: expected a file name, got {ref!r}")
+        what = f"expected a file name, got {ref!r}"
+        raise ConfigError(Problem(what, str(p), doc.line(["node_config"]), "node_config"))
     node_path = (p.parent / ref).resolve()
-    node = read_yaml(node_path)
+    if not node_path.is_file():
+        what = f"the node config {ref!r} it names does not exist ({node_path})"
+        raise ConfigError(Problem(what, str(p), doc.line(["node_config"]), "node_config"))
+    node_doc = read_config(node_path, "node config")
+    node = node_doc.data
     merged = dict(node.get("instruments") or {})
     own = data.get("instruments") or {}
     if not isinstance(own, dict):
-        raise ConfigError(f"{p}: instruments: expected a mapping")
+        what = "expected a mapping of instrument names"
+        raise ConfigError(Problem(what, str(p), doc.line(["instruments"]), "instruments"))
     merged.update(own)
     data = {**data, "instruments": merged}
     data.setdefault("node", node.get("node"))
@@ -348,26 +392,33 @@ def read_daemon_yaml(path: str | Path) -> dict[str, Any]:
             {"node": data["node"], "instruments": node.get("instruments") or {}}
         )
     except ValidationError as exc:
-        raise ConfigError(format_validation_errors(node_path, exc)) from None
-    return data
+        raise ConfigError(validation_problems(exc, node_doc, NodeConfig)) from None
+    # lines of the node config's instruments, unless the daemon file overrides them
+    lines = dict(doc.lines)
+    return YamlDoc(p, data, lines)
 
 
 def load_daemon_config(path: str | Path) -> DaemonConfig:
-    """Read and validate a daemon config; ConfigError names the file, key path and expectation.
+    """Read and validate a daemon config; ConfigError names the file, line and key path.
 
-    One line per problem: first the schema (pydantic), then, for a config that passed it,
-    everything :meth:`DaemonConfig.problems` finds against the instruments' surfaces.
+    One problem per line: first the schema (pydantic; an unknown key gets the nearest valid
+    one suggested), then, for a config that passed it, everything
+    :meth:`DaemonConfig.problems` finds against the instruments' surfaces and the files
+    the config refers to (secrets, the testbed config).
     """
     p = Path(path)
-    data = read_daemon_yaml(p)
+    doc = read_daemon_doc(p)
     try:
-        cfg = DaemonConfig.model_validate(data)
+        cfg = DaemonConfig.model_validate(doc.data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_errors(p, exc)) from None
+        raise ConfigError(validation_problems(exc, doc, DaemonConfig)) from None
+    cfg._base_dir = str(p.parent.resolve())
+    cfg._lines = dict(doc.lines)
     problems = cfg.problems()
     if problems:
-        raise ConfigError(format_problems(p, problems))
-    cfg._base_dir = str(p.parent.resolve())
+        raise ConfigError(
+            [Problem(" ".join(w.split()), str(p), doc.line(k.split(".")), k) for k, w in problems]
+        )
     return cfg
 
 
@@ -385,8 +436,7 @@ def instrument_surface(name: str, ic: InstrumentConfig) -> DeviceSurface:
     """
     from drivers import DRIVERS
 
-    cls = DRIVERS[ic.driver]
-    return surface_for(name, cls, {**cls.DEFAULT_LIMITS, **ic.limits})
+    return surface_for(name, DRIVERS[ic.driver], ic.effective_limits())
 
 
 def _unknown_reading(reading: str, provided: set[str], surfaces: dict[str, DeviceSurface]) -> str:

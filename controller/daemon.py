@@ -70,6 +70,7 @@ from .commands import (
 from .compensation import CompensationResult, compensate
 from .interlocks import ActionSpec, InterlockEngine, InterlockEvent
 from .merge import MergedTagSource
+from .status_view import describe_request, describe_value
 from .supervisor import DeviceUnavailable, DeviceWorker, Supervisor
 
 log = logging.getLogger("qnet.daemon")
@@ -468,10 +469,12 @@ class Daemon:
         try:
             vreq = validate_request(body, self.surfaces, self.cfg.daemon.permissions, role="system")
             result = await self.execute(vreq)
-            self._event("action", f"{source}: {action.as_request()} -> {result!r}"[:500], None)
+            what = f"{source}: {describe_request(action.as_request())} -> {describe_value(result)}"
+            self._event("action", what[:500], None)
         except Exception as exc:
             log.error("interlock %s action %s failed: %s", source, action.as_request(), exc)
-            self._event("action", f"{source}: {action.as_request()} failed: {exc}"[:500], None)
+            what = f"{source}: {describe_request(action.as_request())} failed: {exc}"
+            self._event("action", what[:500], None)
 
     def _event(self, kind: str, text: str, device: str | None) -> None:
         self.events.append({"time_s": time.time(), "kind": kind, "text": text, "device": device})
@@ -536,7 +539,7 @@ class Daemon:
             else:
                 await worker.call(lambda inst: spec.setter(inst, value))
             if not quiet:
-                text = f"{vreq.device}.{vreq.name} = {value!r} ({vreq.role})"
+                text = f"{vreq.device}.{vreq.name} = {describe_value(value)} ({vreq.role})"
                 self._event("set", text, vreq.device)
             return {"value": value}
         fn = surf.actions[vreq.name]

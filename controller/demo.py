@@ -12,7 +12,7 @@ The daemon finds the delays (QBER and key rate climb from nothing), then at
 polarization: the QBER interlock pauses the key and the compensation drives the polarization
 controller until the QBER is back below target. After ``--duration`` seconds
 the daemon shuts down (safe state, outbox flushed) and the run folder
-``runs/<UTC stamp>/`` gets ``summary.json``, ``histogram.png`` (Alice H /
+``runs/demo-<UTC stamp>/`` gets ``summary.json``, ``histogram.png`` (Alice H /
 Bob H coincidence histogram at the found delay) and ``qber_keyrate.png``.
 Exit 0 when the link calibrated, compensated the drift and ended with a
 QBER below the interlock threshold; 1 otherwise.
@@ -27,7 +27,6 @@ import logging
 import math
 import time
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -114,13 +113,12 @@ async def run_demo(
 
     from ._daemon_config import load_daemon_config
     from ._remote import RemoteError, client_id, request
+    from ._runs import new_run_dir
     from .daemon import Daemon
     from .simnode import free_port, make_sim_node
     from .status_view import render
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = runs_dir / stamp
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_run_dir(runs_dir, "demo")
     amqtt_broker = None
     if broker is None:
         port = free_port()
@@ -237,7 +235,7 @@ def demo(
         bool, typer.Option(help="live status view when on a terminal (off: a line every 5 s)")
     ] = True,
 ) -> None:
-    """Run the emulated node end to end and watch it live; summary and plots in runs/<stamp>/.
+    """Run the emulated node end to end and watch it live; summary and plots in runs/demo-<stamp>/.
 
     Starts the emulated testbed, an embedded MQTT broker (unless --broker) and the
     daemon; the delays are found, a polarization drift is imposed at --drift-at

@@ -7,23 +7,76 @@ import time
 from typing import Any
 
 _SPARK = "▁▂▃▄▅▆▇█"
+#: Windows shown in each sparkline (fits an 80-column terminal with its scale).
+HISTORY_POINTS = 24
 
 
-def sparkline(values: list[float | None], width: int = 40) -> str:
-    """A one-line chart of the last ``width`` values (gaps for missing values)."""
-    vals = values[-width:]
-    finite = [v for v in vals if v is not None and math.isfinite(v)]
+def spark_scale(
+    values: list[float | None], width: int = 40, at_least: float | None = None
+) -> tuple[float, float] | None:
+    """The fixed scale of a sparkline: 0 to the largest of the values and ``at_least``.
+
+    The scale starts lower only for negative values; ``at_least`` is e.g. an interlock
+    threshold; None without data.
+
+    Starting at 0 keeps a QBER moving from 1.5 to 2.7 % a small step, not a rise from
+    the bottom to full height; including the threshold shows how far below it the link is.
+    """
+    finite = [v for v in values[-width:] if v is not None and math.isfinite(v)]
     if not finite:
+        return None
+    lo = min(0.0, *finite)
+    hi = max(finite)
+    if at_least is not None and math.isfinite(at_least):
+        hi = max(hi, at_least)
+    return lo, hi
+
+
+def sparkline(
+    values: list[float | None], width: int = 40, scale: tuple[float, float] | None = None
+) -> str:
+    """A one-line chart of the last ``width`` values on ``scale`` (default :func:`spark_scale`).
+
+    Missing values are gaps; values outside the scale are clipped to its ends.
+    """
+    vals = values[-width:]
+    scale = scale or spark_scale(vals, width)
+    if scale is None:
         return ""
-    lo, hi = min(finite), max(finite)
+    lo, hi = scale
     span = hi - lo or 1.0
+    top = len(_SPARK) - 1
     out = []
     for v in vals:
         if v is None or not math.isfinite(v):
             out.append(" ")
         else:
-            out.append(_SPARK[min(len(_SPARK) - 1, int((v - lo) / span * (len(_SPARK) - 1)))])
+            out.append(_SPARK[max(0, min(top, round((v - lo) / span * top)))])
     return "".join(out)
+
+
+def describe_value(value: Any) -> str:
+    """A value as an operator reads it: true/false/none, numbers with 4 digits, k=v lists."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={describe_value(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(describe_value(v) for v in value) + "]"
+    return str(value)
+
+
+def describe_request(body: dict[str, Any]) -> str:
+    """``pump_laser.laser_on = false`` or ``snspd_bias.reset_latch()``: a request as text."""
+    device = body.get("device", "?")
+    if body.get("setting") is not None:
+        return f"{device}.{body['setting']} = {describe_value(body.get('value'))}"
+    arg = "" if body.get("value") is None else describe_value(body.get("value"))
+    return f"{device}.{body.get('action')}({arg})"
 
 
 def _fmt_rate(x: float | None) -> str:
@@ -37,6 +90,19 @@ def _fmt_rate(x: float | None) -> str:
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
+
+
+def scale_label(scale: tuple[float, float], unit: str) -> str:
+    """A sparkline's scale, short: ``0-6 %``, ``0-13.6 kHz``, ``0-3 kbit/s``."""
+    lo, hi = scale
+    if unit == "%":
+        return f"{100 * lo:.3g}-{100 * hi:.3g} %"
+    prefix, div = "", 1.0
+    for p, d in (("M", 1e6), ("k", 1e3)):
+        if max(abs(lo), abs(hi)) >= d:
+            prefix, div = p, d
+            break
+    return f"{lo / div:.3g}-{hi / div:.3g} {prefix}{unit}"
 
 
 def capture_line(capture: dict[str, Any] | None, width: int = 20) -> str:
@@ -55,8 +121,15 @@ def capture_line(capture: dict[str, Any] | None, width: int = 20) -> str:
     return f"capture [{bar}] {done:.1f} / {want:.1f} s"
 
 
-def render(status: dict[str, Any], title: str = "") -> Any:
-    """A rich renderable of one ``daemon.status`` snapshot."""
+def render(
+    status: dict[str, Any], title: str = "", thresholds: dict[str, float] | None = None
+) -> Any:
+    """A rich renderable of one ``daemon.status`` snapshot.
+
+    ``thresholds`` (reading -> interlock trip level, e.g. ``{"qber": 0.11}``) extend the
+    sparklines' fixed scale so a trip level is always on the chart; each scale is printed.
+    """
+    from rich import box
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -84,30 +157,41 @@ def render(status: dict[str, Any], title: str = "") -> Any:
         "",
     )
     cap = capture_line(status.get("capture"))
-    rates = Table(title="link", expand=True)
+    rates = Table(title="link", expand=True, box=box.SIMPLE_HEAD, pad_edge=False)
     rates.add_column("quantity", no_wrap=True)
-    rates.add_column("now")
-    rates.add_column("history (last 32 windows)", no_wrap=True, min_width=32)
-    qbers = [h.get("qber") for h in hist]
+    rates.add_column("now", no_wrap=True)
+    rates.add_column(f"last {HISTORY_POINTS} windows", min_width=HISTORY_POINTS)
+    rates.add_column("scale", no_wrap=True)
+    qber_max = (thresholds or {}).get("qber")
     rows = [
-        ("QBER (worse basis)", _pct(last.get("qber")), qbers),
-        ("QBER Z", _pct(last.get("qber_z")), [h.get("qber_z") for h in hist]),
-        ("QBER X", _pct(last.get("qber_x")), [h.get("qber_x") for h in hist]),
+        ("QBER (worse basis)", _pct(last.get("qber")), "qber", qber_max, "%"),
+        ("QBER Z", _pct(last.get("qber_z")), "qber_z", qber_max, "%"),
+        ("QBER X", _pct(last.get("qber_x")), "qber_x", qber_max, "%"),
         (
             "sifted rate",
             _fmt_rate(last.get("sifted_rate_hz")) + "Hz",
-            [h.get("sifted_rate_hz") for h in hist],
+            "sifted_rate_hz",
+            None,
+            "Hz",
         ),
         (
             "secure key rate",
             _fmt_rate(last.get("secure_rate_bps")) + "bit/s",
-            [h.get("secure_rate_bps") for h in hist],
+            "secure_rate_bps",
+            None,
+            "bit/s",
         ),
     ]
-    for name, now, series in rows:
-        rates.add_row(name, now, Text(sparkline(series, 32), style="cyan"))
+    for name, now, key, at_least, unit in rows:
+        series = [h.get(key) for h in hist]
+        scale = spark_scale(series, HISTORY_POINTS, at_least)
+        label = "" if scale is None else scale_label(scale, unit)
+        line = Text(sparkline(series, HISTORY_POINTS, scale), style="cyan")
+        rates.add_row(name, now, line, label)
     singles = last.get("singles_rate_hz") or []
-    rates.add_row("singles", ", ".join(_fmt_rate(s).strip() for s in singles) + " Hz", "")
+    if singles:
+        text = ", ".join(scale_label((0.0, s), "Hz").split("-", 1)[1] for s in singles)
+        rates.add_row("singles", "", text, "")
     dev = Table(title="devices", expand=True)
     dev.add_column("device")
     dev.add_column("state")
@@ -121,6 +205,8 @@ def render(status: dict[str, Any], title: str = "") -> Any:
     for e in (status.get("events") or [])[-8:]:
         t = time.strftime("%H:%M:%S", time.localtime(e.get("time_s", 0)))
         style = "red" if e.get("kind") == "interlock" else ""
-        ev.add_row(t, Text(f"{e.get('kind')}: {e.get('text')}", style=style))
+        text = e.get("text")
+        text = describe_value(text) if not isinstance(text, str) else text
+        ev.add_row(t, Text(f"{e.get('kind')}: {text}", style=style))
     parts = [head, Text(cap, style="yellow")] if cap else [head]
     return Panel(Group(*parts, rates, dev, ev), title=title or "qnet status")

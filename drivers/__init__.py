@@ -17,6 +17,7 @@ from ._errors import LimitError as LimitError
 from ._errors import UnexpectedReply as UnexpectedReply
 from ._instrument import Instrument as Instrument
 from ._instrument import ReconnectPolicy as ReconnectPolicy
+from ._instrument import limit_unit as limit_unit
 from ._properties import control as control
 from ._properties import measurement as measurement
 from ._properties import switch as switch

@@ -36,6 +36,34 @@ from ._transport import Transport
 
 R = TypeVar("R")
 
+#: Unit of a limit key, from its SI suffix (``current_setpoint_a`` -> A); no suffix: a count.
+_UNIT_SUFFIXES = {
+    "_a": "A",
+    "_v": "V",
+    "_c": "degC",
+    "_s": "s",
+    "_m": "m",
+    "_ps": "ps",
+    "_hz": "Hz",
+}
+
+
+def limit_unit(key: str) -> str:
+    """The unit of a settable quantity named with its SI suffix (empty for a plain count)."""
+    for suffix, unit in sorted(_UNIT_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if key.endswith(suffix):
+            return unit
+    return ""
+
+
+def _qty(value: float, unit: str) -> str:
+    """``value`` with its unit and an SI prefix for small magnitudes (3e-05 A -> ``30 uA``)."""
+    if unit and unit != "degC" and value != 0 and abs(value) < 1:
+        for prefix, scale in (("m", 1e-3), ("u", 1e-6), ("n", 1e-9), ("p", 1e-12)):
+            if abs(value) >= scale * (1 - 1e-9):
+                return f"{value / scale:.6g} {prefix}{unit}"
+    return f"{value:g} {unit}".rstrip()
+
 
 @dataclass(frozen=True, slots=True)
 class ReconnectPolicy:
@@ -53,7 +81,8 @@ class Instrument:
         name: the configured name (appears in every error and log line).
         transport: an unopened :class:`Transport`.
         limits: safe ranges ``{key: (min, max)}`` in SI units, overriding ``DEFAULT_LIMITS``;
-            an unknown key is refused.
+            an unknown key, or a range outside ``HARDWARE_LIMITS``, is refused (ValueError)
+            before anything is opened or sent.
         identity_pattern: regex the identity reply must match (default ``IDENTITY_PATTERN``).
         reconnect: backoff policy.
         options: driver-specific settings (documented per driver in ``OPTIONS``).
@@ -65,7 +94,12 @@ class Instrument:
     WRITE_TERMINATION: ClassVar[str] = "\n"
     READ_TERMINATION: ClassVar[str] = "\n"
     BAUDRATE: ClassVar[int] = 9600
-    #: Safe ranges of every settable quantity, SI units; configs narrow or move them.
+    #: The model's own range of every settable quantity, SI units (from its manual): a
+    #: configured limit must lie inside it. Empty: the same as ``DEFAULT_LIMITS``.
+    HARDWARE_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {}
+    #: The range enforced when the config gives none: conservative (documented per driver)
+    #: where a value inside the hardware range can still harm what is attached, else the
+    #: hardware range. Same keys as ``HARDWARE_LIMITS``; configs narrow or move them.
     DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {}
     #: Driver-specific options and their defaults.
     OPTIONS: ClassVar[dict[str, Any]] = {}
@@ -84,17 +118,10 @@ class Instrument:
     ) -> None:
         self.name = name
         self.transport = transport
-        self.limits: dict[str, tuple[float, float]] = dict(self.DEFAULT_LIMITS)
-        for key, pair in (limits or {}).items():
-            if key not in self.DEFAULT_LIMITS:
-                known = ", ".join(sorted(self.DEFAULT_LIMITS)) or "none"
-                raise ValueError(f"{name}: unknown limit {key!r} for {self.MODEL} (known: {known})")
-            lo, hi = float(pair[0]), float(pair[1])
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-                raise ValueError(
-                    f"{name}: limit {key!r} must be finite with min <= max, got {pair}"
-                )
-            self.limits[key] = (lo, hi)
+        problems = self.limit_problems(limits or {})
+        if problems:
+            raise ValueError("; ".join(f"{name}: limit {key!r}: {what}" for key, what in problems))
+        self.limits: dict[str, tuple[float, float]] = self.effective_limits(limits or {})
         self.options: dict[str, Any] = dict(self.OPTIONS)
         for key, value in (options or {}).items():
             if key not in self.OPTIONS:
@@ -115,6 +142,70 @@ class Instrument:
         self._backoff_s = self.policy.initial_s
         self._next_attempt = 0.0
         self._last_error: InstrumentError | None = None
+
+    # -- limits of the class ---------------------------------------------------------
+    @classmethod
+    def hardware_limits(cls) -> dict[str, tuple[float, float]]:
+        """The model's hardware range of each settable quantity, SI units."""
+        return dict(cls.HARDWARE_LIMITS or cls.DEFAULT_LIMITS)
+
+    @classmethod
+    def limit_problems(cls, limits: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Why configured ``limits`` cannot be used, as ``(key, what)``; empty when they can.
+
+        A key must be a settable quantity of the model, its range a finite ``[min, max]`` with
+        min <= max, and inside the model's hardware range: a config cannot widen what the
+        hardware takes (a 5 A limit on a 1.5 A laser controller is refused here).
+        """
+        hardware = cls.hardware_limits()
+        out: list[tuple[str, str]] = []
+        for key, pair in limits.items():
+            if key not in hardware:
+                known = ", ".join(sorted(hardware)) or "none"
+                out.append((key, f"not a settable quantity of {cls.MODEL} (known: {known})"))
+                continue
+            try:
+                lo, hi = (float(x) for x in pair)
+            except (TypeError, ValueError):
+                out.append((key, f"expected [min, max] as two numbers, got {pair!r}"))
+                continue
+            unit = limit_unit(key)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                out.append((key, f"min and max must be finite numbers, got [{lo:g}, {hi:g}]"))
+            elif lo > hi:
+                out.append((key, f"min {_qty(lo, unit)} is above max {_qty(hi, unit)} (reversed?)"))
+            else:
+                hw_lo, hw_hi = hardware[key]
+                if hi > hw_hi:
+                    out.append(
+                        (
+                            key,
+                            f"max {_qty(hi, unit)} is above the {cls.MODEL} hardware maximum "
+                            f"{_qty(hw_hi, unit)}",
+                        )
+                    )
+                if lo < hw_lo:
+                    out.append(
+                        (
+                            key,
+                            f"min {_qty(lo, unit)} is below the {cls.MODEL} hardware minimum "
+                            f"{_qty(hw_lo, unit)}",
+                        )
+                    )
+        return out
+
+    @classmethod
+    def effective_limits(
+        cls, limits: Mapping[str, tuple[float, float]]
+    ) -> dict[str, tuple[float, float]]:
+        """The ranges an instance enforces: ``DEFAULT_LIMITS`` overlaid by the configured ones.
+
+        Call :meth:`limit_problems` first; this does not check.
+        """
+        out = dict(cls.DEFAULT_LIMITS)
+        for key, (lo, hi) in limits.items():
+            out[key] = (float(lo), float(hi))
+        return out
 
     # -- session ---------------------------------------------------------------------
     def connect(self) -> str:

@@ -43,11 +43,14 @@ class IDQuantiqueID1000(Instrument):
     IDENTITY_PATTERN = r"(?i)ID\s*Quantique.*ID\s*(900|1000)"
     N_INPUTS = 4
     N_HISTOGRAMS = 4
-    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+    #: The time controller's ranges. Input thresholds and histogram settings cannot harm the
+    #: unit or the detectors: unconfigured, the hardware range applies.
+    HARDWARE_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
         "threshold_v": (-2.0, 2.0),
         "histogram_bin_width_ps": (1.0, 1e6),
         "histogram_bin_count": (1.0, 16384.0),
     }
+    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = HARDWARE_LIMITS
     OPTIONS: ClassVar[dict[str, Any]] = {"stream_host": None, "stream_port": None}
 
     def _index(self, kind: str, n: int, top: int, command: str) -> int:

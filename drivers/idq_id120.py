@@ -25,11 +25,24 @@ class IDQuantiqueID120(Instrument):
     MODEL = "ID Quantique ID120"
     IDENTITY_PATTERN = r"(?i)ID\s*Quantique.*ID\s*120"
     BAUDRATE = 115200
-    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+    #: The module's ranges (user guide, "Specifications").
+    HARDWARE_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
         "bias_v": (0.0, 250.0),
         "threshold_v": (0.0, 1.0),
         "dead_time_s": (40e-9, 1e-3),
         "temperature_setpoint_c": (-50.0, -10.0),
+        "integration_time_s": (0.2, 100.0),
+    }
+    #: Unconfigured ranges. The bias that overdrives an APD depends on the diode's breakdown
+    #: voltage, so without ``limits.bias_v`` at most 200 V is accepted; the discriminator
+    #: threshold keeps to 0-0.5 V (the lower half: above it real detections are discarded);
+    #: dead time at least 50 ns (shorter raises afterpulsing); the cooler -45 to -20 degC.
+    #: The integration time cannot harm anything: its hardware range.
+    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "bias_v": (0.0, 200.0),
+        "threshold_v": (0.0, 0.5),
+        "dead_time_s": (50e-9, 1e-3),
+        "temperature_setpoint_c": (-45.0, -20.0),
         "integration_time_s": (0.2, 100.0),
     }
 

@@ -29,9 +29,19 @@ class Keithley2400(Instrument):
     MODEL = "Keithley 2400"
     IDENTITY_PATTERN = r"(?i)KEITHLEY INSTRUMENTS INC\.?\s*,\s*MODEL 24[0-9]{2}"
     ERROR_QUERY = ":SYST:ERR?"
-    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+    #: The ranges of this driver's job, biasing an SNSPD: at most 30 uA (above the switching
+    #: current of every nanowire it is meant for) and 5 V compliance. The SourceMeter itself
+    #: goes much higher; these bounds are what no config may exceed.
+    HARDWARE_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
         "bias_current_a": (0.0, 30e-6),
         "compliance_v": (0.0, 5.0),
+    }
+    #: Unconfigured ranges: at most 20 uA bias (below the switching current of typical
+    #: nanowires; set ``limits.bias_current_a`` from the detector's datasheet) and 2 V
+    #: compliance (enough to see a latch, ``latch_threshold_v``).
+    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "bias_current_a": (0.0, 20e-6),
+        "compliance_v": (0.0, 2.0),
     }
     OPTIONS: ClassVar[dict[str, Any]] = {
         "latch_threshold_v": 0.05,

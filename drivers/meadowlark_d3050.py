@@ -15,6 +15,7 @@ A set is acknowledged by echoing the command line back.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ._errors import LimitError, UnexpectedReply
@@ -33,10 +34,52 @@ class MeadowlarkD3050(Instrument):
     READ_TERMINATION = "\r\n"
     BAUDRATE = 38400
     N_ELEMENTS = 4
-    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+    #: The controller's drive range, 0-10 V per channel (manual). Liquid-crystal cells are
+    #: rated for the controller's full range, so unconfigured the hardware range applies.
+    HARDWARE_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
         "element_voltage_v": (0.0, 10.0),
         **{f"element{k}_voltage_v": (0.0, 10.0) for k in range(1, 5)},
     }
+    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = HARDWARE_LIMITS
+
+    @classmethod
+    def limit_problems(cls, limits: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """As for every driver, and an element's range must overlap ``element_voltage_v``."""
+        out = super().limit_problems(limits)
+        if out:
+            return out
+        common_lo, common_hi = cls.effective_limits({})["element_voltage_v"]
+        if "element_voltage_v" in limits:
+            common_lo, common_hi = (float(x) for x in limits["element_voltage_v"])
+        for k in range(1, cls.N_ELEMENTS + 1):
+            key = f"element{k}_voltage_v"
+            if key in limits:
+                lo, hi = (float(x) for x in limits[key])
+                if lo > common_hi or hi < common_lo:
+                    out.append(
+                        (
+                            key,
+                            f"[{lo:g}, {hi:g}] V does not overlap element_voltage_v "
+                            f"[{common_lo:g}, {common_hi:g}] V: no voltage would be allowed",
+                        )
+                    )
+        return out
+
+    @classmethod
+    def effective_limits(
+        cls, limits: Mapping[str, tuple[float, float]]
+    ) -> dict[str, tuple[float, float]]:
+        """An element without its own ``elementN_voltage_v`` takes ``element_voltage_v``.
+
+        Each set is checked against both (:meth:`format_setpoint`), so the per-element range
+        shown (``qnet run --check``, the command surface) is the one really enforced.
+        """
+        out = super().effective_limits(limits)  # limit_problems refuses disjoint ranges
+        common_lo, common_hi = out["element_voltage_v"]
+        for k in range(1, cls.N_ELEMENTS + 1):
+            lo, hi = out[f"element{k}_voltage_v"]
+            out[f"element{k}_voltage_v"] = (max(lo, common_lo), min(hi, common_hi))
+        return out
 
     def _element(self, element: int, command: str) -> int:
         if isinstance(element, bool) or not isinstance(element, int):

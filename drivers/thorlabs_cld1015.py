@@ -23,9 +23,18 @@ class ThorlabsCLD1015(Instrument):
     MODEL = "Thorlabs CLD1015"
     IDENTITY_PATTERN = r"(?i)thorlabs\s*,\s*CLD101[05]"
     ERROR_QUERY = "SYST:ERR?"
-    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+    #: The controller's ranges (manual, "Technical Data": laser current 0-1.5 A).
+    HARDWARE_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
         "current_setpoint_a": (0.0, 1.5),
         "tec_temperature_setpoint_c": (15.0, 35.0),
+    }
+    #: Unconfigured ranges. What a laser diode survives depends on the diode, not on the
+    #: controller: without ``limits.current_setpoint_a`` at most 0.1 A is accepted (the
+    #: operating current of the low-power pump diodes this node is built for); configure the
+    #: diode's own maximum. The TEC keeps to 20-30 degC (room temperature, no condensation).
+    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "current_setpoint_a": (0.0, 0.1),
+        "tec_temperature_setpoint_c": (20.0, 30.0),
     }
 
     laser_on = switch("OUTP1:STAT?", "OUTP1:STAT {}", doc="Laser current output enabled.")

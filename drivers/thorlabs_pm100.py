@@ -20,10 +20,13 @@ class ThorlabsPM100(Instrument):
     MODEL = "Thorlabs PM100"
     IDENTITY_PATTERN = r"(?i)thorlabs\s*,\s*PM10[0-9]"
     ERROR_QUERY = "SYST:ERR?"
-    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+    #: The meter's ranges. Neither setting can harm the meter or the light: unconfigured,
+    #: the hardware range applies (``DEFAULT_LIMITS`` is the same).
+    HARDWARE_LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
         "wavelength_m": (400e-9, 1800e-9),
         "averages": (1.0, 10000.0),
     }
+    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float, float]]] = HARDWARE_LIMITS
 
     wavelength_m = control(
         "SENS:CORR:WAV?",

@@ -46,5 +46,6 @@ from ._settings import Secret as Secret
 from ._settings import SettingsError as SettingsError
 from ._settings import SpoolSettings as SpoolSettings
 from ._settings import TlsSettings as TlsSettings
+from ._settings import error_input as error_input
 from ._settings import format_validation_errors as format_validation_errors
 from ._settings import load_bridge_settings as load_bridge_settings

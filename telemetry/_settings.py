@@ -12,8 +12,9 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from configfile import ConfigFileError, load_mapping
 
 from ._schema import NODE_NAME_PATTERN
 
@@ -166,16 +167,14 @@ class BridgeSettings(_Model):
 
 
 def load_yaml(path: Path) -> dict[str, object]:
-    """Read a YAML mapping; SettingsError names the file and what was wrong."""
+    """Read a YAML mapping with the one qnet loader (duplicate keys refused).
+
+    SettingsError names the file, the line and what was wrong.
+    """
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise SettingsError(f"{path}: cannot read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path}: expected a mapping at top level")
-    return data
+        return load_mapping(path, "settings file").data
+    except ConfigFileError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def load_bridge_settings(path: Path) -> BridgeSettings:
@@ -204,14 +203,20 @@ def format_validation_errors(path: Path, exc: ValidationError, prefix: str = "")
     lines = []
     for err in exc.errors():
         key = prefix + ".".join(str(p) for p in err["loc"]) or "<top level>"
-        if err["type"] == "missing" or _is_secret(err):
-            got = ""
-        else:
-            got = f" (got {_masked(err['input'])!r})"
-        if len(got) > 200:
-            got = got[:200] + "...)"
-        lines.append(f"{path}: {key}: {err['msg']}{got}")
+        got = error_input(err)
+        lines.append(f"{path}: {key}: {err['msg']}{f' (got {got})' if got else ''}")
     return "\n".join(lines)
+
+
+def error_input(err: Any, max_chars: int = 200) -> str:
+    """What a pydantic error found, for a message: empty for a missing value or a secret.
+
+    Secrets inside the value are masked (see :func:`format_validation_errors`).
+    """
+    if err["type"] == "missing" or _is_secret(err):
+        return ""
+    got = repr(_masked(err["input"]))
+    return got if len(got) <= max_chars else got[:max_chars] + "..."
 
 
 def _is_secret(err: Any) -> bool:

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from coincidence import TagBatch
+from configfile import ConfigFileError, load_mapping
 
 from .._resources import socket_address
 from .._tagsource import TagSource
@@ -137,30 +137,39 @@ class TestbedConfig(_Model):
     def load(cls, path: str | Path) -> TestbedConfig:
         """Read a testbed YAML file and, if it names one, merge in its node config."""
         p = Path(path)
-        raw = _read_yaml(p, "testbed config")
+        try:
+            doc = load_mapping(p, "testbed config")
+        except ConfigFileError as exc:
+            raise TestbedError(str(exc)) from None
+        raw = doc.data
         node = raw.get("node_config")
         if node:
             node_path = (p.parent / str(node)).resolve()
+            if not node_path.is_file():
+                raise TestbedError(
+                    f"{doc.where(['node_config'])}: node_config: the node config {str(node)!r} "
+                    f"it names does not exist ({node_path})"
+                )
             raw["instruments"] = _merge_instruments(
                 _instruments_from_node_config(node_path), raw.get("instruments") or {}
             )
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise TestbedError(f"{p}: invalid testbed config:\n{exc}") from exc
+            lines = [
+                f"{doc.where(e['loc'])}: {'.'.join(str(x) for x in e['loc']) or 'top level'}: "
+                f"{e['msg']}"
+                for e in exc.errors()
+            ]
+            raise TestbedError("\n".join(lines)) from exc
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     """A YAML mapping (empty file: empty mapping); TestbedError names the file and the fault."""
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise TestbedError(f"cannot read {what} {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise TestbedError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise TestbedError(f"{path}: expected a mapping at the top level")
-    return doc
+        return load_mapping(path, what).data
+    except ConfigFileError as exc:
+        raise TestbedError(str(exc)) from None
 
 
 def _instruments_from_node_config(path: Path) -> dict[str, dict[str, Any]]:

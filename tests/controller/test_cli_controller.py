@@ -1,3 +1,4 @@
+import itertools
 import json
 from pathlib import Path
 
@@ -181,3 +182,122 @@ def test_remote_commands_keep_the_configs_tls_and_keepalive(tmp_path, monkeypatc
     # an unset --mqtt-password-env is bad usage (exit 2) naming the variable
     r = runner.invoke(app, ["get", SIM, "pump_laser", "laser_on", "--mqtt-password-env", "NOPE_X"])
     assert r.exit_code == 2 and "NOPE_X" in r.output, r.output
+
+
+# -- one error style, plain help, --check lists the limits ------------------------------------
+
+ERROR_LINE = r"^qnet( [a-z]+)?: error: \S.*$"
+
+
+def _errors(r):
+    """The stderr lines of a result; each must be in the one qnet error style."""
+    import re
+
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines, r.output
+    for ln in lines:
+        assert re.match(ERROR_LINE, ln), ln
+    assert "Traceback" not in r.output
+    return lines
+
+
+def _sim_copy(tmp_path, node_change=lambda t: t, daemon_change=lambda t: t):
+    (tmp_path / "sim-node.yaml").write_text(node_change((CONFIGS / "sim-node.yaml").read_text()))
+    p = tmp_path / "d.yaml"
+    p.write_text(daemon_change(Path(SIM).read_text()))
+    return p
+
+
+def test_every_command_reports_bad_input_in_one_style(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("node: a\ninstruments: {x: [1,\n")
+    missing = str(tmp_path / "missing.yaml")
+    cases = [
+        (["run", "--check", str(bad_yaml)], "qnet run: error: not valid YAML", f"({bad_yaml}:"),
+        (["devices", str(bad_yaml)], "qnet devices: error: not valid YAML", f"({bad_yaml}:"),
+        (["sim", missing], "qnet sim: error:", "missing.yaml"),
+        (["bridge", missing], "qnet bridge: error:", "missing.yaml"),
+        (["set", SIM, "pump_laser", "current_setpoint_a", "-0.01"], "qnet set: error:", "--help"),
+        (["status", SIM, "--broker", "nohost"], "qnet status: error:", "HOST:PORT"),
+        (["status", SIM, "--interval", "soon"], "qnet status: error:", "--interval"),
+        (["bogus"], "qnet: error: No such command 'bogus'", "qnet --help"),
+        (["run", "--log-level", "LOUD", SIM], "qnet run: error: unknown log level", "LOUD"),
+    ]
+    for args, head, where in cases:
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = _errors(r)
+        assert lines[0].startswith(head) and where in lines[0], (args, lines)
+
+
+def test_run_check_names_limits_above_the_hardware(tmp_path):
+    p = _sim_copy(
+        tmp_path,
+        node_change=lambda t: t.replace(
+            "current_setpoint_a: [0.0, 0.1]", "current_setpoint_a: [0.0, 5.0]"
+        ).replace("bias_current_a: [0.0, 25.0e-6]", "bias_current_a: [0.0, 1.0e-3]"),
+    )
+    r = CliRunner().invoke(app, ["run", "--check", str(p)])
+    assert r.exit_code == 2, r.output
+    laser, smu = _errors(r)
+    assert "max 5 A is above the Thorlabs CLD1015 hardware maximum 1.5 A" in laser, laser
+    assert "instruments.pump_laser.limits.current_setpoint_a)" in laser, laser
+    assert "max 1 mA is above the Keithley 2400 hardware maximum 30 uA" in smu, smu
+
+
+def test_run_check_lists_the_effective_limits_and_their_source():
+    r = CliRunner().invoke(app, ["run", "--check", SIM])
+    assert r.exit_code == 0, r.output
+    rows = {tuple(ln.split()[:2]): ln.split() for ln in r.stdout.splitlines()[2:]}
+    assert rows[("pump_laser", "current_setpoint_a")][2:] == ["0", "0.1", "A", "config"]
+    # not configured: the ID120's documented conservative default, not its 1 V hardware range
+    assert rows[("spad", "threshold_v")][2:] == ["0", "0.5", "V", "default"]
+    assert all(len(ln) <= 80 for ln in r.stdout.splitlines())
+
+
+def test_run_check_fails_on_a_missing_secret_file(tmp_path):
+    missing = tmp_path / "op.token"
+    p = _sim_copy(
+        tmp_path,
+        daemon_change=lambda t: t.replace(
+            "    default_role: operator",
+            f"    users: {{op: {{role: operator, token: {{file: {missing}}}}}}}\n"
+            "    default_role: operator",
+        ),
+    )
+    r = CliRunner().invoke(app, ["run", "--check", str(p)])
+    assert r.exit_code == 2, r.output
+    (line,) = _errors(r)
+    assert str(missing) in line and "daemon.permissions.users.op.token.file" in line, line
+    missing.write_text("t0ken\n")
+    r = CliRunner().invoke(app, ["run", "--check", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "t0ken" not in r.output
+
+
+HELP_COMMANDS = ["run", "devices", "status", "bridge", "sim", "get", "set", "calibrate"]
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [[], *([c] for c in [*HELP_COMMANDS, "analyze", "sample", "demo"])],
+    ids=lambda c: " ".join(c) or "qnet",
+)
+def test_help_is_plain_text_that_fits_80_columns(cmd):
+    r = CliRunner().invoke(app, [*cmd, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    text = r.stdout
+    for bad in ("``", ":class:", "<bool>", "<str>", "<float>", "{CONFIG}"):
+        assert bad not in text, (bad, text)
+    after_usage = text.split("\n", 1)[1]
+    assert "..." not in after_usage, text  # a command's summary cut short
+    lines = text.splitlines()
+    assert all(len(ln) <= 80 for ln in lines), text
+    # the description is filled: no line of a paragraph stops short (a broken wrap)
+    body = text.split("\n\n")
+    for para in body[1:]:
+        if para.lstrip().startswith(("Arguments:", "Options:", "Commands:")):
+            break
+        rows = para.splitlines()
+        for ln, nxt in itertools.pairwise(rows):
+            assert len(ln) + 1 + len(nxt.split()[0]) > 80, (ln, nxt)

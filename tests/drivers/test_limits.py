@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from drivers import (
     DRIVERS,
     IDQuantiqueID1000,
+    Instrument,
     LimitError,
     MeadowlarkD3050,
     control,
@@ -158,7 +159,7 @@ def test_limit_error_names_instrument_command_and_range(fake_instrument):
 def test_unknown_limit_key_is_refused(fake_instrument):
     from drivers import ThorlabsPM100
 
-    with pytest.raises(ValueError, match="unknown limit 'wavelenght_m'"):
+    with pytest.raises(ValueError, match="'wavelenght_m': not a settable quantity"):
         fake_instrument(ThorlabsPM100, limits={"wavelenght_m": (1e-6, 2e-6)})
 
 
@@ -196,3 +197,79 @@ def test_switch_refuses_non_booleans(bad, fake_instrument):
     with pytest.raises(TypeError, match="laser_on"):
         inst.laser_on = bad
     assert fake.sent == []
+
+
+# -- limits capped by the hardware ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", list(DRIVERS.values()), ids=lambda c: c.__name__)
+def test_defaults_lie_inside_the_hardware_range(cls):
+    """Every settable quantity has a hardware range and a default inside it (same keys)."""
+    if not issubclass(cls, Instrument):
+        pytest.skip("not an instrument with settings")
+    hw = cls.hardware_limits()
+    assert set(cls.DEFAULT_LIMITS) == set(hw), cls
+    for key, (lo, hi) in cls.DEFAULT_LIMITS.items():
+        assert hw[key][0] <= lo <= hi <= hw[key][1], (cls, key)
+    keys = {d.limits_key for d in vars(cls).values() if isinstance(d, control)}
+    assert keys <= set(hw), (cls, keys - set(hw))
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "pair", "value", "bound"),
+    [
+        # the reported cases: 5 A on a 1.5 A controller, 1 mA on a 30 uA SNSPD bias
+        ("ThorlabsCLD1015", "current_setpoint_a", (0.0, 5.0), "max 5 A", "maximum 1.5 A"),
+        ("Keithley2400", "bias_current_a", (0.0, 1e-3), "max 1 mA", "maximum 30 uA"),
+        ("IDQuantiqueID120", "threshold_v", (-0.5, 0.5), "min -500 mV", "minimum 0 V"),
+    ],
+)
+def test_limits_above_the_hardware_are_refused_before_any_byte(cls, key, pair, value, bound):
+    import drivers
+    from tests.drivers.conftest import FakeTransport
+
+    klass = getattr(drivers, cls)
+    fake = FakeTransport("dev", klass.WRITE_TERMINATION, klass.READ_TERMINATION)
+    with pytest.raises(ValueError) as info:
+        klass("dev", fake, limits={key: pair})
+    msg = str(info.value)
+    assert key in msg and value in msg and f"{klass.MODEL} hardware {bound}" in msg, msg
+    assert fake.sent == [] and not fake.is_open
+
+
+@pytest.mark.parametrize(
+    ("cls", "attr", "value"),
+    [
+        # no configured limit: the conservative default refuses what the hardware would take
+        ("Keithley2400", "bias_current_a", 5e-4),
+        ("Keithley2400", "bias_current_a", 25e-6),
+        ("ThorlabsCLD1015", "current_setpoint_a", 1.2),
+        ("IDQuantiqueID120", "threshold_v", 0.9),
+    ],
+)
+def test_unconfigured_settings_get_the_conservative_default(cls, attr, value, fake_instrument):
+    import drivers
+
+    inst, fake = fake_instrument(getattr(drivers, cls))
+    with pytest.raises(LimitError, match=attr):
+        setattr(inst, attr, value)
+    assert fake.sent == []
+
+
+def test_a_configured_limit_inside_the_hardware_widens_the_default(fake_instrument):
+    from drivers import Keithley2400
+
+    inst, fake = fake_instrument(Keithley2400, limits={"bias_current_a": (0.0, 25e-6)})
+    fake.expect([(":SOUR:CURR 2.500000E-05", None), (":SYST:ERR?", '0,"No error"')])
+    inst.bias_current_a = 25e-6
+    assert not fake.script
+
+
+def test_d3050_elements_take_the_common_range_unless_configured(fake_instrument):
+    limits = {"element_voltage_v": (1.0, 4.0), "element2_voltage_v": (2.0, 8.0)}
+    eff = MeadowlarkD3050.effective_limits(limits)
+    assert eff["element1_voltage_v"] == (1.0, 4.0) and eff["element2_voltage_v"] == (2.0, 4.0)
+    with pytest.raises(ValueError, match="does not overlap"):
+        fake_instrument(
+            MeadowlarkD3050, limits={"element_voltage_v": (1, 4), "element3_voltage_v": (5, 8)}
+        )
