@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 QNET   := $(VENV)/bin/qnet
 STAMP  := $(VENV)/.installed
-MYPY_ROOMS := channel distill kms
+MYPY_ROOMS := channel distill kms configfile
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: help install system-deps demo test lint format bench hil reliability clean
