@@ -34,8 +34,9 @@ def register(app: typer.Typer) -> None:
         try:
             pki = make_test_pki(directory, names)
         except OSError as exc:
-            typer.echo(f"qnet certs: error: {exc.strerror} ({exc.filename})", err=True)
-            raise typer.Exit(2) from None
+            from controller._cli_options import fail
+
+            fail("certs", exc.strerror or str(exc), str(exc.filename or directory))
         typer.echo(f"CA certificate: {pki.ca_cert}")
         for ident in pki.identities.values():
             typer.echo(f"{ident.name}: certificate {ident.cert}, key {ident.key}")
@@ -51,22 +52,23 @@ def register(app: typer.Typer) -> None:
 
         from pydantic import ValidationError
 
+        from configfile import ConfigFileError, load_mapping
+        from controller._cli_options import fail
         from kms import KmeConfig, KmsError, start_kme
-        from telemetry import SettingsError, format_validation_errors
-        from telemetry._settings import load_yaml
 
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         try:
-            data = load_yaml(config)
-            cfg = KmeConfig.model_validate(data.get("kme", data))
-        except SettingsError as exc:
-            typer.echo(f"qnet kme: error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            doc = load_mapping(config, "KME config")
+            section = "kme" if "kme" in doc.data else None
+            cfg = KmeConfig.model_validate(doc.data["kme"] if section else doc.data)
+        except ConfigFileError as exc:
+            fail("kme", exc.what, exc.where)
         except ValidationError as exc:
-            typer.echo(f"qnet kme: error: {format_validation_errors(config, exc)}", err=True)
-            raise typer.Exit(2) from None
+            err = exc.errors()[0]
+            keys = ([section] if section else []) + [str(k) for k in err["loc"]]
+            fail("kme", f"{'.'.join(keys)}: {err['msg']}", doc.where(keys))
 
         async def serve() -> None:
             server = await start_kme(cfg)
@@ -81,5 +83,4 @@ def register(app: typer.Typer) -> None:
         try:
             asyncio.run(serve())
         except KmsError as exc:
-            typer.echo(f"qnet kme: error: {exc} ({config})", err=True)
-            raise typer.Exit(2) from None
+            fail("kme", str(exc), str(config))
