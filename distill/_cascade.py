@@ -70,7 +70,7 @@ class CascadeParams:
 def choose_params(qber: float, n: int) -> CascadeParams:
     """Block sizes for an expected ``qber`` (tuned on simulated frames, see docs/DISTILL.md).
 
-    ``k1 = 2^floor(log2(1.6 / qber))``, ``k2 = 8 k1`` (both capped at n/2), 16 passes.
+    ``k1 = 2^floor(log2(1.6 / qber))``, ``k2 = 4 k1`` (both capped at n/2), 16 passes.
     """
     if not (0.0 < qber < 0.5):
         raise DistillInputError(f"expected qber must be in (0, 0.5), got {qber}")
@@ -83,7 +83,7 @@ def choose_params(qber: float, n: int) -> CascadeParams:
 
 
 _K1_SCALE = 1.6
-_K2_FACTOR = 8
+_K2_FACTOR = 4
 _PASSES = 16
 
 
@@ -323,7 +323,7 @@ class CascadeBob:
         for lev in range(levels):
             off[lev + 1] = off[lev] + (self.n >> lev) + 1
         self._offsets = off
-        self._cache = [np.full(off[-1], -1, np.int8), np.full(off[-1], -1, np.int8)]
+        self._cache = np.full((2, off[-1]), -1, np.int8)
         for lay, k, a in ((0, p.k1, a0), (1, p.k2, a1)):
             lo = np.arange(a.size, dtype=np.int64) * k
             hi = np.minimum(lo + k, self.n)
@@ -367,14 +367,27 @@ class CascadeBob:
         )
 
     def _new_wave(self) -> bool:
-        p, n = self.params, self.n
-        for lay, mism, a, k in ((0, self._mism0, self._a0, p.k1), (1, self._mism1, self._a1, p.k2)):
-            idx = np.flatnonzero(mism)
-            if idx.size:
-                lo = idx.astype(np.int64) * k
-                hi = np.minimum(lo + k, n)
-                self._wave = (lay, lo, hi, a[idx].astype(np.int8).copy())
-                return True
+        """Start bisecting the odd blocks of the lowest pass that has any.
+
+        Pass 2's odd blocks that share no position with an odd block of pass 1
+        join the same wave: no error can be found twice, and rounds are saved.
+        """
+        p, n, s = self.params, self.n, self._side
+        idx0 = np.flatnonzero(self._mism0)
+        idx1 = np.flatnonzero(self._mism1)
+        if idx0.size and idx1.size:
+            pos = np.minimum(idx1[:, None] * p.k2 + np.arange(p.k2)[None, :], n - 1)
+            clash = self._mism0[s.order1[pos] // p.k1].any(axis=1)
+            idx1 = idx1[~clash]
+        if idx0.size or idx1.size:
+            lo0 = idx0.astype(np.int64) * p.k1
+            lo1 = idx1.astype(np.int64) * p.k2
+            layer = np.concatenate([np.zeros(idx0.size, np.int8), np.ones(idx1.size, np.int8)])
+            lo = np.concatenate([lo0, lo1])
+            hi = np.concatenate([np.minimum(lo0 + p.k1, n), np.minimum(lo1 + p.k2, n)])
+            apar = np.concatenate([self._a0[idx0], self._a1[idx1]]).astype(np.int8)
+            self._wave = (0, layer, lo, hi, apar)
+            return True
         self._mismh = self._halves_mismatch()
         for lay in range(2, p.passes):
             halves = np.flatnonzero(self._mismh[lay])
@@ -395,26 +408,40 @@ class CascadeBob:
             assert self._wave is not None
             lay = int(self._wave[0])  # type: ignore[call-overload]
             if lay < 2:
-                _, lo, hi, apar = self._wave
-                assert isinstance(lo, np.ndarray) and isinstance(hi, np.ndarray)
-                assert isinstance(apar, np.ndarray)
+                _, layer, lo, hi, apar = self._wave
+                assert isinstance(layer, np.ndarray) and isinstance(lo, np.ndarray)
+                assert isinstance(hi, np.ndarray) and isinstance(apar, np.ndarray)
                 m = lo.size
                 rep = np.full(m, -1, np.int8) if replies is None else replies.astype(np.int8)
                 status = np.zeros(m, np.int8)
                 qmid = np.zeros(m, np.int64)
-                bits, words = (s.key, s.words0) if lay == 0 else (s.ordered1, s.words1)
                 self._be.descend(
-                    lo, hi, apar, rep, bits, words, self._cache[lay], self._offsets, status, qmid
+                    layer,
+                    lo,
+                    hi,
+                    apar,
+                    rep,
+                    s.key,
+                    s.words0,
+                    s.ordered1,
+                    s.words1,
+                    self._cache,
+                    self._offsets,
+                    status,
+                    qmid,
                 )
-                found = lo[status == 1]
-                self._flip(found if lay == 0 else s.order1[found])
+                found = status == 1
+                pos = lo[found]
+                in1 = layer[found] == 1
+                pos[in1] = s.order1[pos[in1]]
+                self._flip(pos)
                 keep = status == 0
                 if not keep.any():
                     self._wave = None
                     continue
-                lo, hi, apar, qmid = lo[keep], hi[keep], apar[keep], qmid[keep]
-                self._wave = (lay, lo, hi, apar)
-                return self._query(np.full(lo.size, lay), np.zeros(lo.size), lo, qmid)
+                layer, lo, hi, apar, qmid = layer[keep], lo[keep], hi[keep], apar[keep], qmid[keep]
+                self._wave = (0, layer, lo, hi, apar)
+                return self._query(layer, np.zeros(lo.size), lo, qmid)
             query = self._advance_halves(lay, replies)
             if query is not None:
                 return query

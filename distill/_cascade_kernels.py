@@ -99,10 +99,10 @@ def _masked_parity(
     """Parity of the key bits in ``[lo, hi)`` that belong to ``half`` of ``layer``."""
     p = np.uint64(0)
     for w in range(lo // 64, (hi + 63) // 64):
-        m = _member_word(seed, layer, w)
+        m = np.uint64(_member_word(seed, layer, w))
         if half == 0:
             m = ~m
-        p ^= packed[w] & m & _range_word_mask(w, lo, hi)
+        p ^= packed[w] & m & np.uint64(_range_word_mask(w, lo, hi))
     return _parity64(p)
 
 
@@ -111,10 +111,10 @@ def _masked_count(seed: np.uint64, layer: int, half: int, lo: int, hi: int) -> i
     """Number of positions of ``half`` of ``layer`` in ``[lo, hi)``."""
     c = 0
     for w in range(lo // 64, (hi + 63) // 64):
-        m = _member_word(seed, layer, w)
+        m = np.uint64(_member_word(seed, layer, w))
         if half == 0:
             m = ~m
-        c += _popcount64(m & _range_word_mask(w, lo, hi))
+        c += _popcount64(m & np.uint64(_range_word_mask(w, lo, hi)))
     return c
 
 
@@ -122,10 +122,10 @@ def _masked_count(seed: np.uint64, layer: int, half: int, lo: int, hi: int) -> i
 def _masked_kth(seed: np.uint64, layer: int, half: int, lo: int, hi: int, k: int) -> int:
     """Position of the k-th (0-based) member of ``half`` of ``layer`` in [lo, hi); -1 if none."""
     for w in range(lo // 64, (hi + 63) // 64):
-        m = _member_word(seed, layer, w)
+        m = np.uint64(_member_word(seed, layer, w))
         if half == 0:
             m = ~m
-        m &= _range_word_mask(w, lo, hi)
+        m &= np.uint64(_range_word_mask(w, lo, hi))
         c = _popcount64(m)
         if k < c:
             for j in range(64):
@@ -140,7 +140,7 @@ def _masked_kth(seed: np.uint64, layer: int, half: int, lo: int, hi: int, k: int
 @njit(cache=True, nogil=True)
 def _is_member(seed: np.uint64, layer: int, i: int) -> int:
     """1 if position ``i`` is in half 1 of random-halves ``layer``, else 0."""
-    return int((_member_word(seed, layer, i // 64) >> np.uint64(i % 64)) & _ONE)
+    return int((np.uint64(_member_word(seed, layer, i // 64)) >> np.uint64(i % 64)) & _ONE)
 
 
 @njit(cache=True, nogil=True)
@@ -213,28 +213,33 @@ def _cache_index(offsets: np.ndarray, lo: int, hi: int) -> int:
 
 @njit(cache=True, nogil=True)
 def _descend(
+    layer_arr: np.ndarray,
     lo_arr: np.ndarray,
     hi_arr: np.ndarray,
     apar_arr: np.ndarray,
     reply: np.ndarray,
-    bits: np.ndarray,
-    words: np.ndarray,
+    bits0: np.ndarray,
+    words0: np.ndarray,
+    bits1: np.ndarray,
+    words1: np.ndarray,
     cache: np.ndarray,
     offsets: np.ndarray,
     status: np.ndarray,
     qmid: np.ndarray,
 ) -> int:
-    """Advance the bisections of one layer (0 or 1) as far as known parities allow.
+    """Advance bisections in pass 1 and 2 (``layer`` 0 or 1) as far as known parities allow.
 
     Each node ``[lo, hi)`` holds an odd number of errors; ``apar`` is Alice's
     parity of it. ``reply[t]`` >= 0 is Alice's parity of the left half just
     received. The node moves into the half with the error, using Alice's cached
-    parities where known (a right half's parity is inferred from its parent and
-    the left half, never asked). ``status[t]``: 1 = error at ``lo`` (a leaf),
-    0 = needs Alice's parity of ``[lo, qmid[t])``. Returns the number of queries.
+    parities (``cache[layer]``) where known (a right half's parity is inferred
+    from its parent and the left half, never asked). ``status[t]``: 1 = error at
+    ``lo`` (a leaf), 0 = needs Alice's parity of ``[lo, qmid[t])``. Returns the
+    number of queries.
     """
     queries = 0
     for t in range(lo_arr.size):
+        lay = layer_arr[t]
         lo, hi, ap = lo_arr[t], hi_arr[t], apar_arr[t]
         pending = reply[t]
         while True:
@@ -244,23 +249,26 @@ def _descend(
             mid = lo + ((1 << _ceil_log2(hi - lo)) >> 1)
             ci = _cache_index(offsets, lo, mid)
             if pending >= 0:
-                cache[ci] = pending
+                cache[lay, ci] = pending
                 apl = pending
                 pending = -1
             else:
-                apl = cache[ci]
+                apl = cache[lay, ci]
             if apl < 0:
                 status[t] = 0
                 qmid[t] = mid
                 queries += 1
                 break
-            bpl = _xor_range(bits, words, lo, mid)
+            if lay == 0:
+                bpl = _xor_range(bits0, words0, lo, mid)
+            else:
+                bpl = _xor_range(bits1, words1, lo, mid)
             if bpl != apl:
                 hi = mid
                 ap = apl
             else:
                 ap = ap ^ apl
-                cache[_cache_index(offsets, mid, hi)] = ap
+                cache[lay, _cache_index(offsets, mid, hi)] = ap
                 lo = mid
         lo_arr[t], hi_arr[t], apar_arr[t] = lo, hi, ap
     return queries
@@ -306,6 +314,16 @@ KERNELS = (
 )
 
 
+def _wrapping(fn: Any) -> Any:
+    """``fn`` with numpy's overflow warnings off: uint64 arithmetic wraps, as in the kernels."""
+
+    def call(*args: Any) -> Any:
+        with np.errstate(over="ignore"):
+            return fn(*args)
+
+    return call
+
+
 class Backend:
     """The kernels of one implementation: ``"numba"`` (compiled) or ``"python"``.
 
@@ -320,7 +338,7 @@ class Backend:
         g = globals()
         for k in KERNELS:
             fn = g[k]
-            setattr(self, k.lstrip("_"), fn if name == "numba" else fn.py_func)
+            setattr(self, k.lstrip("_"), fn if name == "numba" else _wrapping(fn.py_func))
 
     feistel_order: Any
     masked_parity: Any

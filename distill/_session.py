@@ -19,6 +19,7 @@ further messages.
 from __future__ import annotations
 
 import secrets
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,8 +67,21 @@ class FrameInfo:
 
 
 def hash_collision_bound(n_bits: int) -> float:
-    """Collision probability of the verification hash on ``n_bits``-bit keys: ``(L + 1) / 2^64``."""
-    return (-(-n_bits // 64) + 1) / 2.0**64
+    """Collision probability of the verification tag of ``n_bits``-bit keys: ``(L + 1) / 2^64``.
+
+    ``L`` counts the 64-bit words hashed: the key and the two bound fields.
+    """
+    return (-(-(n_bits + 128) // 64) + 1) / 2.0**64
+
+
+def verification_tag(key: np.ndarray, hash_key: int, leak_ec: int, pa_seed: int) -> int:
+    """64-bit tag binding the reconciled key, the leak count and the amplification seed.
+
+    Binding the seed and the leak means a change to either in transit makes the
+    two sides' tags differ, so both discard instead of amplifying differently.
+    """
+    data = np.packbits(np.asarray(key, np.uint8)).tobytes() + struct.pack("<QQ", leak_ec, pa_seed)
+    return poly_hash64(data, hash_key)
 
 
 class _Frame:
@@ -172,7 +186,8 @@ class AliceFrame(_Frame):
                 return self._seal(reply)
             hash_key = self._random_bits(64)
             self._pa_seed = self._random_bits(64)
-            self._tag = poly_hash64(self.cascade.key, hash_key)
+            leak = self.cascade.leak_bits
+            self._tag = verification_tag(self.cascade.key, hash_key, leak, self._pa_seed)
             return self._seal(
                 VerifyTag(
                     self.info.frame_id, hash_key, self._tag, self.cascade.leak_bits, self._pa_seed
@@ -228,7 +243,7 @@ class BobFrame(_Frame):
             if msg.frame_id != self.info.frame_id:
                 raise ProtocolError(f"VerifyTag for frame {msg.frame_id}")
             corrected = self.cascade.corrected
-            mine = poly_hash64(corrected, msg.hash_key)
+            mine = verification_tag(corrected, msg.hash_key, msg.leak_ec, msg.pa_seed)
             ok = mine == msg.tag and msg.leak_ec == self.cascade.leak_bits
             out = self._seal(VerifyResult(self.info.frame_id, mine, ok))
             if ok:
