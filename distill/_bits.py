@@ -67,6 +67,31 @@ def _poly_hash(words: np.ndarray, key: np.uint64, n_bits: np.uint64) -> np.uint6
     return _gf64_mul(h ^ n_bits, key)
 
 
+@njit(cache=True, nogil=True)
+def _poly_update(h: np.uint64, words: np.ndarray, key: np.uint64) -> np.uint64:
+    """Continue a Horner evaluation with more 64-bit words (for hashing a transcript)."""
+    for i in range(words.size):
+        h = _gf64_mul(h ^ words[i], key)
+    return h
+
+
+def bytes_to_words(data: bytes) -> np.ndarray:
+    """Little-endian 64-bit words of ``data``, zero padded to a multiple of 8 bytes."""
+    pad = bytes(data) + b"\0" * (-len(data) % 8)
+    return np.frombuffer(pad, dtype="<u8").astype(np.uint64)
+
+
+def gf64_mul(a: int, b: int) -> int:
+    """Product in GF(2^64) (the field of :func:`poly_hash64`)."""
+    return int(_gf64_mul(np.uint64(a), np.uint64(b)))
+
+
+def poly_update(h: int, data: bytes, key: int) -> int:
+    """Absorb ``len(data)`` (one word) then ``data``'s words into the Horner state ``h``."""
+    words = np.concatenate([np.array([len(data)], np.uint64), bytes_to_words(data)])
+    return int(_poly_update(np.uint64(h), words, np.uint64(key)))
+
+
 def pack_bits(bits: np.ndarray) -> np.ndarray:
     """0/1 uint8 bits -> little-endian uint64 words (bit j of word w is ``bits[64 w + j]``)."""
     b = np.asarray(bits, dtype=np.uint8)

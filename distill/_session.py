@@ -90,6 +90,7 @@ class _Frame:
     def __init__(self, key: np.ndarray, info: FrameInfo, auth: Authenticator | None) -> None:
         self.info = info
         self.auth: Authenticator = auth if auth is not None else ChannelAuth()
+        self.auth.begin()
         self._auth_start = self.auth.consumed_bits
         self.state = "running"
         self.reason = ""
@@ -101,17 +102,21 @@ class _Frame:
                 f"probability {hash_collision_bound(self.n):.2g} for {self.n}-bit frames"
             )
 
+    def _expect_final(self) -> bool:
+        return False
+
     def _open(self, data: bytes) -> Message:
         if self.state != "running":
             raise ProtocolError(f"frame {self.info.frame_id} is {self.state}: message refused")
         try:
-            return decode(self.auth.open(data))
+            return decode(self.auth.open(data, final=self._expect_final()))
         except ProtocolError as e:
             self._discard(str(e))
             raise
 
     def _seal(self, msg: Message) -> bytes:
-        return self.auth.seal(encode(msg))
+        final = isinstance(msg, VerifyTag | VerifyResult)
+        return self.auth.seal(encode(msg), final=final)
 
     def _discard(self, reason: str) -> None:
         self.state = "discarded"
@@ -170,6 +175,9 @@ class AliceFrame(_Frame):
         self._tag: int | None = None
         self._pa_seed = 0
 
+    def _expect_final(self) -> bool:
+        return self._tag is not None
+
     def receive(self, data: bytes) -> bytes | None:
         """A message from Bob -> the bytes to answer with (``None`` when the frame is over)."""
         msg = self._open(data)
@@ -226,6 +234,9 @@ class BobFrame(_Frame):
     def start(self) -> bytes:
         """The first message of the frame."""
         return self._seal(self.cascade.start())
+
+    def _expect_final(self) -> bool:
+        return self.cascade.done
 
     def receive(self, data: bytes) -> bytes | None:
         """A message from Alice -> the bytes to answer with."""

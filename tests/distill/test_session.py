@@ -124,36 +124,36 @@ def test_keys_that_reconcile_wrongly_are_discarded_not_delivered():
     assert discarded > 0  # the scenario did produce wrong reconciliations
 
 
-def test_wegman_carter_delivers_and_refuses_any_tampered_message():
-    a, b = correlated_keys(1 << 17, 0.02, np.random.default_rng(4))
+@pytest.mark.parametrize("per_message", [False, True])
+def test_wegman_carter_delivers_and_refuses_any_tampered_message(per_message):
+    # a tag per message costs 64 bits a message: it needs a larger frame to leave key
+    a, b = correlated_keys(1 << (18 if per_message else 17), 0.02, np.random.default_rng(4))
     secret = np.random.default_rng(0).bytes(8 * 4096)
-    pa, pb = KeyPool(secret), KeyPool(secret)
     cfg = FiniteKeyConfig(q_tol=0.04)
-    alice, bob = run_frame(
-        a,
-        b,
-        qber=0.02,
-        n_test=20_000,
-        config=cfg,
-        auth=(WegmanCarterAuth(pa), WegmanCarterAuth(pb)),
-    )
+
+    def pair():
+        pa, pb = KeyPool(secret), KeyPool(secret)
+        wc = (WegmanCarterAuth(pa, per_message=per_message),)
+        return pa, pb, wc[0], WegmanCarterAuth(pb, per_message=per_message)
+
+    pa, pb, wa, wb = pair()
+    alice, bob = run_frame(a, b, qber=0.02, n_test=20_000, config=cfg, auth=(wa, wb))
     assert alice.state == bob.state == "delivered"
     assert alice.block.key == bob.block.key
     used = alice.block.leak.authentication
-    assert used > 0 and pa.available_bits == pb.available_bits  # refilled alike
-    # now flip one payload byte of message 3: refused as unauthenticated, nothing delivered
-    pa, pb = KeyPool(secret), KeyPool(secret)
-    wa, wb = WegmanCarterAuth(pa), WegmanCarterAuth(pb)
+    assert used == bob.block.leak.authentication > 0
+    if not per_message:
+        assert used == 2 * 64  # one transcript tag each way (the hash key is per link)
+    assert pa.available_bits == pb.available_bits  # both pools refilled alike
 
     def tamper(direction, i, data):
-        if i == 3:
-            data = bytearray(data)
-            data[5] ^= 0x10
-            return bytes(data)
+        if direction == "a->b" and i == 3:  # a parity reply: flip its last byte
+            return data[:-1] + bytes([data[-1] ^ 0x01])
         return data
 
+    pa, pb, wa, wb = pair()
     alice, bob = run_frame(a, b, qber=0.02, n_test=20_000, config=cfg, auth=(wa, wb), tamper=tamper)
     assert alice.block is None and bob.block is None
     assert "tag does not verify" in (alice.reason + bob.reason)
     with pytest.raises(AuthenticationError):
-        WegmanCarterAuth(KeyPool(secret)).open(b"short")
+        WegmanCarterAuth(KeyPool(secret), per_message=True).open(b"short")
