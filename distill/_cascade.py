@@ -67,22 +67,27 @@ class CascadeParams:
             raise ProtocolError(f"{where}: frame of {n} bits outside 2..2^24")
 
 
-def choose_params(qber: float, n: int) -> CascadeParams:
+def choose_params(qber: float, n: int, prefer: str = "leak") -> CascadeParams:
     """Block sizes for an expected ``qber`` (tuned on simulated frames, see docs/DISTILL.md).
 
-    ``k1 = 2^floor(log2(1.6 / qber))``, ``k2 = 4 k1`` (both capped at n/2), 16 passes.
+    ``k1 = 2^floor(log2(c / qber))``, ``k2 = 4 k1`` (both capped at n/2), 16 passes;
+    ``c = 1.6`` with ``prefer="leak"`` (smallest leak, hundreds of rounds) or
+    ``c = 1.0`` with ``prefer="rounds"`` (about 5x fewer round trips for a few %
+    more leak: for long-latency links).
     """
+    if prefer not in _K1_SCALES:
+        raise DistillInputError(f"prefer must be 'leak' or 'rounds', got {prefer!r}")
     if not (0.0 < qber < 0.5):
         raise DistillInputError(f"expected qber must be in (0, 0.5), got {qber}")
     if n < 4:
         raise DistillInputError(f"frame must have at least 4 bits, got {n}")
     cap = 1 << max(1, (n // 2).bit_length() - 1)
-    k1 = min(cap, 1 << max(1, math.floor(math.log2(_K1_SCALE / qber))))
+    k1 = min(cap, 1 << max(1, math.floor(math.log2(_K1_SCALES[prefer] / qber))))
     k2 = min(cap, k1 * _K2_FACTOR)
     return CascadeParams(k1=k1, k2=k2, passes=_PASSES)
 
 
-_K1_SCALE = 1.6
+_K1_SCALES = {"leak": 1.6, "rounds": 1.0}
 _K2_FACTOR = 4
 _PASSES = 16
 
@@ -228,6 +233,7 @@ class CascadeBob:
         seed: int,
         qber: float | None = None,
         params: CascadeParams | None = None,
+        prefer: str = "leak",
         backend_name: str = "numba",
     ) -> None:
         self.key = _check_key(key, "CascadeBob")
@@ -235,7 +241,7 @@ class CascadeBob:
         if params is None:
             if qber is None:
                 raise DistillInputError("CascadeBob needs an expected qber or explicit params")
-            params = choose_params(qber, n)
+            params = choose_params(qber, n, prefer)
         try:
             params.check(n, "CascadeBob")
         except ProtocolError as e:
@@ -521,6 +527,7 @@ def reconcile(
     frame_id: int = 0,
     seed: int = 1,
     params: CascadeParams | None = None,
+    prefer: str = "leak",
     backend_name: str = "numba",
 ) -> tuple[np.ndarray, CascadeAlice, CascadeBob]:
     """Run both sides in-process (messages passed directly): Bob's corrected key and both sides.
@@ -529,8 +536,15 @@ def reconcile(
     """
     alice = CascadeAlice(alice_key, frame_id=frame_id, backend_name=backend_name)
     bob = CascadeBob(
-        bob_key, frame_id=frame_id, seed=seed, qber=qber, params=params, backend_name=backend_name
+        bob_key,
+        frame_id=frame_id,
+        seed=seed,
+        qber=qber,
+        params=params,
+        prefer=prefer,
+        backend_name=backend_name,
     )
+
     msg: EcStart | ParityQuery | EcDone = bob.start()
     while True:
         reply = alice.handle(msg)

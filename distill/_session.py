@@ -223,12 +223,19 @@ class BobFrame(_Frame):
         seed: int,
         auth: Authenticator | None = None,
         params: CascadeParams | None = None,
+        prefer: str = "leak",
         backend_name: str = "numba",
     ) -> None:
         super().__init__(key, info, auth)
         q = min(max(info.qber, 1e-3), 0.25)
         self.cascade = CascadeBob(
-            key, frame_id=info.frame_id, seed=seed, qber=q, params=params, backend_name=backend_name
+            key,
+            frame_id=info.frame_id,
+            seed=seed,
+            qber=q,
+            params=params,
+            prefer=prefer,
+            backend_name=backend_name,
         )
 
     def start(self) -> bytes:
