@@ -194,19 +194,18 @@ class CascadeAlice:
     def _answer(self, q: ParityQuery) -> ParityReply:
         side = self._side
         assert side is not None
-        m = np.asarray(q.layer).size
-        layer = np.asarray(q.layer, np.int64)
-        half = np.asarray(q.half, np.int64)
-        lo = np.asarray(q.lo, np.int64)
-        hi = np.asarray(q.hi, np.int64)
+        layer, half = np.asarray(q.layer), np.asarray(q.half)
+        lo, hi = np.asarray(q.lo), np.asarray(q.hi)
+        m = layer.size
         if not (half.size == lo.size == hi.size == m) or m == 0:
             raise ProtocolError(f"ParityQuery {q.seq}: field lengths differ or no node")
         if m > side.n:
             raise ProtocolError(f"ParityQuery {q.seq}: {m} nodes for a frame of {side.n} bits")
-        bad = (layer >= side.params.passes) | (half > 1) | ((layer < 2) & (half != 0))
-        bad |= (lo < 0) | (hi > side.n) | (lo >= hi)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
+        for name, a in (("layer", layer), ("half", half), ("lo", lo), ("hi", hi)):
+            if a.dtype.kind not in "iu":
+                raise ProtocolError(f"ParityQuery {q.seq}: {name} must be integers")
+        i = side.be.check_nodes(layer, half, lo, hi, side.params.passes, side.n)
+        if i >= 0:
             raise ProtocolError(
                 f"ParityQuery {q.seq}: node {i} (layer {layer[i]}, half {half[i]}, "
                 f"[{lo[i]}, {hi[i]})) is outside the frame's {side.params.passes} passes "
@@ -260,6 +259,9 @@ class CascadeBob:
         self._pending: int = 0
         self._mask_cache: dict[tuple[int, int, int, int], int] = {}
         self._inverse1: np.ndarray | None = None
+        # blocks of pass 1 / 2 that may have turned odd since the last look
+        self._cand0: list[np.ndarray] = [np.arange(-(-n // params.k1))]
+        self._cand1: list[np.ndarray] = [np.arange(-(-n // params.k2))]
 
     # ------------------------------------------------------------ messages
 
@@ -360,6 +362,8 @@ class CascadeBob:
             self._inverse1 = np.empty(self.n, np.int64)
             self._inverse1[s.order1] = np.arange(self.n, dtype=np.int64)
         inv = self._inverse1
+        self._cand0.append(positions // self.params.k1)
+        self._cand1.append(inv[positions] // self.params.k2)
         self._be.flip(
             positions.astype(np.int64),
             s.key,
@@ -379,11 +383,15 @@ class CascadeBob:
         join the same wave: no error can be found twice, and rounds are saved.
         """
         p, n, s = self.params, self.n, self._side
-        idx0 = np.flatnonzero(self._mism0)
-        idx1 = np.flatnonzero(self._mism1)
+        c0 = np.unique(np.concatenate(self._cand0))
+        c1 = np.unique(np.concatenate(self._cand1))
+        idx0 = c0[self._mism0[c0] != 0]
+        idx1 = c1[self._mism1[c1] != 0]
+        self._cand0, self._cand1 = [], []
         if idx0.size and idx1.size:
             pos = np.minimum(idx1[:, None] * p.k2 + np.arange(p.k2)[None, :], n - 1)
             clash = self._mism0[s.order1[pos] // p.k1].any(axis=1)
+            self._cand1.append(idx1[clash])  # still odd: for a later wave
             idx1 = idx1[~clash]
         if idx0.size or idx1.size:
             lo0 = idx0.astype(np.int64) * p.k1
@@ -436,18 +444,14 @@ class CascadeBob:
                     status,
                     qmid,
                 )
-                found = status == 1
-                pos = lo[found]
-                in1 = layer[found] == 1
-                pos[in1] = s.order1[pos[in1]]
-                self._flip(pos)
-                keep = status == 0
-                if not keep.any():
+                found = np.empty(m, np.int64)
+                kept, nfound = self._be.settle(layer, lo, hi, apar, qmid, status, s.order1, found)
+                self._flip(found[:nfound])
+                if kept == 0:
                     self._wave = None
                     continue
-                layer, lo, hi, apar, qmid = layer[keep], lo[keep], hi[keep], apar[keep], qmid[keep]
-                self._wave = (0, layer, lo, hi, apar)
-                return self._query(layer, np.zeros(lo.size), lo, qmid)
+                self._wave = (0, layer[:kept], lo[:kept], hi[:kept], apar[:kept])
+                return self._query(layer[:kept], np.zeros(kept), lo[:kept], qmid[:kept])
             query = self._advance_halves(lay, replies)
             if query is not None:
                 return query
@@ -509,7 +513,7 @@ class CascadeBob:
             self._seq,
             layer.astype(np.uint8),
             half.astype(np.uint8),
-            lo.astype(np.int64),
+            lo.astype(np.int64),  # copies: the wave's arrays change next round
             hi.astype(np.int64),
         )
 

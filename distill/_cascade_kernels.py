@@ -300,6 +300,48 @@ def _flip(
         mism1[j // k2] ^= 1
 
 
+@njit(cache=True, nogil=True)
+def _settle(
+    layer: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    apar: np.ndarray,
+    qmid: np.ndarray,
+    status: np.ndarray,
+    order1: np.ndarray,
+    found: np.ndarray,
+) -> tuple[int, int]:
+    """Collect the errors ``_descend`` found and compact the nodes still waiting.
+
+    Found errors go to ``found`` as original positions; the nodes waiting for a
+    parity move to the front. Returns the (kept, found) counts.
+    """
+    k = 0
+    f = 0
+    for t in range(status.size):
+        if status[t] == 1:
+            found[f] = order1[lo[t]] if layer[t] == 1 else lo[t]
+            f += 1
+        else:
+            layer[k], lo[k], hi[k], apar[k], qmid[k] = layer[t], lo[t], hi[t], apar[t], qmid[t]
+            k += 1
+    return k, f
+
+
+@njit(cache=True, nogil=True)
+def _check_nodes(
+    layer: np.ndarray, half: np.ndarray, lo: np.ndarray, hi: np.ndarray, passes: int, n: int
+) -> int:
+    """Index of the first node outside the frame's passes, halves or bits; -1 if none."""
+    for q in range(layer.size):
+        lay, h = layer[q], half[q]
+        if lay >= passes or h > 1 or (lay < 2 and h != 0):
+            return q
+        if lo[q] < 0 or hi[q] > n or lo[q] >= hi[q]:
+            return q
+    return -1
+
+
 # ---------------------------------------------------------------- backends
 
 KERNELS = (
@@ -311,6 +353,8 @@ KERNELS = (
     "_node_parities",
     "_descend",
     "_flip",
+    "_settle",
+    "_check_nodes",
 )
 
 
@@ -348,3 +392,5 @@ class Backend:
     node_parities: Any
     descend: Any
     flip: Any
+    settle: Any
+    check_nodes: Any
