@@ -70,10 +70,11 @@ class CascadeParams:
 def choose_params(qber: float, n: int, prefer: str = "leak") -> CascadeParams:
     """Block sizes for an expected ``qber`` (tuned on simulated frames, see docs/DISTILL.md).
 
-    ``k1 = 2^floor(log2(c / qber))``, ``k2 = 4 k1`` (both capped at n/2), 16 passes;
-    ``c = 1.6`` with ``prefer="leak"`` (smallest leak, hundreds of rounds) or
-    ``c = 1.0`` with ``prefer="rounds"`` (about 5x fewer round trips for a few %
-    more leak: for long-latency links).
+    ``k2 = 4 k1`` (both capped at n/2), 16 passes, and ``k1`` by preset:
+    ``prefer="leak"``: ``k1 = 2^round(log2(1.1 / qber))`` (smallest leak in a sweep
+    of k1, k2 over 2^16-bit frames; hundreds of rounds);
+    ``prefer="rounds"``: ``k1 = 2^floor(log2(1.0 / qber))`` (up to ~5x fewer round
+    trips for a few % more leak: for long-latency links).
     """
     if prefer not in _K1_SCALES:
         raise DistillInputError(f"prefer must be 'leak' or 'rounds', got {prefer!r}")
@@ -82,12 +83,13 @@ def choose_params(qber: float, n: int, prefer: str = "leak") -> CascadeParams:
     if n < 4:
         raise DistillInputError(f"frame must have at least 4 bits, got {n}")
     cap = 1 << max(1, (n // 2).bit_length() - 1)
-    k1 = min(cap, 1 << max(1, math.floor(math.log2(_K1_SCALES[prefer] / qber))))
+    x = math.log2(_K1_SCALES[prefer] / qber)
+    k1 = min(cap, 1 << max(1, round(x) if prefer == "leak" else math.floor(x)))
     k2 = min(cap, k1 * _K2_FACTOR)
     return CascadeParams(k1=k1, k2=k2, passes=_PASSES)
 
 
-_K1_SCALES = {"leak": 1.6, "rounds": 1.0}
+_K1_SCALES = {"leak": 1.1, "rounds": 1.0}
 _K2_FACTOR = 4
 _PASSES = 16
 
