@@ -113,6 +113,9 @@ class _Frame:
         except ProtocolError as e:
             self._discard(str(e))
             raise
+        except DistillError as e:  # e.g. the authentication key pool ran out
+            self._discard(str(e))
+            raise ProtocolError(f"frame {self.info.frame_id} discarded: {e}") from None
 
     def _seal(self, msg: Message) -> bytes:
         final = isinstance(msg, VerifyTag | VerifyResult)

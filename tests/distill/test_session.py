@@ -157,3 +157,17 @@ def test_wegman_carter_delivers_and_refuses_any_tampered_message(per_message):
     assert "tag does not verify" in (alice.reason + bob.reason)
     with pytest.raises(AuthenticationError):
         WegmanCarterAuth(KeyPool(secret), per_message=True).open(b"short")
+
+
+def test_an_exhausted_key_pool_discards_the_frame_with_a_clear_reason():
+    a, b = _keys(seed=6)
+    secret = bytes(range(16))  # room for the hash key and one tag only
+    alice, bob = run_frame(
+        a,
+        b,
+        qber=0.03,
+        n_test=2000,
+        auth=(WegmanCarterAuth(KeyPool(secret)), WegmanCarterAuth(KeyPool(secret))),
+    )
+    assert alice.block is None and bob.block is None
+    assert "key pool" in alice.reason + bob.reason
