@@ -213,6 +213,14 @@ class CascadeAlice:
                 f"[{lo[i]}, {hi[i]})) is outside the frame's {side.params.passes} passes "
                 f"and {side.n} bits"
             )
+        wide = layer >= 2
+        if wide.any() and int((hi[wide] - lo[wide]).sum()) > 2 * side.n:
+            raise ProtocolError(
+                f"ParityQuery {q.seq}: random-halves nodes span more than twice the frame "
+                "(an honest Bob never asks that much in one round)"
+            )
+        if self.rounds >= CascadeBob.MAX_ROUNDS:
+            raise ProtocolError(f"frame {self.frame_id}: more than {CascadeBob.MAX_ROUNDS} rounds")
         out = np.empty(m, np.uint8)
         side.be.node_parities(self._prefix, side.packed, side.seed, layer, half, lo, hi, out)
         self.leak_bits += m

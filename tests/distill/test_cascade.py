@@ -103,6 +103,16 @@ def test_alice_refuses_queries_outside_the_frame():
     )
     with pytest.raises(ProtocolError, match="seq 7, expected 1"):
         alice.handle(wrong_seq)
+    costly = ParityQuery(
+        1,
+        1,
+        np.full(64, 3, np.uint8),
+        np.zeros(64, np.uint8),
+        np.zeros(64, np.int64),
+        np.full(64, 1024, np.int64),
+    )
+    with pytest.raises(ProtocolError, match="more than twice the frame"):
+        alice.handle(costly)
 
 
 def test_bad_local_parameters_are_named():
