@@ -19,6 +19,14 @@ def run(
     check: Annotated[
         bool, typer.Option("--check", help="validate the config and exit (0 valid, 2 invalid)")
     ] = False,
+    arm: Annotated[
+        bool,
+        typer.Option(
+            "--arm",
+            help="ramp the instruments to daemon.operating_state at start (refused while an "
+            "interlock is tripped); without it they keep their state, e.g. the last safe state",
+        ),
+    ] = False,
 ) -> None:
     """Run the daemon of one node: instruments, acquisition, interlocks, telemetry, commands.
 
@@ -62,7 +70,7 @@ def run(
 
     async def main() -> int:
         try:
-            daemon = Daemon(cfg, broker=override)
+            daemon = Daemon(cfg, broker=override, arm=arm)
         except (ConfigError, ValueError) as exc:
             typer.echo(f"qnet run: bad config:\n{exc}", err=True)
             return 2
