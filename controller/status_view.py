@@ -56,7 +56,8 @@ def capture_line(capture: dict[str, Any] | None, width: int = 20) -> str:
 
 
 def render(status: dict[str, Any], title: str = "") -> Any:
-    """A rich renderable of one ``daemon.status`` snapshot."""
+    """A rich renderable of one ``daemon.status`` snapshot, compact enough for 80 x 24."""
+    from rich import box
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -64,30 +65,24 @@ def render(status: dict[str, Any], title: str = "") -> Any:
 
     hist = status.get("history") or []
     last = status.get("last_window") or {}
-    head = Table.grid(padding=(0, 2))
-    head.add_row(
-        f"node [bold]{status.get('node')}[/bold]",
-        f"link {status.get('link')}",
-        f"acquisition {status.get('acquisition')}",
-        f"windows {status.get('windows')}",
-        f"uptime {status.get('uptime_s', 0):.0f} s",
-    )
-    key = "[red]PAUSED[/red]" if status.get("key_paused") else "[green]running[/green]"
     cal = status.get("calibration") or {}
     comp = status.get("compensation") or {}
-    head.add_row(
-        f"key {key}",
-        f"calibration {cal.get('state')}",
-        f"compensation {comp.get('state')}"
-        + (f" (QBER {_pct(comp.get('qber'))})" if comp.get("qber") is not None else ""),
-        "",
-        "",
+    head = Text()
+    head.append(f"node {status.get('node')}", style="bold")
+    head.append(
+        f"  link {status.get('link')}  acquisition {status.get('acquisition')}"
+        f"  windows {status.get('windows')}  up {status.get('uptime_s', 0):.0f} s\n"
     )
+    head.append("key ")
+    head.append(*(("PAUSED", "red") if status.get("key_paused") else ("running", "green")))
+    head.append(f"  calibration {cal.get('state')}  compensation {comp.get('state')}")
+    if comp.get("qber") is not None:
+        head.append(f" (mean QBER {_pct(comp.get('qber'))})")
     cap = capture_line(status.get("capture"))
-    rates = Table(title="link", expand=True)
-    rates.add_column("quantity", no_wrap=True)
-    rates.add_column("now")
-    rates.add_column("history (last 32 windows)", no_wrap=True, min_width=32)
+    rates = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1))
+    rates.add_column("link", no_wrap=True)
+    rates.add_column("now", no_wrap=True)
+    rates.add_column("last 32 windows", no_wrap=True, min_width=32)
     qbers = [h.get("qber") for h in hist]
     rows = [
         ("QBER (worse basis)", _pct(last.get("qber")), qbers),
@@ -107,20 +102,36 @@ def render(status: dict[str, Any], title: str = "") -> Any:
     for name, now, series in rows:
         rates.add_row(name, now, Text(sparkline(series, 32), style="cyan"))
     singles = last.get("singles_rate_hz") or []
-    rates.add_row("singles", ", ".join(_fmt_rate(s).strip() for s in singles) + " Hz", "")
-    dev = Table(title="devices", expand=True)
-    dev.add_column("device")
-    dev.add_column("state")
-    for name, state in (status.get("devices") or {}).items():
-        style = "green" if state == "ready" else "red" if state == "faulted" else "yellow"
-        dev.add_row(name, f"[{style}]{state}[/{style}]")
+    lines = [head]
+    if cap:
+        lines.append(Text(cap, style="yellow"))
+    lines.append(rates)
+    if singles:
+        kcps = " ".join(f"{s / 1e3:.0f}" for s in singles)
+        lines.append(Text(f"singles per channel [kcps]: {kcps}", overflow="ellipsis", no_wrap=True))
+    devices = status.get("devices") or {}
+    ready = [n for n, st in devices.items() if st == "ready"]
+    dev = Text(f"devices: {len(ready)} ready")
+    for name, state in devices.items():
+        if state != "ready":
+            dev.append(f"; {name} {state}", style="red" if state == "faulted" else "yellow")
+    lines.append(dev)
     active = status.get("interlocks_active") or []
-    ev = Table(title="interlocks: " + (", ".join(active) if active else "none active"), expand=True)
-    ev.add_column("time")
-    ev.add_column("event", overflow="fold")
-    for e in (status.get("events") or [])[-8:]:
+    lines.append(
+        Text(
+            "interlocks: " + (", ".join(active) + " TRIPPED" if active else "none active"),
+            style="red" if active else "",
+        )
+    )
+    for e in (status.get("events") or [])[-5:]:
         t = time.strftime("%H:%M:%S", time.localtime(e.get("time_s", 0)))
         style = "red" if e.get("kind") == "interlock" else ""
-        ev.add_row(t, Text(f"{e.get('kind')}: {e.get('text')}", style=style))
-    parts = [head, Text(cap, style="yellow")] if cap else [head]
-    return Panel(Group(*parts, rates, dev, ev), title=title or "qnet status")
+        lines.append(
+            Text(
+                f"{t} {e.get('kind')}: {e.get('text')}",
+                style=style,
+                overflow="ellipsis",
+                no_wrap=True,
+            )
+        )
+    return Panel(Group(*lines), title=title or "qnet status")
