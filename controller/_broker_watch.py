@@ -2,9 +2,10 @@
 
 The publisher and the command listener each log every reconnection attempt; with
 the broker down for hours that is a warning every few seconds. :func:`watch_broker`
-logs "unreachable" once (with how it retries) and "back" once, and meanwhile
-:class:`BrokerQuiet` holds back the per-retry lines (``--log-level DEBUG`` is no help
-for them: they are dropped, the outbox depth in telemetry shows the backlog).
+logs "unreachable" once (with how it retries) and "back" once, and while it runs
+:class:`BrokerQuiet` holds back the per-retry warnings (a broker setup error, such as
+a missing password file, is an ERROR and still shows; the outbox depth in the
+telemetry shows the backlog).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ async def watch_broker(
 ) -> None:
     """Log the broker lost / back once each until cancelled (polls ``connected`` every 0.5 s)."""
     down_since: float | None = None
-    await asyncio.sleep(BROKER_GRACE_S)  # the first connection attempt
+    quiet.attach()  # from the start: this watcher reports every change of state itself
     try:
+        await asyncio.sleep(BROKER_GRACE_S)  # the first connection attempt
         while True:
             up = connected()
             if not up and down_since is None:

@@ -296,12 +296,14 @@ class Daemon:
         safe = report["safe_state"]
         failed = [e for e in safe if not e["ok"]]
         log.info(
-            "shut down in %.2f s: safe state %s%s; telemetry %s. The safe state stays in the "
-            "instruments: the next start needs --arm (or operating_state.arm_at_start) for light",
+            "shut down in %.2f s: safe state %s%s; telemetry %s%s",
             report["elapsed_s"],
             ", ".join(_setting_text(e) for e in safe) or "none configured",
             f" ({len(failed)} FAILED)" if failed else "",
             {True: "flushed", False: "left in the outbox", None: "off"}[report["flushed"]],
+            ". The safe state stays in the instruments: start with --arm to run again"
+            if safe
+            else "",
         )
         self.stopped.set()
         return report
@@ -769,6 +771,10 @@ class Daemon:
         """
         d = self.cfg.daemon
         await self.supervisor.wait_ready(START_UP_WAIT_S)
+        for _ in range(20):  # the broker's first answer, up to 2 s, for the start-up line
+            if self.publisher is None or self.publisher.connected:
+                break
+            await asyncio.sleep(0.1)
         if self.arm and d.operating_state.setpoints:
             polls = [ic.poll_interval_s for n, ic in self.cfg.instruments.items() if n in d.monitor]
             await asyncio.sleep(min(2.0, max(polls, default=0.0)) + 0.1)
