@@ -161,10 +161,15 @@ class Stage:
     threshold: str
     ok: bool | None  # None: skipped (no drift in this run)
     why: str = ""  # for a failed stage: what happened and what to try
+    detail: str = ""  # a second line under the figure
 
 
 def verdict(summary: dict[str, Any]) -> list[Stage]:
-    """The stages of a demo run, judged from ``summary`` (see :func:`run_demo`)."""
+    """The stages of a demo run, judged from ``summary`` (see :func:`run_demo`).
+
+    Every QBER is a percentage with two decimals, labelled with its basis or as
+    the mean of the Z and X bases; rates carry their SI prefix.
+    """
     s = summary
     stages: list[Stage] = []
     err = s.get("delay_error_ps")
@@ -173,7 +178,9 @@ def verdict(summary: dict[str, Any]) -> list[Stage]:
     stages.append(
         Stage(
             "delays found",
-            f"worst error {err} ps at {cal_at:.1f} s" if err is not None else "not found",
+            f"worst error {err} ps" + (f" (at {cal_at:.1f} s)" if cal_at is not None else "")
+            if err is not None
+            else "not found",
             f"<= {MAX_DELAY_ERROR_PS} ps",
             cal_ok,
             ""
@@ -185,31 +192,29 @@ def verdict(summary: dict[str, Any]) -> list[Stage]:
     trip = s.get("qber_trip")
     before = s.get("qber_before_drift")
     drift = s.get("drift_at_s") is not None
-    what = "mean of Z and X" if drift else "mean of Z and X, whole run"
     q_ok = before is not None and trip is not None and before < trip
     stages.append(
         Stage(
             "QBER before drift" if drift else "QBER",
-            f"{pct(before)} ({what}; Z {pct(s.get('qber_z_before'))}, "
-            f"X {pct(s.get('qber_x_before'))})",
-            f"< {pct(trip)} (interlock)",
+            f"{pct(before)} mean; Z {pct(s.get('qber_z_before'))}, X {pct(s.get('qber_x_before'))}",
+            f"< {pct(trip)} trip",
             q_ok,
             "" if q_ok else "no window with enough sifted counts, or the link is misaligned",
         )
     )
     if not drift:
         for name in ("interlock tripped", "compensation recovered", "key rate restored"):
-            stages.append(Stage(name, "skipped: no drift in this run", "-", None))
+            stages.append(Stage(name, "skipped: no drift in this run", "", None))
         return stages
     tripped_after = s.get("tripped_after_s")
     t_ok = tripped_after is not None and tripped_after <= TRIP_WITHIN_S
     stages.append(
         Stage(
             "interlock tripped",
-            f"{tripped_after:.1f} s after the drift, reading {pct(s.get('trip_reading'))}"
+            f"{tripped_after:.1f} s after drift, at {pct(s.get('trip_reading'))}"
             if tripped_after is not None
             else "did not trip",
-            f"within {TRIP_WITHIN_S:.0f} s",
+            f"<= {TRIP_WITHIN_S:.0f} s",
             t_ok,
             ""
             if t_ok
@@ -221,10 +226,10 @@ def verdict(summary: dict[str, Any]) -> list[Stage]:
     c_ok = comp.get("state") == "converged"
     took = s.get("compensation_took_s")
     fig = (
-        f"mean QBER {pct(comp.get('qber'))} after {comp.get('evaluations')} points"
-        + (f" in {took:.0f} s" if took is not None else "")
+        f"{pct(comp.get('qber'))} mean, {comp.get('evaluations')} points"
+        + (f", {took:.0f} s" if took is not None else "")
         if comp.get("qber") is not None
-        else f"state {comp.get('state')}"
+        else f"still {comp.get('state')}"
     )
     why = ""
     if not c_ok:
@@ -233,10 +238,10 @@ def verdict(summary: dict[str, Any]) -> list[Stage]:
             f"compensation still {comp.get('state')} when the run ended, {left:.0f} s after "
             f"the drift: it needs 15-30 s on a 2-core machine; try --duration "
             f"{int(max(90, 1.5 * s.get('duration_s', 60)))}"
-            if comp.get("state") in ("running", "idle")
+            if comp.get("state") in ("running", "idle", None)
             else f"compensation {comp.get('state')}: {comp.get('reason') or comp.get('error')}"
         )
-    stages.append(Stage("compensation recovered", fig, f"< {pct(target)} (target)", c_ok, why))
+    stages.append(Stage("compensation recovered", fig, f"< {pct(target)} goal", c_ok, why))
     k_before, k_after = s.get("key_rate_before_bps"), s.get("key_rate_final_bps")
     k_ok = (
         k_before is not None
@@ -247,27 +252,44 @@ def verdict(summary: dict[str, Any]) -> list[Stage]:
     stages.append(
         Stage(
             "key rate restored",
-            f"{rate(k_after, 'bit/s')} (before drift {rate(k_before, 'bit/s')}), "
-            f"final QBER {pct(s.get('final_qber'))} (mean of Z and X)",
-            f">= {100 * KEY_RESTORED_SHARE:.0f} % of before",
+            f"{rate(k_after, 'bit/s')}, before {rate(k_before, 'bit/s')}",
+            f">= {100 * KEY_RESTORED_SHARE:.0f} %",
             k_ok,
             ""
             if k_ok
             else "the key rate did not come back before the end: try a longer --duration",
+            detail=f"final QBER {pct(s.get('final_qber'))} mean",
         )
     )
     return stages
 
 
-def verdict_lines(stages: list[Stage], out: Path) -> list[str]:
-    """The verdict as lines of at most 80 columns (the demo's final screen)."""
+#: Columns of the verdict table: mark, stage, figure, threshold (80 in all).
+_COLS = (7, 23, 37, 13)
+
+
+def verdict_lines(stages: list[Stage], out: Path, headline: str = "") -> list[str]:
+    """The verdict as a table of at most 80 columns (the demo's final screen)."""
+    import textwrap
+
     failed = [st for st in stages if st.ok is False]
     head = "PASS" if not failed else f"FAIL ({len(failed)} of {len(stages)} stages)"
-    lines = ["", f"{head}  qnet demo"]
+    mark_w, name_w, fig_w, need_w = _COLS
+    lines = ["", f"{head}  qnet demo{': ' + headline if headline else ''}"[:WIDTH], ""]
+    lines.append(f"{'':<{mark_w}}{'stage':<{name_w}}{'result':<{fig_w}}{'need':<{need_w}}".rstrip())
     for st in stages:
-        mark = {True: "ok  ", False: "FAIL", None: "skip"}[st.ok]
-        need = f" (need {st.threshold})" if st.ok is not None else ""
-        lines += _wrap(f"  {mark}  {st.name}: {st.figure}{need}", indent=" " * 8)
+        mark = {True: "  ok", False: "  FAIL", None: "  -"}[st.ok]
+        figs = textwrap.wrap(st.figure, fig_w - 1) or [""]
+        figs += textwrap.wrap(st.detail, fig_w - 1)
+        for k, fig in enumerate(figs):
+            row = (
+                f"{mark if k == 0 else '':<{mark_w}}{st.name if k == 0 else '':<{name_w}}"
+                f"{fig:<{fig_w}}{st.threshold if k == 0 else ''}"
+            )
+            lines.append(row.rstrip()[:WIDTH])
+    lines.append("")
+    lines.append("  mean: of the Z and X bases' QBER; trip: the QBER interlock's threshold;")
+    lines.append("  goal: the compensation's target")
     for st in failed:
         lines += _wrap(f"  why ({st.name}): {st.why}", indent=" " * 8)
     lines += _wrap(f"  run folder: {out}", indent=" " * 8)
@@ -287,7 +309,8 @@ def _wrap(text: str, indent: str) -> list[str]:
 def _setup_logging(out: Path) -> logging.Handler:
     """Everything (INFO and up) to ``daemon.log`` in the run folder; the screen stays clean.
 
-    Third-party loggers (amqtt and its plugins) go to the file at WARNING only.
+    The embedded broker (amqtt) logs errors only: its notices about options the
+    demo does not use (``password-file``, ``sys_interval``) are not the operator's.
     """
     handler = logging.FileHandler(out / "daemon.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -296,7 +319,8 @@ def _setup_logging(out: Path) -> logging.Handler:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    for name in ("amqtt", "transitions", "asyncio"):
+    logging.getLogger("amqtt").setLevel(logging.ERROR)  # its config notices are not ours
+    for name in ("transitions", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return handler
 
@@ -605,7 +629,9 @@ def demo(
         run_demo(duration, drift_at, addr, runs, live, echo=typer.echo)
     )
     stages = [Stage(**st) for st in summary["verdict"]["stages"]]
-    for line in verdict_lines(stages, out):
+    drift = summary.get("drift_at_s")
+    headline = f"{duration:g} s run" + (f", drift at {drift:.1f} s" if drift is not None else "")
+    for line in verdict_lines(stages, out, headline):
         typer.secho(line, bold=line.startswith(("PASS", "FAIL")))
     if code:
         raise typer.Exit(code)

@@ -15,7 +15,7 @@ def _summary(**over):
         "qber_trip": 0.06,
         "qber_z_before": 0.0121,
         "qber_x_before": 0.0122,
-        "qber_before_drift": 0.01215,
+        "qber_before_drift": 0.0122,
         "drift_at_s": 21.2,
         "tripped_after_s": 2.5,
         "trip_reading": 0.3395,
@@ -43,9 +43,10 @@ def test_a_good_run_passes_every_stage_with_figures_for_people(tmp_path):
     lines = verdict_lines(stages, tmp_path / "runs" / "20261204T165414Z")
     text = "\n".join(lines)
     assert lines[1].startswith("PASS")
-    assert "1.21 % (mean of Z and X; Z 1.21 %, X 1.22 %)" in text  # % with 2 decimals, labelled
+    assert "1.22 % mean; Z 1.21 %, X 1.22 %" in text  # % with 2 decimals, labelled
+    assert "< 6.00 % trip" in text and "< 2.00 % goal" in text
     assert "12.28 kbit/s" in text and "13.98 kbit/s" in text
-    assert "2.5 s after the drift" in text
+    assert "2.5 s after drift, at 33.95 %" in text
     assert all(len(line) <= WIDTH for line in lines)
 
 
