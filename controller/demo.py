@@ -31,6 +31,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -306,7 +307,7 @@ def _wrap(text: str, indent: str) -> list[str]:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def _setup_logging(out: Path) -> logging.Handler:
+def _setup_logging(out: Path) -> Callable[[], None]:
     """Everything (INFO and up) to ``daemon.log`` in the run folder; the screen stays clean.
 
     The embedded broker (amqtt) logs errors only: its notices about options the
@@ -315,14 +316,23 @@ def _setup_logging(out: Path) -> logging.Handler:
     handler = logging.FileHandler(out / "daemon.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    for h in list(root.handlers):
+    saved = (list(root.handlers), root.level)
+    for h in saved[0]:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.getLogger("amqtt").setLevel(logging.ERROR)  # its config notices are not ours
     for name in ("transitions", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return handler
+
+    def restore() -> None:
+        root.removeHandler(handler)
+        handler.close()
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+
+    return restore
 
 
 async def run_demo(
@@ -335,8 +345,29 @@ async def run_demo(
 ) -> tuple[int, Path, dict[str, Any]]:
     """Run the demo (see the module docstring); returns (exit code, run folder, summary).
 
-    ``echo(line)`` prints a line (default: nothing, e.g. in tests).
+    ``echo(text, nl=True)`` prints (``typer.echo``; default: nothing, e.g. in tests).
+    While it runs, every log record goes to ``daemon.log`` in the run folder only.
     """
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = runs_dir / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    restore_logging = _setup_logging(out)
+    try:
+        return await _run(duration_s, drift_at_s, broker, out, stamp, live, echo)
+    finally:
+        restore_logging()
+
+
+async def _run(
+    duration_s: float,
+    drift_at_s: float | None,
+    broker: tuple[str, int] | None,
+    out: Path,
+    stamp: str,
+    live: bool,
+    echo: Any,
+) -> tuple[int, Path, dict[str, Any]]:
+    """The run itself (see :func:`run_demo`), with the logging already in the run folder."""
     from rich.console import Console
     from rich.live import Live
 
@@ -351,17 +382,16 @@ async def run_demo(
     from .simnode import CONFIGS, free_port, make_sim_node
     from .status_view import render
 
-    say = echo or (lambda line: None)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = runs_dir / stamp
-    out.mkdir(parents=True, exist_ok=True)
-    handler = _setup_logging(out)
+    def say(line: str, nl: bool = True) -> None:
+        if echo is not None:
+            echo(line, nl=nl)
+
     amqtt_broker = None
-    say("compiling the analysis kernels (first run only; later runs load them from cache)...")
+    say("analysis kernels: compiling (first run) or loading from cache ...", nl=False)
     warm_s = await asyncio.to_thread(
         warm_up, load_daemon_config(CONFIGS / "sim-daemon.yaml"), CONFIGS / "testbed.yaml"
     )
-    say(f"analysis kernels ready in {warm_s:.1f} s; the run's clock starts now")
+    say(f" ready in {warm_s:.0f} s")
     if broker is None:
         port = free_port()
         amqtt_broker = await _start_amqtt(port)
@@ -490,8 +520,6 @@ async def run_demo(
             b_label="Bob H",
         )
         _plots.save(fig, out / "histogram.png")
-    handler.close()
-    logging.getLogger().removeHandler(handler)
     return (0 if summary["verdict"]["pass"] else 1), out, summary
 
 
