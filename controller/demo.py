@@ -646,7 +646,13 @@ def demo(
         raise typer.BadParameter(
             f"the demo needs at least {minimum:.0f} s {what} (calibration, a few windows of "
             f"key, the drift tripping the interlock and the compensation recovering); got "
-            f"{duration:g}",
+            f"{duration:g}"
+            + (
+                f"; without the drift (--drift-at past --duration) "
+                f"{MIN_DURATION_NO_DRIFT_S:.0f} s will do"
+                if drift_on
+                else ""
+            ),
             param_hint="--duration",
         )
     if drift_at is not None and not drift_at >= 0:
