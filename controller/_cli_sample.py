@@ -158,7 +158,10 @@ def sample(
     from controller._plots import histogram_figure, save
 
     pair = f"Alice H (ch {a}) / Bob H (ch {b})"
-    save(histogram_figure(hist.result(), window_ps=window_ps, pair=pair), png)
+    fig = histogram_figure(
+        hist.result(), window_ps=window_ps, pair=pair, a_label="Alice H", b_label="Bob H"
+    )
+    save(fig, png)
     elapsed = time.monotonic() - t0
 
     if as_json:
