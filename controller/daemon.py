@@ -490,10 +490,12 @@ class Daemon:
         try:
             vreq = validate_request(body, self.surfaces, self.cfg.daemon.permissions, role="system")
             result = await self.execute(vreq)
-            self._event("action", f"{source}: {action.as_request()} -> {result!r}"[:500], None)
+            value = result.get("value") if isinstance(result, dict) and len(result) == 1 else None
+            done = "done" if value is None or action.setting is not None else f"-> {value!r}"
+            self._event("action", f"{source}: {_action_text(action)} {done}"[:500], None)
         except Exception as exc:
-            log.error("interlock %s action %s failed: %s", source, action.as_request(), exc)
-            self._event("action", f"{source}: {action.as_request()} failed: {exc}"[:500], None)
+            log.error("interlock %s action %s failed: %s", source, _action_text(action), exc)
+            self._event("action", f"{source}: {_action_text(action)} failed: {exc}"[:500], None)
 
     def _event(self, kind: str, text: str, device: str | None) -> None:
         self.events.append({"time_s": time.time(), "kind": kind, "text": text, "device": device})

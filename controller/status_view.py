@@ -35,6 +35,11 @@ def _fmt_rate(x: float | None) -> str:
     return f"{x:.1f} "
 
 
+def _with_unit(x: float | None, unit: str) -> str:
+    """``35.18 kHz``, or ``-`` (no unit) when unknown."""
+    return "-" if x is None else _fmt_rate(x) + unit
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
 
@@ -90,12 +95,12 @@ def render(status: dict[str, Any], title: str = "") -> Any:
         ("QBER X", _pct(last.get("qber_x")), [h.get("qber_x") for h in hist]),
         (
             "sifted rate",
-            _fmt_rate(last.get("sifted_rate_hz")) + "Hz",
+            _with_unit(last.get("sifted_rate_hz"), "Hz"),
             [h.get("sifted_rate_hz") for h in hist],
         ),
         (
             "secure key rate",
-            _fmt_rate(last.get("secure_rate_bps")) + "bit/s",
+            _with_unit(last.get("secure_rate_bps"), "bit/s"),
             [h.get("secure_rate_bps") for h in hist],
         ),
     ]
