@@ -182,10 +182,10 @@ def qber_keyrate_figure(
             ax.axvline(drift_at_s, color="black", ls="--", lw=1, label="drift imposed")
         ax.set_xlim(0, end)
         ax.grid(alpha=0.3)
-    # above the QBER panel, and mid-right in the others: where no data is drawn
+    # above the QBER panel, and at mid height in the others: where no data is drawn
     aq.legend(loc="lower left", bbox_to_anchor=(0.0, 1.02), fontsize="x-small", ncol=3)
     asf.legend(loc="center right", fontsize="x-small")
-    akey.legend(loc="center right", fontsize="x-small")
+    akey.legend(loc="center left", fontsize="x-small")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
