@@ -30,6 +30,14 @@ def run(
             "(0 valid, 2 invalid)",
         ),
     ] = False,
+    arm: Annotated[
+        bool,
+        typer.Option(
+            "--arm",
+            help="ramp the instruments to daemon.operating_state at start (refused while an "
+            "interlock is tripped); without it they keep their state, e.g. the last safe state",
+        ),
+    ] = False,
 ) -> None:
     """Run the daemon of one node: instruments, acquisition, interlocks, telemetry, commands.
 
@@ -82,7 +90,7 @@ def run(
 
     async def main() -> int:
         try:
-            daemon = Daemon(cfg, broker=override)
+            daemon = Daemon(cfg, broker=override, arm=arm)
         except ConfigError as exc:
             for p in exc.problems:
                 typer.echo(error_line("run", p.what, p.where or str(config)), err=True)

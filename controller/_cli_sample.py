@@ -62,29 +62,6 @@ def _run_dir(out: Path) -> Path:
     return path
 
 
-def _plot_histogram(path: Path, hist: object, title: str, window_ps: int) -> None:
-    """Save a correlation histogram (a HistogramReport) as a PNG, the window shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    centers = hist.bin_centers_ps  # type: ignore[attr-defined]
-    counts = hist.counts  # type: ignore[attr-defined]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.axvspan(-window_ps / 2, window_ps / 2, color="tab:orange", alpha=0.2, label="window")
-    ax.step(centers, counts, where="mid", color="tab:blue")
-    ax.legend(loc="upper right")
-    ax.set_yscale("symlog", linthresh=1)
-    ax.set_xlabel("t_bob - t_alice - delay (ps)")
-    ax.set_ylabel(f"counts per {hist.bin_width_ps} ps bin")  # type: ignore[attr-defined]
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def sample(
     duration_s: Annotated[
         float, typer.Option("--duration-s", help="length of the generated sample, s")
@@ -178,12 +155,13 @@ def sample(
     hist = CorrelationHistogram(a, b, bin_width_ps=20, range_ps=3_000, delay_ps=delays[b])
     hist.process(batch)
     png = run / "coincidence_histogram.png"
-    _plot_histogram(
-        png,
-        hist.result(),
-        f"Alice H (ch {a}) / Bob H (ch {b}) at delay {delays[b]} ps",
-        window_ps,
+    from controller._plots import histogram_figure, save
+
+    pair = f"Alice H (ch {a}) / Bob H (ch {b})"
+    fig = histogram_figure(
+        hist.result(), window_ps=window_ps, pair=pair, a_label="Alice H", b_label="Bob H"
     )
+    save(fig, png)
     elapsed = time.monotonic() - t0
 
     if as_json:

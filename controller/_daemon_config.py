@@ -175,6 +175,27 @@ class TelemetryConfig(_Section):
     )
 
 
+class OperatingState(_Section):
+    """The set-points the node runs at, and when they are applied (arming).
+
+    The safe state (``safe_state``, applied at every stop) stays in the instruments:
+    a laser switched off at the last stop is still off at the next start. Arming
+    applies ``setpoints`` in order, each numeric one ramped from the instrument's
+    present value in ``ramp_steps`` steps ``ramp_step_s`` apart, every step through
+    the drivers' limits like an operator's command; it is refused while an interlock
+    is tripped and stops when one trips. It runs at start only when asked:
+    ``arm_at_start`` here or ``qnet run --arm``.
+    """
+
+    arm_at_start: bool = Field(False, description="apply the set-points at every start")
+    setpoints: list[ActionSpec] = Field(
+        default_factory=list, description="settings to apply, in order (device, setting, value)"
+    )
+    ramp_steps: int = Field(5, ge=1, le=1000, description="steps of a numeric ramp")
+    ramp_step_s: float = Field(0.2, ge=0.0, le=60.0, description="wait between ramp steps, s")
+    settle_s: float = Field(1.0, ge=0.0, le=600.0, description="wait after arming, s")
+
+
 class DaemonSection(_Section):
     """Everything the daemon adds to the node config."""
 
@@ -187,6 +208,7 @@ class DaemonSection(_Section):
     interlocks: dict[str, InterlockRule] = Field(default_factory=dict)
     compensation: CompensationConfig | None = None
     safe_state: list[ActionSpec] = Field(default_factory=list)
+    operating_state: OperatingState = OperatingState()
     telemetry: TelemetryConfig = TelemetryConfig()
     permissions: PermissionsConfig = PermissionsConfig()
     shutdown_timeout_s: float = Field(5.0, gt=0.0, le=60.0)
@@ -210,6 +232,8 @@ class DaemonConfig(NodeConfig):
                 return self._lines[parts]
             parts = parts[:-1]
         return None
+
+    _path: str = PrivateAttr("")  # the file it was loaded from ("" if built in code)
 
     def problems(self) -> list[tuple[str, str]]:
         """Everything the daemon would trip over only when running, as (key path, what).
@@ -270,6 +294,12 @@ class DaemonConfig(NodeConfig):
                     out += self._action_problems(f"{base}.{field}.{k}", a, surfaces, no_instrument)
         if d.compensation is not None:
             out += self._compensation_problems(d.compensation, surfaces, no_instrument)
+        for k, a in enumerate(d.operating_state.setpoints):
+            where = f"daemon.operating_state.setpoints.{k}"
+            if a.setting is None or a.device == DAEMON:
+                out.append((where, "an operating set-point needs device, setting and value"))
+            else:
+                out += self._action_problems(where, a, surfaces, no_instrument)
         for k, a in enumerate(d.safe_state):
             where = f"daemon.safe_state.{k}"
             if a.device == DAEMON:  # applied with the devices only; nothing to undo in the daemon
@@ -348,6 +378,10 @@ class DaemonConfig(NodeConfig):
             if k >= len(names)
         ]
 
+    def path(self) -> str:
+        """The file this config was loaded from (``CONFIG`` when it was built in code)."""
+        return self._path or "CONFIG"
+
     def base_dir(self) -> Path:
         """Folder relative paths in the config resolve against (set by the loader)."""
         return Path(self._base_dir)
@@ -414,6 +448,7 @@ def load_daemon_config(path: str | Path) -> DaemonConfig:
         raise ConfigError(validation_problems(exc, doc, DaemonConfig)) from None
     cfg._base_dir = str(p.parent.resolve())
     cfg._lines = dict(doc.lines)
+    cfg._path = str(p)
     problems = cfg.problems()
     if problems:
         raise ConfigError(

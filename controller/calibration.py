@@ -136,6 +136,38 @@ def find_channel_delays(
     return CalibrationResult(delays, pairs, unresolved)
 
 
+def dark_channels(batch: TagBatch, roles: RoleMap) -> list[str]:
+    """The role channels without a single tag in ``batch``, as ``"3 (Alice A)"``.
+
+    A capture in which whole channels are dark cannot calibrate: the light is off
+    (pump laser off, detector bias at 0) or the channel numbers are wrong.
+    """
+    names = {c: f"Alice {lab}" for lab, c in roles.alice.items()}
+    names.update({c: f"Bob {lab}" for lab, c in roles.bob.items()})
+    counts = np.bincount(batch.channels, minlength=max(names) + 1) if batch.channels.size else None
+    return [
+        f"{c} ({name})"
+        for c, name in sorted(names.items())
+        if counts is None or c >= counts.size or counts[c] == 0
+    ]
+
+
+def no_light_error(batch: TagBatch, roles: RoleMap, hint: str) -> CalibrationError | None:
+    """The calibration error for a capture with dark role channels (None if all see light).
+
+    Names the dark channels, the capture length and ``hint`` (the likely cause and
+    the command that fixes it, from the daemon, which knows the instruments' state).
+    """
+    dark = dark_channels(batch, roles)
+    if not dark:
+        return None
+    n_roles = len(set(roles.alice.values()) | set(roles.bob.values()))
+    which = "every channel is dark" if len(dark) == n_roles else "dark: " + ", ".join(dark)
+    return CalibrationError(
+        f"no light: {which} in {batch.duration_ps * 1e-12:.3g} s of tags. {hint}".strip()
+    )
+
+
 def track_shift(
     batch: TagBatch,
     roles: RoleMap,

@@ -11,8 +11,12 @@
 * records go to the telemetry ``Publisher`` (outbox first, then MQTT);
 * requests on ``qnet/v1/<node>/cmd/<suffix>`` are validated and answered on
   ``qnet/v1/<node>/reply/<suffix>``;
-* calibration (delays at start / on command, drift tracking) and polarization
-  compensation (QBER as the cost) run as tasks.
+* the link's upkeep (:class:`~controller.link_upkeep.LinkUpkeep`: delays at start and
+  on command, drift tracking, polarization compensation) gets callables, not the daemon;
+* at start, one line says what runs; with ``arm`` (``qnet run --arm`` or
+  ``operating_state.arm_at_start``) the instruments are ramped to the operating state
+  (:mod:`controller.operating`) before the calibration; the broker's loss and return
+  are logged once each (:mod:`controller._broker_watch`).
 
 ``stop()`` (SIGTERM / SIGINT in ``qnet run``) brings every instrument to its
 configured safe state, flushes the outbox and closes everything within
@@ -26,19 +30,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from coincidence import DriftTracker
 from drivers import InstrumentError, TagSource
 
+from ._broker_watch import BrokerQuiet, watch_broker
 from ._daemon_config import (
     ConfigError,
     DaemonConfig,
@@ -49,27 +49,20 @@ from ._daemon_config import (
 )
 from ._device_records import device_records
 from .acquisition import Acquisition, Windower, WindowResult, finite_or_none, window_records
-from .calibration import (
-    CalibrationError,
-    find_channel_delays,
-    fit_clock,
-    pin_clock,
-    track_shift,
-)
 from .commands import (
     DAEMON,
     CommandError,
     DeviceSurface,
     ValidRequest,
-    element_settings,
     error_reply,
     ok_reply,
     parse_request,
     validate_request,
 )
-from .compensation import CompensationResult, compensate
 from .interlocks import ActionSpec, InterlockEngine, InterlockEvent
+from .link_upkeep import SHUTTING_DOWN, LinkUpkeep
 from .merge import MergedTagSource
+from .operating import light_hint, start_up_line
 from .status_view import describe_request, describe_value
 from .supervisor import DeviceUnavailable, DeviceWorker, Supervisor
 
@@ -82,8 +75,8 @@ MAX_INFLIGHT = 64
 SAFE_STATE_SHARE = 0.6
 #: Part of ``shutdown_timeout_s`` kept for closing the publisher and the devices, at most 1 s.
 CLOSE_SHARE = 0.2
-#: Why a request is refused once shutdown has begun (reply code ``device_unavailable``).
-SHUTTING_DOWN = "the daemon is shutting down (safe state): nothing new is executed"
+#: How long the start-up line waits for the devices to answer, s.
+START_UP_WAIT_S = 5.0
 
 
 class Daemon:
@@ -96,8 +89,13 @@ class Daemon:
             None and the config asks for one, the daemon loads and owns it.
     """
 
-    def __init__(self, cfg: DaemonConfig, *, broker: Any = None, testbed: Any = None) -> None:
+    def __init__(
+        self, cfg: DaemonConfig, *, broker: Any = None, testbed: Any = None, arm: bool = False
+    ) -> None:
         self.cfg = cfg
+        #: apply ``daemon.operating_state`` at start (``qnet run --arm`` or ``arm_at_start``)
+        self.arm = arm or cfg.daemon.operating_state.arm_at_start
+        self.arming: dict[str, Any] = {"state": "requested" if self.arm else "not requested"}
         self.node = cfg.node
         d = cfg.daemon
         self.roles = d.acquisition.role_map() if d.acquisition is not None else None
@@ -146,8 +144,20 @@ class Daemon:
         self.key_paused = False
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.events: deque[dict[str, Any]] = deque(maxlen=200)
-        self.calibration: dict[str, Any] = {"state": "not run"}
-        self.compensation: dict[str, Any] = {"state": "idle"}
+        self.upkeep: LinkUpkeep | None = None
+        if self.windower is not None and self.roles is not None:
+            self.upkeep = LinkUpkeep(
+                cfg,
+                self.windower,
+                self.roles,
+                self.surfaces,
+                acquisition=lambda: self.acquisition,
+                execute=lambda vreq: self.execute(vreq, quiet=True),
+                device_call=self._device_call,
+                event=self._event,
+                stopping=lambda: self._stopping,
+                light_hint=lambda: light_hint(cfg, self.surfaces, self._device_call),
+            )
         self.acquisition_state = "stopped"
         self.requests_handled = 0
         self.requests_refused = 0
@@ -156,14 +166,9 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._answers: set[asyncio.Task[None]] = set()  # requests being answered
         self._stopping = False  # set first thing in shutdown(): nothing new starts
-        self._comp_task: asyncio.Task[Any] | None = None
-        self._comp_stop = threading.Event()
-        self._cal_lock = asyncio.Lock()
         self._window_waiters: list[asyncio.Future[WindowResult]] = []
         self._started_wall = time.time()
-        self._merger: MergedTagSource | None = None  # two taggers: Bob's clock map lives here
-        self._clock: DriftTracker | None = None
-        self._clock_pin_ps = 0.0  # offset left in the channel delays (see pin_clock)
+        self._broker_quiet = BrokerQuiet()
         self.stopped = asyncio.Event()
 
     # -- lifecycle --
@@ -185,6 +190,15 @@ class Daemon:
         if self.broker is not None:
             self._start_publisher()
             self._tasks.append(asyncio.create_task(self._command_loop(), name="qnet-commands"))
+            watch = watch_broker(
+                self.broker,
+                lambda: self.publisher.connected,
+                lambda: len(self.publisher.outbox),
+                self._event,
+                self._broker_quiet,
+            )
+            self._tasks.append(asyncio.create_task(watch, name="qnet-broker"))
+        self._tasks.append(asyncio.create_task(self._start_up(), name="qnet-start-up"))
         if d.acquisition is None or self.windower is None:
             return
         self.acquisition = Acquisition(
@@ -195,8 +209,6 @@ class Daemon:
             read_timeout_s=d.acquisition.read_timeout_s,
         )
         self.acquisition.start()
-        if d.calibration.at_start:
-            self._tasks.append(asyncio.create_task(self._calibrate_at_start()))
 
     async def run(self) -> None:
         """Start, wait until ``stop()`` is asked, then shut down."""
@@ -226,14 +238,12 @@ class Daemon:
         deadline = t0 + budget
         report: dict[str, Any] = {"safe_state": [], "flushed": None}
         self._stopping = True
-        self._comp_stop.set()
+        upkeep_tasks = self.upkeep.stop() if self.upkeep is not None else []
         if self.acquisition is not None:
             self.acquisition.request_stop()
         for fut in self._window_waiters:
             fut.cancel()
-        cancelled = [*self._tasks, *self._answers]
-        if self._comp_task is not None:
-            cancelled.append(self._comp_task)
+        cancelled = [*self._tasks, *self._answers, *upkeep_tasks]
         for t in cancelled:
             t.cancel()
         await self.supervisor.stop()  # its keepers are cancelled: no poll, no readings
@@ -283,7 +293,19 @@ class Daemon:
         if self._own_testbed and self.testbed is not None:
             self.testbed.stop()
         report["elapsed_s"] = time.monotonic() - t0
-        log.info("shut down in %.2f s", report["elapsed_s"])
+        self._broker_quiet.detach()
+        safe = report["safe_state"]
+        failed = [e for e in safe if not e["ok"]]
+        log.info(
+            "shut down in %.2f s: safe state %s%s; telemetry %s%s",
+            report["elapsed_s"],
+            ", ".join(_setting_text(e) for e in safe) or "none configured",
+            f" ({len(failed)} FAILED)" if failed else "",
+            {True: "flushed", False: "left in the outbox", None: "off"}[report["flushed"]],
+            ". The safe state stays in the instruments: start with --arm to run again"
+            if safe
+            else "",
+        )
         self.stopped.set()
         return report
 
@@ -335,10 +357,8 @@ class Daemon:
         bob = list(self.roles.bob.values())
         if not all(c in second for c in bob):
             log.warning("clock drift not tracked: Bob's channels %s are not all on tagger 2", bob)
-        elif self.cfg.daemon.calibration.clock_drift:
-            self._merger = merged
-            if self._clock is not None:
-                merged.set_clock_map(1, pin_clock(self._clock.fit(), self._clock_pin_ps))
+        elif self.cfg.daemon.calibration.clock_drift and self.upkeep is not None:
+            self.upkeep.attach_merger(merged)
         return merged
 
     # -- callbacks from threads --
@@ -383,14 +403,8 @@ class Daemon:
             if not fut.done():
                 fut.set_result(result)
         self._window_waiters.clear()
-        cal = self.cfg.daemon.calibration
-        if (
-            cal.track
-            and self.calibration.get("state") == "done"
-            and result.index % cal.track_every == 0
-            and not self._cal_lock.locked()
-        ):
-            self._tasks.append(asyncio.create_task(self._track_drift()))
+        if self.upkeep is not None:
+            self.upkeep.on_window(result.index)
 
     def _health_record(self, device: str) -> Any:
         import telemetry as tm
@@ -440,7 +454,15 @@ class Daemon:
             self._on_interlock(ev)
 
     def _on_interlock(self, ev: InterlockEvent) -> None:
-        log.warning("interlock %s %s: %s", ev.interlock, ev.event, ev.reason)
+        if ev.event != "repeat":
+            acts = "; ".join(describe_request(a.as_request()) for a in ev.actions) or "none"
+            (log.warning if ev.event == "trip" else log.info)(
+                "interlock %s %s: %s; actions: %s",
+                ev.interlock,
+                "TRIPPED" if ev.event == "trip" else "cleared",
+                ev.reason,
+                acts,
+            )
         self._event("interlock", f"{ev.interlock} {ev.event}: {ev.reason}", ev.device)
         if self.publisher is not None:
             import telemetry as tm
@@ -738,213 +760,101 @@ class Daemon:
             "every reconnect): publish it with retain=false",
         )
 
-    # -- calibration --
-    async def _calibrate_at_start(self) -> None:
+    # -- start-up: summary, arming, calibration --
+    async def _device_call(self, device: str, fn: Callable[[Any], Any]) -> Any:
+        """``fn(instrument)`` in ``device``'s worker thread (a set-point read)."""
+        return await self.workers[device].call(fn)
+
+    async def _start_up(self) -> None:
+        """Once the devices have answered: the start-up line, then arming, then calibration.
+
+        Arming waits for the devices and one round of monitor readings, so that an
+        interlock already tripped (a TEC out of range) refuses it. Calibration waits
+        for arming (no light before).
+        """
+        d = self.cfg.daemon
+        await self.supervisor.wait_ready(START_UP_WAIT_S)
+        for _ in range(20):  # the broker's first answer, up to 2 s, for the start-up line
+            if self.publisher is None or self.publisher.connected:
+                break
+            await asyncio.sleep(0.1)
+        if self.arm and d.operating_state.setpoints:
+            polls = [ic.poll_interval_s for n, ic in self.cfg.instruments.items() if n in d.monitor]
+            await asyncio.sleep(min(2.0, max(polls, default=0.0)) + 0.1)
+        log.info(
+            "%s",
+            start_up_line(
+                self.cfg,
+                self.supervisor.states(),
+                self.broker,
+                self.publisher is not None and self.publisher.connected,
+                self.arm,
+            ),
+        )
+        if self.arm and not await self._arm():
+            return
+        if self.upkeep is not None and d.calibration.at_start and not self._stopping:
+            self.upkeep.calibrate_soon()
+
+    async def _arm(self) -> bool:
+        """Apply the operating state (``controller.arming``); False (logged) when refused."""
+        from .operating import ArmingError, arm
+
+        ops = self.cfg.daemon.operating_state
+        if not ops.setpoints:
+            log.warning("--arm: daemon.operating_state has no set-points; nothing to apply")
+            self.arming = {"state": "nothing to apply"}
+            return True
+        self.arming = {"state": "running"}
+        self._event("arming", "ramping to the operating state", None)
         try:
-            await self.calibrate()
-        except CommandError as exc:
-            log.error("calibration at start failed: %s", exc.message)
+            done = await arm(
+                ops,
+                self.surfaces,
+                self.cfg.daemon.permissions,
+                execute=lambda vreq: self.execute(vreq, quiet=True),
+                device_call=self._device_call,
+                tripped=self.engine.active,
+            )
+        except ArmingError as exc:
+            self.arming = {"state": "refused", "error": str(exc)}
+            self._event("arming", str(exc), None)
+            log.error("%s", exc)
+            return False
+        self.arming = {"state": "armed", "applied": done}
+        self._event("arming", "armed: " + "; ".join(done), None)
+        log.info("armed: %s", "; ".join(done))
+        await asyncio.sleep(ops.settle_s)
+        return True
+
+    # -- link upkeep (controller.link_upkeep) --
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """The calibration's state for ``status`` (``{"state": "not run"}`` without acquisition)."""
+        return self.upkeep.calibration if self.upkeep is not None else {"state": "not run"}
+
+    @property
+    def compensation(self) -> dict[str, Any]:
+        """The compensation's state for ``status``."""
+        return self.upkeep.compensation if self.upkeep is not None else {"state": "idle"}
 
     async def _capture(self, seconds: float) -> Any:
-        if self._stopping:
-            raise CommandError("device_unavailable", SHUTTING_DOWN)
-        if self.acquisition is None:
+        """``seconds`` of raw tags (see ``LinkUpkeep.capture``)."""
+        if self.upkeep is None:
             raise CommandError("not_configured", "this node has no acquisition section")
-        cap = self.acquisition.capture(seconds)
-        wall_budget = seconds * 3 + 10.0
-        ok = await asyncio.to_thread(cap.done.wait, wall_budget)
-        if not ok or cap.error:
-            raise CommandError(
-                "calibration_failed",
-                cap.error
-                or f"no {seconds} s of tags arrived within {wall_budget:.0f} s "
-                f"(acquisition: {self.acquisition_state})",
-            )
-        return cap.batch()
+        return await self.upkeep.capture(seconds)
 
     async def calibrate(self) -> dict[str, Any]:
-        """Capture raw tags, find the channel delays and apply them from the next window."""
-        cal = self.cfg.daemon.calibration
-        acq = self.cfg.daemon.acquisition
-        if acq is None or self.windower is None or self.roles is None:
+        """Find the channel delays (and clocks) now (see ``LinkUpkeep.calibrate``)."""
+        if self.upkeep is None:
             raise CommandError("not_configured", "this node has no acquisition section")
-        async with self._cal_lock:
-            self.calibration = {"state": "running", "started_s": time.time()}
-            self._event("calibration", "started", None)
-            try:
-                batch = await self._capture(cal.capture_s)
-                merger = self._merger
-                clock, pin = None, 0.0
-                if merger is not None:  # two taggers: Bob's clock offset + drift first
-                    clock, pin, batch = await asyncio.to_thread(
-                        fit_clock,
-                        batch,
-                        self.roles,
-                        merger.clock_map(1),
-                        max_delay_ps=cal.max_delay_ps,
-                        resolution_ps=cal.resolution_ps,
-                        min_significance=cal.min_significance,
-                    )
-                result = await asyncio.to_thread(
-                    find_channel_delays,
-                    batch,
-                    self.roles,
-                    acq.n_channels,
-                    max_delay_ps=cal.max_delay_ps,
-                    resolution_ps=cal.resolution_ps,
-                    min_significance=cal.min_significance,
-                    previous_ps=self.windower.delays_ps,
-                )
-            except CalibrationError as exc:
-                self.calibration = {"state": "failed", "error": str(exc)}
-                self._event("calibration", f"failed: {exc}", None)
-                raise CommandError("calibration_failed", str(exc)) from None
-            except CommandError as exc:
-                self.calibration = {"state": "failed", "error": exc.message}
-                self._event("calibration", f"failed: {exc.message}", None)
-                raise
-            except Exception as exc:
-                log.exception("calibration failed")
-                self.calibration = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                self._event("calibration", f"failed: {exc}", None)
-                raise CommandError("calibration_failed", str(exc)) from None
-            self.windower.set_delays(result.delays_ps)
-            self.calibration = {"state": "done", "finished_s": time.time(), **result.summary()}
-            if merger is not None and clock is not None:
-                self._clock = DriftTracker.from_fit(
-                    clock, max_delay_ps=cal.max_delay_ps, max_windows=64
-                )
-                self._clock_pin_ps = pin
-                merger.set_clock_map(1, pin_clock(clock, pin))
-                self.calibration["clock"] = _clock_summary(clock)
-                self._event("calibration", f"clock: {_clock_summary(clock)}", None)
-            self._event("calibration", f"delays {list(map(int, result.delays_ps))} ps", None)
-            return self.calibration
+        return await self.upkeep.calibrate()
 
-    async def _track_drift(self) -> None:
-        cal = self.cfg.daemon.calibration
-        acq = self.cfg.daemon.acquisition
-        if self._cal_lock.locked() or acq is None or self.windower is None or self.roles is None:
-            return
-        async with self._cal_lock:
-            try:
-                batch = await self._capture(min(0.5, acq.window_s))
-            except CommandError:
-                return
-            delays = self.windower.delays_ps
-            shift = await asyncio.to_thread(
-                track_shift,
-                batch,
-                self.roles,
-                delays,
-                max_shift_ps=cal.track_max_shift_ps,
-                resolution_ps=cal.resolution_ps,
-                min_significance=cal.min_significance,
-            )
-            merger, clock = self._merger, self._clock
-            if shift is not None and merger is not None and clock is not None:
-                # two taggers: the residual is Bob's clock error; refit the clock line
-                mid = 0.5 * (batch.begin_ps + batch.end_ps)
-                now = clock.fit()
-                k = now.drift_ppm * 1e-6
-                clock.add_offset(mid, float(now.offset_at(mid)) + (1.0 + k) * shift)
-                fit = clock.fit()
-                merger.set_clock_map(1, pin_clock(fit, self._clock_pin_ps))
-                self.calibration["clock"] = {**_clock_summary(fit), "updates": clock.added_offsets}
-                return
-            if shift is None or abs(shift) < max(cal.resolution_ps, 10):
-                return
-            bob = list(self.roles.bob.values())
-            delays[bob] += round(shift)
-            self.windower.set_delays(delays)
-            self.calibration["drift_corrections"] = self.calibration.get("drift_corrections", 0) + 1
-            self._event("calibration", f"drift: Bob's delays moved by {shift:+.0f} ps", None)
-
-    # -- compensation --
     def start_compensation(self) -> dict[str, Any]:
-        """Start polarization compensation (no-op if it is already running)."""
-        if self.cfg.daemon.compensation is None:
+        """Start polarization compensation (see ``LinkUpkeep.start_compensation``)."""
+        if self.upkeep is None:
             raise CommandError("not_configured", "no compensation section in the daemon config")
-        if self._comp_task is not None and not self._comp_task.done():
-            return {"state": "running", "already": True}
-        self._comp_stop.clear()
-        self._comp_task = asyncio.create_task(self._compensate(), name="qnet-compensation")
-        self.compensation = {"state": "running", "started_s": time.time()}
-        return {"state": "started"}
-
-    async def _compensate(self) -> None:
-        comp = self.cfg.daemon.compensation
-        acq = self.cfg.daemon.acquisition
-        assert comp is not None and acq is not None and self._loop is not None
-        device = comp.device
-        worker = self.workers[device]
-        surf = self.surfaces[device]
-        names = element_settings(surf)
-        self._event("compensation", f"started on {device}", device)
-        try:
-            start = [float(await worker.call(surf.settings[n].getter)) for n in names]
-        except Exception as exc:
-            self.compensation = {"state": "failed", "error": f"cannot read setpoints: {exc}"}
-            self._event("compensation", f"failed: {exc}", device)
-            return
-        limits = [surf.settings[n].limits or (0.0, 0.0) for n in names]
-        loop = self._loop
-        current = list(start)
-        window_s = comp.window_s or acq.window_s
-
-        def measure(x: list[float]) -> float:
-            for k, v in enumerate(x):
-                if v != current[k]:
-                    body = {"id": "compensation", "device": device, "setting": names[k], "value": v}
-                    vreq = validate_request(
-                        body, self.surfaces, self.cfg.daemon.permissions, role="system"
-                    )
-                    asyncio.run_coroutine_threadsafe(self.execute(vreq, quiet=True), loop).result(
-                        10.0
-                    )
-                    current[k] = v
-            fut = asyncio.run_coroutine_threadsafe(self._capture(window_s), loop)
-            batch = fut.result(window_s * 3 + 15)
-            return self._qber_of(batch)
-
-        try:
-            result: CompensationResult = await asyncio.to_thread(
-                compensate, measure, start, limits, comp, self._comp_stop.is_set
-            )
-        except Exception as exc:
-            self.compensation = {"state": "failed", "error": str(exc)}
-            self._event("compensation", f"failed: {exc}", device)
-            return
-        self.compensation = {
-            "state": "converged" if result.converged else "stopped",
-            "reason": result.reason,
-            "qber": finite_or_none(result.qber),
-            "setpoints": [round(v, 4) for v in result.setpoints],
-            "evaluations": result.evaluations,
-            "finished_s": time.time(),
-        }
-        self._event(
-            "compensation",
-            f"{result.reason}: QBER {result.qber:.4f} after {result.evaluations} points",
-            device,
-        )
-
-    def _qber_of(self, batch: Any) -> float:
-        """Mean of the two bases' QBER of a raw capture (nan with too few sifted counts)."""
-        from coincidence import CoincidenceCounter, qber_from_matrix
-
-        acq = self.cfg.daemon.acquisition
-        assert acq is not None and self.windower is not None and self.roles is not None
-        counter = CoincidenceCounter(
-            acq.n_channels, acq.coincidence_window_ps, self.windower.delays_ps
-        )
-        counter.process(batch)
-        rep = counter.result()
-        if rep.duration_ps <= 0:
-            return math.nan
-        q = qber_from_matrix(rep.coincidences, rep.duration_s, self.roles)
-        vals = [b.qber for b in (q.z, q.x) if b.sifted >= max(20, acq.min_sifted // 4)]
-        return float(np.mean(vals)) if vals else math.nan
+        return self.upkeep.start_compensation()
 
     async def wait_window(self, timeout_s: float) -> WindowResult:
         """The next completed window (for tests and the demo)."""
@@ -965,10 +875,8 @@ def _zero_secure(rec: Any) -> Any:
     return Record(rec.measurement, rec.tags, fields, rec.time_ns)
 
 
-def _clock_summary(fit: Any) -> dict[str, float]:
-    """JSON-friendly digest of a ``ClockDrift`` (Bob's tagger vs Alice's)."""
-    return {
-        "offset0_ps": round(float(fit.offset0_ps), 1),
-        "drift_ppm": round(float(fit.drift_ppm), 6),
-        "residual_rms_ps": round(float(fit.residual_rms_ps), 1),
-    }
+def _setting_text(entry: dict[str, Any]) -> str:
+    """One safe-state entry of the shutdown report as ``device.setting = value``."""
+    name = entry.get("setting") or entry.get("action")
+    value = f" = {describe_value(entry['value'])}" if "setting" in entry else ""
+    return f"{entry['device']}.{name}{value}" + ("" if entry.get("ok") else " (failed)")

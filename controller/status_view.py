@@ -92,6 +92,11 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
 
 
+def _with_unit(x: float | None, unit: str) -> str:
+    """``35.18 kHz``, or ``-`` (no unit) when unknown."""
+    return "-" if x is None else _fmt_rate(x) + unit
+
+
 def scale_label(scale: tuple[float, float], unit: str) -> str:
     """A sparkline's scale, short: ``0-6 %``, ``0-13.6 kHz``, ``0-3 kbit/s``."""
     lo, hi = scale
@@ -124,7 +129,7 @@ def capture_line(capture: dict[str, Any] | None, width: int = 20) -> str:
 def render(
     status: dict[str, Any], title: str = "", thresholds: dict[str, float] | None = None
 ) -> Any:
-    """A rich renderable of one ``daemon.status`` snapshot.
+    """A rich renderable of one ``daemon.status`` snapshot, compact enough for 80 x 24.
 
     ``thresholds`` (reading -> interlock trip level, e.g. ``{"qber": 0.11}``) extend the
     sparklines' fixed scale so a trip level is always on the chart; each scale is printed.
@@ -137,46 +142,34 @@ def render(
 
     hist = status.get("history") or []
     last = status.get("last_window") or {}
-    head = Table.grid(padding=(0, 2))
-    head.add_row(
-        f"node [bold]{status.get('node')}[/bold]",
-        f"link {status.get('link')}",
-        f"acquisition {status.get('acquisition')}",
-        f"windows {status.get('windows')}",
-        f"uptime {status.get('uptime_s', 0):.0f} s",
-    )
-    key = "[red]PAUSED[/red]" if status.get("key_paused") else "[green]running[/green]"
     cal = status.get("calibration") or {}
     comp = status.get("compensation") or {}
-    head.add_row(
-        f"key {key}",
-        f"calibration {cal.get('state')}",
-        f"compensation {comp.get('state')}"
-        + (f" (QBER {_pct(comp.get('qber'))})" if comp.get("qber") is not None else ""),
-        "",
-        "",
+    head = Text()
+    head.append(f"node {status.get('node')}", style="bold")
+    head.append(
+        f"  link {status.get('link')}  acquisition {status.get('acquisition')}"
+        f"  windows {status.get('windows')}  up {status.get('uptime_s', 0):.0f} s\n"
     )
+    head.append("key ")
+    head.append(*(("PAUSED", "red") if status.get("key_paused") else ("running", "green")))
+    head.append(f"  calibration {cal.get('state')}  compensation {comp.get('state')}")
+    if comp.get("qber") is not None:
+        head.append(f" (mean QBER {_pct(comp.get('qber'))})")
     cap = capture_line(status.get("capture"))
-    rates = Table(title="link", expand=True, box=box.SIMPLE_HEAD, pad_edge=False)
-    rates.add_column("quantity", no_wrap=True)
+    rates = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1))
+    rates.add_column("link", no_wrap=True)
     rates.add_column("now", no_wrap=True)
-    rates.add_column(f"last {HISTORY_POINTS} windows", min_width=HISTORY_POINTS)
+    rates.add_column(f"last {HISTORY_POINTS} windows", no_wrap=True, min_width=HISTORY_POINTS)
     rates.add_column("scale", no_wrap=True)
     qber_max = (thresholds or {}).get("qber")
     rows = [
         ("QBER (worse basis)", _pct(last.get("qber")), "qber", qber_max, "%"),
         ("QBER Z", _pct(last.get("qber_z")), "qber_z", qber_max, "%"),
         ("QBER X", _pct(last.get("qber_x")), "qber_x", qber_max, "%"),
-        (
-            "sifted rate",
-            _fmt_rate(last.get("sifted_rate_hz")) + "Hz",
-            "sifted_rate_hz",
-            None,
-            "Hz",
-        ),
+        ("sifted rate", _with_unit(last.get("sifted_rate_hz"), "Hz"), "sifted_rate_hz", None, "Hz"),
         (
             "secure key rate",
-            _fmt_rate(last.get("secure_rate_bps")) + "bit/s",
+            _with_unit(last.get("secure_rate_bps"), "bit/s"),
             "secure_rate_bps",
             None,
             "bit/s",
@@ -189,24 +182,40 @@ def render(
         line = Text(sparkline(series, HISTORY_POINTS, scale), style="cyan")
         rates.add_row(name, now, line, label)
     singles = last.get("singles_rate_hz") or []
+    lines: list[Any] = [head]
+    if cap:
+        lines.append(Text(cap, style="yellow"))
+    lines.append(rates)
     if singles:
-        text = ", ".join(scale_label((0.0, s), "Hz").split("-", 1)[1] for s in singles)
-        rates.add_row("singles", "", text, "")
-    dev = Table(title="devices", expand=True)
-    dev.add_column("device")
-    dev.add_column("state")
-    for name, state in (status.get("devices") or {}).items():
-        style = "green" if state == "ready" else "red" if state == "faulted" else "yellow"
-        dev.add_row(name, f"[{style}]{state}[/{style}]")
+        kcps = " ".join(f"{s / 1e3:.0f}" for s in singles)
+        lines.append(Text(f"singles per channel [kcps]: {kcps}", overflow="ellipsis", no_wrap=True))
+    devices = status.get("devices") or {}
+    ready = [n for n, st in devices.items() if st == "ready"]
+    dev = Text(f"devices: {len(ready)} ready")
+    for name, state in devices.items():
+        if state != "ready":
+            dev.append(f"; {name} {state}", style="red" if state == "faulted" else "yellow")
+    lines.append(dev)
     active = status.get("interlocks_active") or []
-    ev = Table(title="interlocks: " + (", ".join(active) if active else "none active"), expand=True)
-    ev.add_column("time")
-    ev.add_column("event", overflow="fold")
-    for e in (status.get("events") or [])[-8:]:
+    lines.append(
+        Text(
+            "interlocks: " + (", ".join(active) + " TRIPPED" if active else "none active"),
+            style="red" if active else "",
+        )
+    )
+    for e in (status.get("events") or [])[-5:]:
         t = time.strftime("%H:%M:%S", time.localtime(e.get("time_s", 0)))
         style = "red" if e.get("kind") == "interlock" else ""
-        text = e.get("text")
-        text = describe_value(text) if not isinstance(text, str) else text
-        ev.add_row(t, Text(f"{e.get('kind')}: {text}", style=style))
-    parts = [head, Text(cap, style="yellow")] if cap else [head]
-    return Panel(Group(*parts, rates, dev, ev), title=title or "qnet status")
+        lines.append(
+            Text(
+                f"{t} {e.get('kind')}: {_event_text(e.get('text'))}",
+                style=style,
+                overflow="ellipsis",
+                no_wrap=True,
+            )
+        )
+    return Panel(Group(*lines), title=title or "qnet status")
+
+
+def _event_text(text: Any) -> str:
+    return text if isinstance(text, str) else describe_value(text)

@@ -15,6 +15,7 @@ class are a stable interface (see ``drivers/sim/README.md``).
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections import deque
@@ -34,20 +35,41 @@ def _onoff(text: str) -> bool | None:
     return True if t in ("ON", "1") else False if t in ("OFF", "0") else None
 
 
+_SERIALS = itertools.count(1)
+_SERIALS_LOCK = threading.Lock()
+
+
+def next_serial() -> int:
+    """A serial number no other emulator of this process has (1, 2, 3, ...).
+
+    Each emulated instrument answers its identity query with its own serial, as real
+    ones do; the testbed numbers its instruments itself so that they keep their serial
+    from run to run.
+    """
+    with _SERIALS_LOCK:
+        return next(_SERIALS)
+
+
 class ScpiEmulator:
     """Shared parts of the SCPI emulators: identity, error queue, a command table."""
 
     name = "scpi"
     terminator = "\n"
     reply_terminator = "\n"
-    identity = "qnet,emulator,0,0"
+    identity_format = "qnet,emulator,{serial},0"
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.serial = next_serial()
         self.errors: deque[str] = deque(maxlen=32)
         self.commands: deque[str] = deque(maxlen=100_000)
         self._queries: dict[str, Callable[[], str]] = {}
         self._sets: list[tuple[re.Pattern[str], Callable[[str], bool]]] = []
+
+    @property
+    def identity(self) -> str:
+        """The identity reply, with this instrument's own serial number."""
+        return self.identity_format.format(serial=self.serial)
 
     def query_cmd(self, command: str, fn: Callable[[], str]) -> None:
         """Register a query (matched case-insensitively, exact)."""
@@ -97,7 +119,7 @@ class CLD1015Emulator(ScpiEmulator):
     """
 
     name = "cld1015"
-    identity = "Thorlabs,CLD1015,M00000001,1.1.0"
+    identity_format = "Thorlabs,CLD1015,M{serial:08d},1.1.0"
     MAX_CURRENT_A = 1.5
 
     def __init__(
@@ -183,7 +205,9 @@ class Keithley2400Emulator(ScpiEmulator):
     """
 
     name = "k2400"
-    identity = "KEITHLEY INSTRUMENTS INC.,MODEL 2400,4000001,C30 Mar 17 2006 09:29:29/A02 /K/J"
+    identity_format = (
+        "KEITHLEY INSTRUMENTS INC.,MODEL 2400,{serial:07d},C30 Mar 17 2006 09:29:29/A02 /K/J"
+    )
 
     def __init__(
         self,
@@ -264,7 +288,7 @@ class PM100Emulator(ScpiEmulator):
     """
 
     name = "pm100"
-    identity = "Thorlabs,PM100D,P0000001,2.6.0"
+    identity_format = "Thorlabs,PM100D,P{serial:07d},2.6.0"
 
     def __init__(self, read_power_w: Callable[[], float] | None = None) -> None:
         super().__init__()
@@ -305,7 +329,7 @@ class ID120Emulator(ScpiEmulator):
     """
 
     name = "id120"
-    identity = "ID Quantique,ID120,1001,3.2.1"
+    identity_format = "ID Quantique,ID120,{serial:04d},3.2.1"
 
     def __init__(
         self,
@@ -376,16 +400,22 @@ class D3050Emulator:
     name = "d3050"
     terminator = "\r"
     reply_terminator = "\r\n"
-    identity = "Meadowlark Optics D3050 v1.05 emulated"
+    identity_format = "Meadowlark Optics D3050 v1.05 SN{serial:05d} emulated"
     #: Drive-level counts per volt, and the highest level ``ld:k,counts`` accepts.
     COUNTS_PER_V = 6553.5
     MAX_COUNTS = 65535
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.serial = next_serial()
         self.counts = [0, 0, 0, 0]
         self.temperature_k = 300.0
         self.commands: deque[str] = deque(maxlen=100_000)
+
+    @property
+    def identity(self) -> str:
+        """The version reply, with this instrument's own serial number."""
+        return self.identity_format.format(serial=self.serial)
 
     @property
     def setpoints(self) -> list[float]:
@@ -450,7 +480,7 @@ class ID1000Emulator(ScpiEmulator):
     """
 
     name = "id1000"
-    identity = "ID Quantique,ID1000,TC-0001,2.1.0"
+    identity_format = "ID Quantique,ID1000,TC-{serial:04d},2.1.0"
 
     def __init__(
         self,

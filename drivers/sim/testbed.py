@@ -270,6 +270,7 @@ class Testbed:
         self.step_ps = round(config.step_s * 1e12)
         self._step_index = 0
         self._walk_rng = np.random.default_rng([config.seed & 0xFFFFFFFF, 7])
+        self._counts_rng = np.random.default_rng([config.seed & 0xFFFFFFFF, 11])
         self._cache_key: tuple = ()
         self._cache: tuple = ()
         self._comp_key: tuple = ()
@@ -316,6 +317,8 @@ class Testbed:
             if not spec.channels and spec.driver in _DEFAULT_CHANNELS:
                 spec.channels = list(_DEFAULT_CHANNELS[spec.driver])
             self.emulators[name] = self._make_emulator(name, spec)
+            # its own serial, the same at every start of this bench (config order)
+            self.emulators[name].serial = len(self.emulators)
         if not self._roles("thorlabs_cld1015"):
             # no served laser: an in-process one still holds the pump settings
             self.emulators["_pump"] = CLD1015Emulator()
@@ -659,13 +662,19 @@ class Testbed:
             }
 
     def _counts_per_second(self, channels: list[int]) -> list[int]:
-        """A time controller's input counters: the model's rates (with dead time) over 1 s."""
+        """A time controller's input counters: counts in 1 s, drawn around the model's rate.
+
+        Photon counting is a Poisson process, so each read is an independent Poisson
+        draw with the model's mean (singles with dead time): channels with equal rates
+        report different counts, and repeated reads scatter by sqrt(N), as on hardware.
+        """
         with self._lock:
             rates = self.expected_rates()["singles_hz"]
-            return [
-                round(ph.dead_time_rate_hz(float(rates[c]), float(self.generator.dead_time_ps[c])))
+            means = [
+                ph.dead_time_rate_hz(float(rates[c]), float(self.generator.dead_time_ps[c]))
                 for c in channels
             ]
+            return [int(n) for n in self._counts_rng.poisson(means)]
 
     def _spad_rate(self, name: str, channels: list[int]) -> float:
         """Count rate the SPAD module reports: the model rate of its channel(s), with dead time."""

@@ -77,7 +77,7 @@ def test_run_broker_override_keeps_the_configs_broker_settings(tmp_path, monkeyp
     seen = {}
 
     class FakeDaemon:  # stands in for the daemon only: records the broker it was given
-        def __init__(self, cfg, broker=None):
+        def __init__(self, cfg, broker=None, arm=False):
             seen["broker"] = broker
             raise ValueError("stop here")
 

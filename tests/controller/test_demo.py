@@ -17,6 +17,14 @@ def test_short_demo_writes_summary_and_plots(tmp_path):
     assert summary["broker"] == "embedded amqtt"
     assert summary["final_qber"] < 0.05
     assert summary["shutdown"]["elapsed_s"] < 5
-    for name in ("summary.json", "history.json", "histogram.png", "qber_keyrate.png"):
+    for name in ("summary.json", "history.json", "histogram.png", "qber_keyrate.png", "daemon.log"):
         assert (out / name).stat().st_size > 0
-    assert json.loads((out / "summary.json").read_text())["windows"] >= 5
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["windows"] >= 5
+    # no drift in this run: the drift stages are skipped, the others met
+    assert saved["verdict"]["pass"]
+    assert [st["ok"] for st in saved["verdict"]["stages"]] == [True, True, None, None, None]
+    assert summary["delay_error_ps"] <= 100
+    log = (out / "daemon.log").read_text()
+    assert "started node sim-node" in log and "calibration done: delays" in log
+    assert "password-file" not in log

@@ -141,10 +141,11 @@ def test_pump_current_raises_singles_and_coincidences_as_the_model_says(bench):
     assert measured[1][1] > 3.0 * measured[0][1]
     pm = drv["power_meter"]
     assert pm.power_w == pytest.approx(0.5 * 0.04 * 0.01, rel=1e-4)
-    # the time controller's input counters follow the model too (counts per 1 s)
+    # the time controller's input counters follow the model too (counts per 1 s, with
+    # Poisson shot noise: within 6 standard deviations)
     counters = drv["time_tagger"].counters()
     want = ph.dead_time_rate_hz(tb.expected_rates()["singles_hz"][0], 50_000)
-    assert counters[0] == pytest.approx(want, rel=1e-3)
+    assert counters[0] == pytest.approx(want, abs=6 * want**0.5)
 
 
 def test_delay_found_by_the_core_matches_the_fiber_length(bench):
