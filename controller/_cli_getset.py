@@ -81,4 +81,5 @@ def set_(
 def register(app: typer.Typer) -> None:
     """Add ``qnet get`` and ``qnet set`` to the app."""
     app.command("get")(get)
-    app.command("set")(set_)
+    # a negative VALUE (-0.01) is a value, not an unknown option
+    app.command("set", context_settings={"ignore_unknown_options": True})(set_)
