@@ -13,6 +13,8 @@ flood lasted, device faults, and the aiomqtt "pending publish calls" warnings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import time
@@ -106,10 +108,8 @@ async def _flood(port: int, n: int, timeout_s: float) -> tuple[Counter[str], Cou
                 "value": 0.04 + 0.001 * (k % 5),
             }
             await c.publish(f"qnet/v1/{NODE}/cmd/flood/{k}", json.dumps(body), qos=1)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(reader, timeout_s)
-        except TimeoutError:
-            pass
         elapsed = time.monotonic() - t0
         await asyncio.sleep(0.5)  # a duplicate reply would arrive now
     return codes, per_request, elapsed
@@ -179,7 +179,7 @@ def command_flood(
                 codes, per_request, elapsed = await _flood(mq.port, n, timeout_s)
                 t1 = time.monotonic()
                 during = [t0, *[t for t in polls if t0 <= t <= t1], t1]
-                gaps = [b - a for a, b in zip(during, during[1:], strict=False)]
+                gaps = [b - a for a, b in itertools.pairwise(during)]
                 return {
                     "requests": n,
                     "codes": dict(codes),
