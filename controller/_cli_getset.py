@@ -44,7 +44,10 @@ def get(
     body = {"device": device, "setting": setting, **auth_fields(user, token_env)}
     reply = run_request(b, node, body, timeout, as_json)
     if not as_json:
-        typer.echo(json.dumps(reply["result"].get("value")))
+        res = reply["result"]
+        # a device's reading is {"value": ...}; a daemon reading (status, ...) is the whole result
+        value = res["value"] if isinstance(res, dict) and set(res) == {"value"} else res
+        typer.echo(json.dumps(value, indent=None if device != "daemon" else 2))
 
 
 def set_(

@@ -130,6 +130,25 @@ class PermissionsConfig(BaseModel):
     default_role: Role = "viewer"
     users: dict[str, UserConfig] = Field(default_factory=dict)
 
+    def secret_problems(self) -> list[tuple[str, str]]:
+        """(key path, why) for each user secret that cannot be read now (never the value).
+
+        ``qnet run`` (and ``--check``) refuse to start on these: the user could never be
+        authenticated, and the mistake would only show as refusals.
+        """
+        out = []
+        for name, cfg in self.users.items():
+            if cfg.token is None:
+                continue
+            try:
+                value = cfg.token.read(f"secret of user {name}")
+            except ValueError as exc:
+                out.append((f"daemon.permissions.users.{name}.token", str(exc)))
+                continue
+            if not value:
+                out.append((f"daemon.permissions.users.{name}.token", "the secret is empty"))
+        return out
+
     def role_of(self, req: Request, now_s: float | None = None) -> str:
         """The role of a request's user, its signature checked (no replay memory).
 
