@@ -57,6 +57,10 @@ log = logging.getLogger("qnet.commands")
 
 #: ``(kind, text, device)``: where the server reports listener events.
 EventSink = Callable[[str, str, str | None], None]
+#: Replies go at QoS 0: the listener's session is clean, so QoS 1 would not survive a lost
+#: connection either, and each reply would wait for a PUBACK (aiomqtt then warns about
+#: "pending publish calls" under load, and every reply costs another packet).
+REPLY_QOS = 0
 #: Per (user, code): this many refusal lines per ``_LOG_PERIOD_S``, then one summary.
 _LOG_LINES = 5
 _LOG_PERIOD_S = 10.0
@@ -351,7 +355,7 @@ class CommandServer:
         try:
             reply = await self.handle_payload(payload, retained=retained)
             async with publishing:
-                await client.publish(topic, reply, qos=1)
+                await client.publish(topic, reply, qos=REPLY_QOS)
         except aiomqtt.MqttError as exc:
             log.warning("reply on %s lost: %s", topic, exc)
         finally:
