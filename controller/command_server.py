@@ -120,6 +120,12 @@ def _no_delay(client: Any) -> None:
         client._client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _unsupported_protocol(rc: Any) -> bool:
+    """Whether a CONNACK code says the broker does not speak the protocol version asked."""
+    value = getattr(rc, "value", rc)
+    return value in (1, 132)  # MQTT 3.1.1: 1 unacceptable version; MQTT 5: 0x84
+
+
 def _target(req: Request | ValidRequest | None) -> str:
     if req is None:
         return "?"
@@ -269,6 +275,7 @@ class CommandServer:
         the listener: the daemon would keep running but could no longer be commanded.
         """
         import aiomqtt
+        from aiomqtt.exceptions import MqttConnectError
 
         from telemetry import backoff_s, command_topic
 
@@ -278,6 +285,7 @@ class CommandServer:
         where = "daemon.telemetry.broker"
         prefix = command_topic(self.node, "")
         attempt = 0
+        protocol = aiomqtt.ProtocolVersion.V5
         while True:
             try:
                 password, tls_context = connect_secrets(b, where)
@@ -290,12 +298,24 @@ class CommandServer:
                     tls_context=tls_context,
                     keepalive=b.keepalive_s,
                     # MQTT 5: retain-as-published shows a retained request as such
-                    protocol=aiomqtt.ProtocolVersion.V5,
+                    protocol=protocol,
                 ) as client:
                     attempt = 0
                     _no_delay(client)
-                    await self._listen(client, prefix)
+                    await self._listen(client, prefix, protocol == aiomqtt.ProtocolVersion.V5)
                 delay = backoff_s(attempt, b.reconnect_min_s, b.reconnect_max_s)
+            except MqttConnectError as exc:
+                delay = backoff_s(attempt, b.reconnect_min_s, b.reconnect_max_s)
+                if protocol == aiomqtt.ProtocolVersion.V5 and _unsupported_protocol(exc.rc):
+                    protocol, delay = aiomqtt.ProtocolVersion.V311, 0.0
+                    log.warning(
+                        "the broker does not speak MQTT 5 (%s): listening with MQTT 3.1.1, "
+                        "where a retained request published while the daemon listens looks "
+                        "live (signed requests still cannot be replayed)",
+                        exc,
+                    )
+                else:
+                    log.warning("command listener: %s; retry in %.1f s", exc, delay)
             except aiomqtt.MqttError as exc:
                 delay = backoff_s(attempt, b.reconnect_min_s, b.reconnect_max_s)
                 log.warning("command listener: %s; retry in %.1f s", exc, delay)
@@ -316,14 +336,17 @@ class CommandServer:
             attempt += 1
             await asyncio.sleep(delay)
 
-    async def _listen(self, client: Any, prefix: str) -> None:
+    async def _listen(self, client: Any, prefix: str, v5: bool = True) -> None:
         """Subscribe to this node's commands and answer each (returns if the client stops)."""
         from paho.mqtt.subscribeoptions import SubscribeOptions
 
         from telemetry import reply_topic
 
-        opts = SubscribeOptions(qos=1, retainAsPublished=True)
-        await client.subscribe(prefix + "#", options=opts)
+        if v5:
+            opts = SubscribeOptions(qos=1, retainAsPublished=True)
+            await client.subscribe(prefix + "#", options=opts)
+        else:
+            await client.subscribe(prefix + "#", qos=1)
         self.on_event("mqtt", "command listener subscribed", None)
         # requests run concurrently (a calibration does not hold up a status), at most
         # max_inflight at a time; replies awaiting their PUBACK at most max_reply_publishes

@@ -177,3 +177,36 @@ def test_set_takes_a_negative_value():
     r = CliRunner().invoke(app, [*args, "--broker", f"127.0.0.1:{free_port()}", "--timeout", "1"])
     assert "No such option" not in r.output, r.output
     assert r.exit_code == 1 and "unreachable" in r.output, r.output
+
+
+def test_listener_falls_back_to_mqtt_311_on_a_broker_without_mqtt_5(caplog):
+    """The demo's embedded amqtt speaks only MQTT 3.1.1: requests are still answered."""
+    from controller._remote import request
+    from controller.demo import _start_amqtt
+    from controller.simnode import free_port
+    from telemetry import BrokerSettings
+
+    caplog.set_level(logging.WARNING, logger="qnet.commands")
+
+    async def main() -> dict[str, Any]:
+        port = free_port()
+        broker = await _start_amqtt(port)
+        srv, _ = _server()
+        srv.broker = BrokerSettings(host="127.0.0.1", port=port, client_id="cmd-311")
+        task = asyncio.create_task(srv.run())
+        try:
+            for _ in range(100):
+                if "MQTT 5" in caplog.text:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            client = BrokerSettings(host="127.0.0.1", port=port, client_id="asker")
+            body = {"device": "pump_laser", "setting": "current_setpoint_a"}
+            return await request(client, "alice", body, 10)
+        finally:
+            task.cancel()
+            await broker.shutdown()
+
+    reply = asyncio.run(main())
+    assert reply["ok"], reply
+    assert "does not speak MQTT 5" in caplog.text
