@@ -142,7 +142,9 @@ def command_flood(
 
     emu.handle = slow  # type: ignore[method-assign]
     srv = InstrumentServer(emu).start()
-    mq = servers.start_mosquitto(workdir / "mq", persistence=False)
+    mq = servers.start_mosquitto(
+        workdir / "mq", persistence=False, extra_config="set_tcp_nodelay true\n"
+    )  # as the shipped mosquitto.conf
     counter = _CountLines()
     root = logging.getLogger()
     root.addHandler(counter)
