@@ -198,7 +198,7 @@ def canonical_request(node: str, body: Mapping[str, Any]) -> bytes:
     JSON round trip unchanged (floats print as their shortest exact repr), so signer and
     checker build the same bytes.
     """
-    fields = [SIGNATURE_VERSION, node]
+    fields: list[Any] = [SIGNATURE_VERSION, node]
     fields += [body.get(k) for k in ("user", "id", "device", "setting", "action", "value")]
     fields += [body.get("ts_ms"), body.get("nonce")]
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
