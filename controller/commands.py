@@ -227,8 +227,9 @@ class Authenticator:
         permissions: the users, their roles and secrets.
         node: the node this daemon runs (part of what is signed).
         max_skew_s: how far a request's ``ts_ms`` may be from this clock.
-        max_nonces: hard cap on remembered nonces (beyond it requests are refused ``busy``;
-            a per-user rate limit keeps the count far below it).
+        max_nonces: cap on the nonces remembered for one user (beyond it that user's
+            requests are refused ``busy`` until old ones expire), so one user flooding
+            signed requests can neither exhaust memory nor lock the others out.
         secret_ttl_s: how long a secret read from its file or variable is reused.
     """
 
@@ -238,7 +239,7 @@ class Authenticator:
         node: str = "",
         *,
         max_skew_s: float = 30.0,
-        max_nonces: int = 100_000,
+        max_nonces: int = 20_000,
         secret_ttl_s: float = 10.0,
     ) -> None:
         self.permissions = permissions
@@ -247,6 +248,7 @@ class Authenticator:
         self.max_nonces = max_nonces
         self.secret_ttl_s = secret_ttl_s
         self._seen: dict[tuple[str, str], int] = {}  # (user, nonce) -> expiry, ms
+        self._per_user: dict[str, int] = {}
         self._expiry: list[tuple[int, str, str]] = []
         self._secrets: dict[str, tuple[float, str]] = {}
 
@@ -266,7 +268,8 @@ class Authenticator:
     def _forget_expired(self, now_ms: int) -> None:
         while self._expiry and self._expiry[0][0] < now_ms:
             _, user, nonce = heapq.heappop(self._expiry)
-            self._seen.pop((user, nonce), None)
+            if self._seen.pop((user, nonce), None) is not None:
+                self._per_user[user] -= 1
 
     @property
     def remembered(self) -> int:
@@ -323,10 +326,13 @@ class Authenticator:
             raise CommandError(
                 "replayed", "this nonce was already used: a request is executed at most once"
             )
-        if len(self._seen) >= self.max_nonces:
-            raise CommandError("busy", "too many recent requests to remember; retry shortly")
+        if self._per_user.get(req.user, 0) >= self.max_nonces:
+            raise CommandError(
+                "busy", f"user {req.user!r} sent too many requests recently; retry shortly"
+            )
         expiry = req.ts_ms + skew_ms  # after this, the freshness check refuses it anyway
         self._seen[key] = expiry
+        self._per_user[req.user] = self._per_user.get(req.user, 0) + 1
         heapq.heappush(self._expiry, (expiry, req.user, req.nonce))
         return cfg.role
 

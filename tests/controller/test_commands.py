@@ -211,6 +211,27 @@ def test_nonce_memory_is_bounded_by_the_freshness_window(signed_perms):
         assert auth.role_of(parse_request(sign_request("alice", body, "s3cret", now)), now)
     # only the last ~2 s (ts + skew not yet passed) are remembered
     assert auth.remembered <= 2.0 / 0.01 + 1
+    # one user over its cap is refused busy; another user is not affected
+    capped = Authenticator(
+        PermissionsConfig.model_validate(
+            {
+                "users": {
+                    "op": {"role": "operator", "token": {"env": "QNET_TEST_TOKEN"}},
+                    "op2": {"role": "operator", "token": {"env": "QNET_TEST_TOKEN"}},
+                }
+            }
+        ),
+        "alice",
+        max_nonces=10,
+    )
+    for _ in range(10):
+        capped.role_of(parse_request(sign_request("alice", body, "s3cret", t)), t)
+    code, _ = _code(
+        lambda: capped.role_of(parse_request(sign_request("alice", body, "s3cret", t)), t)
+    )
+    assert code == "busy"
+    other = {**body, "user": "op2"}
+    assert capped.role_of(parse_request(sign_request("alice", other, "s3cret", t)), t)
 
 
 def test_daemon_readings_through_get_and_exact_limits_in_refusals(surfaces):
