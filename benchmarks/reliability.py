@@ -275,3 +275,25 @@ def _write_doc(md: str) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def command_flood_scenario(tmp: Path, n: int = 10_000) -> dict[str, object]:
+    """The command flood: ``n`` valid ``set`` requests as fast as mosquitto takes them.
+
+    Against the in-process daemon and an emulated laser taking 30 ms per exchange, polled
+    every 0.2 s for an interlock (``tests/controller/_flood.py``). Figures: reply codes,
+    requests answered zero or twice, device faults, the longest gap between interlock polls
+    while the flood lasted, and aiomqtt's "pending publish calls" warnings. Healthy: no
+    fault, every request answered once, no poll gap over 5 intervals, no warning.
+    """
+    from tests.controller._flood import command_flood
+
+    r = command_flood(tmp / "command-flood", n=n, latency_s=0.03, poll_interval_s=0.2)
+    r["ok"] = (
+        r["faults"] == 0
+        and r["unanswered"] == 0
+        and r["answered_twice"] == 0
+        and float(r["max_poll_gap_s"]) < 5 * 0.2
+        and r["pending_publish_warnings"] == 0
+    )
+    return r

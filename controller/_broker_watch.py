@@ -25,7 +25,7 @@ BROKER_GRACE_S = 2.0
 class BrokerQuiet(logging.Filter):
     """Drops the per-retry "broker ... retry in" / "command listener: ... retry in" warnings."""
 
-    LOGGERS = ("qnet.telemetry.publisher", "qnet.daemon", "qnet.command_server")
+    LOGGERS = ("qnet.telemetry.publisher", "qnet.daemon", "qnet.commands")
 
     def __init__(self) -> None:
         super().__init__()

@@ -38,7 +38,7 @@ def calibrate(
 
     node, b = broker_from(config, broker, mqtt_user, mqtt_password_env)
     body = {"device": "daemon", "action": "calibrate", **auth_fields(user, token_env)}
-    reply = run_request(b, node, body, timeout, as_json)
+    reply = run_request(b, node, body, timeout, as_json, command="calibrate")
     if not as_json:
         res = reply["result"]
         typer.echo(f"delays_ps: {json.dumps(res.get('delays_ps'))}")

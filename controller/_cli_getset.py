@@ -42,9 +42,12 @@ def get(
 
     node, b = broker_from(config, broker, mqtt_user, mqtt_password_env)
     body = {"device": device, "setting": setting, **auth_fields(user, token_env)}
-    reply = run_request(b, node, body, timeout, as_json)
+    reply = run_request(b, node, body, timeout, as_json, command="get")
     if not as_json:
-        typer.echo(json.dumps(reply["result"].get("value")))
+        res = reply["result"]
+        # a device's reading is {"value": ...}; a daemon reading (status, ...) is the whole result
+        value = res["value"] if isinstance(res, dict) and set(res) == {"value"} else res
+        typer.echo(json.dumps(value, indent=None if device != "daemon" else 2))
 
 
 def set_(
@@ -73,7 +76,7 @@ def set_(
         raise typer.BadParameter(f"VALUE must be JSON (0.05, true, false), got {value!r}") from None
     node, b = broker_from(config, broker, mqtt_user, mqtt_password_env)
     body = {"device": device, "setting": setting, "value": parsed, **auth_fields(user, token_env)}
-    reply = run_request(b, node, body, timeout, as_json)
+    reply = run_request(b, node, body, timeout, as_json, command="set")
     if not as_json:
         typer.echo(f"{device}.{setting} = {json.dumps(reply['result'].get('value'))}")
 
@@ -81,4 +84,5 @@ def set_(
 def register(app: typer.Typer) -> None:
     """Add ``qnet get`` and ``qnet set`` to the app."""
     app.command("get")(get)
-    app.command("set")(set_)
+    # a negative VALUE (-0.01) is a value, not an unknown option
+    app.command("set", context_settings={"ignore_unknown_options": True})(set_)

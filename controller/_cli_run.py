@@ -80,6 +80,12 @@ def run(
             if base is not None
             else BrokerSettings(host=host, port=port, client_id=f"qnet-{cfg.node}")
         )
+    unreadable = cfg.daemon.permissions.secret_problems()  # only where the daemon runs
+    if unreadable:
+        from controller._daemon_config import format_problems
+
+        typer.echo(f"qnet run: bad config:\n{format_problems(config, unreadable)}", err=True)
+        raise typer.Exit(2)
     if check:
         typer.echo(f"{config}: valid config of node {cfg.node}")
         typer.echo(limits_table(cfg.instruments))

@@ -57,7 +57,7 @@ def status(
     thresholds = interlock_thresholds(config)
     body = {"device": "daemon", "action": "status", **auth_fields(user, token_env)}
     if once:
-        reply = run_request(b, node, body, timeout, as_json=False)
+        reply = run_request(b, node, body, timeout, as_json=False, command="status")
         typer.echo(json.dumps(reply["result"], indent=2))
         return
     end = None if duration is None else time.monotonic() + duration

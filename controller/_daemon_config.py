@@ -20,7 +20,8 @@ file; its own ``instruments`` entries are added on top). Example::
       compensation: {device: polarization_controller, target_qber: 0.03}
       safe_state: [{device: pump_laser, setting: laser_on, value: false}]
       telemetry: {broker: {host: 127.0.0.1, port: 1883, client_id: qnet-alice}}
-      permissions: {default_role: viewer, users: {op: {role: operator}}}
+      permissions: {default_role: viewer, users: {op: {role: operator, token: {env: QNET_OP}}}}
+      commands: {max_skew_s: 30, rate_per_user_hz: 20, burst: 40, device_queue: 16}
 
 Validated whole at start: an error names the file, the key path and what was
 expected, and nothing starts half-configured. Beyond the schema, every reference is
@@ -45,6 +46,7 @@ from .acquisition import WINDOW_READINGS
 from .commands import (
     DAEMON,
     CommandError,
+    CommandSettings,
     DeviceSurface,
     PermissionsConfig,
     element_settings,
@@ -210,7 +212,10 @@ class DaemonSection(_Section):
     safe_state: list[ActionSpec] = Field(default_factory=list)
     operating_state: OperatingState = OperatingState()
     telemetry: TelemetryConfig = TelemetryConfig()
+    # -- command authentication and flood limits (controller/command_server.py) --
     permissions: PermissionsConfig = PermissionsConfig()
+    commands: CommandSettings = CommandSettings()
+    # --
     shutdown_timeout_s: float = Field(5.0, gt=0.0, le=60.0)
 
 

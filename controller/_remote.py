@@ -1,8 +1,11 @@
 """Talk to a running daemon over MQTT: one request, one reply (used by the CLI and tests).
 
-A request goes to ``qnet/v1/<node>/cmd/<suffix>`` with a suffix unique to this
-client, and the reply comes back on ``qnet/v1/<node>/reply/<suffix>``, so
-several operators never see each other's replies.
+A request goes to ``qnet/v1/<node>/cmd/<mqtt-user>/<id>`` and the reply comes back on
+``qnet/v1/<node>/reply/<mqtt-user>/<id>``: the broker's ACL lets an MQTT user publish
+and read only under its own name, so operators never see each other's requests or
+replies. A request for a qnet user with a secret is signed (HMAC-SHA256 with a fresh
+timestamp and nonce, :func:`controller.commands.sign_request`); the secret never
+leaves this process.
 """
 
 from __future__ import annotations
@@ -75,15 +78,23 @@ def broker_from(
 async def request(
     broker: BrokerSettings, node: str, body: dict[str, Any], timeout_s: float = 10.0
 ) -> dict[str, Any]:
-    """Send one request and return the decoded reply; RemoteError if none arrives."""
+    """Send one request and return the decoded reply; RemoteError if none arrives.
+
+    A ``token`` in ``body`` is the user's secret: it signs the request and is not sent.
+    """
     import aiomqtt
 
     from telemetry import command_topic, reply_topic
 
     from ._broker import BrokerSetupError, connect_secrets
+    from .commands import sign_request
 
-    suffix = uuid.uuid4().hex[:12]
-    body = {"id": suffix, **body}
+    rid = uuid.uuid4().hex[:12]
+    suffix = f"{broker.username or 'anonymous'}/{rid}"
+    body = {"id": rid, **body}
+    secret = body.pop("token", None)
+    if secret is not None:
+        body = sign_request(node, body, secret)
     try:
         password, tls_context = connect_secrets(broker, "daemon.telemetry.broker")
     except BrokerSetupError as exc:
@@ -119,14 +130,20 @@ async def request(
 
 
 def run_request(
-    broker: BrokerSettings, node: str, body: dict[str, Any], timeout_s: float, as_json: bool
+    broker: BrokerSettings,
+    node: str,
+    body: dict[str, Any],
+    timeout_s: float,
+    as_json: bool,
+    command: str = "",
 ) -> dict[str, Any]:
     """Send a request from a CLI command; print errors and exit 1 on failure."""
     try:
         reply = asyncio.run(request(broker, node, body, timeout_s))
     except RemoteError as exc:
-        typer.echo(f"qnet: {exc}", err=True)
-        raise typer.Exit(1) from None
+        from controller._cli_options import fail
+
+        fail(command, str(exc), code=1)
     if as_json:
         typer.echo(json.dumps(reply, indent=2))
     if not reply.get("ok"):

@@ -19,13 +19,27 @@ message go into the error reply. Replies are JSON objects with the request's
 Roles: ``viewer`` may read (get, readings, status), ``operator`` may also set
 and run actions, ``admin`` everything. The interlock engine acts as
 ``system`` (operator rights).
+
+Authentication is per message: a user with a configured secret signs every
+request with HMAC-SHA256 (RFC 2104, FIPS 198-1) over its canonical form
+(:func:`canonical_request`: node, user, id, device, setting, action, value,
+timestamp and nonce), so a captured request can be neither altered nor
+replayed. The secret itself never travels. :class:`Authenticator` checks the
+signature, the freshness (``ts_ms`` within ``max_skew_s`` of the daemon's
+clock) and the uniqueness of the nonce (remembered for the freshness window
+only, so memory stays bounded), refusing with ``bad_signature``, ``stale`` or
+``replayed``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import hmac
 import json
 import math
+import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +52,14 @@ from telemetry import Secret
 from ._json import jsonable
 
 MAX_REQUEST_BYTES = 16 * 1024
+#: Longest request id echoed in a reply (a longer one is cut, so a reply stays small).
+MAX_ECHOED_ID = 128
+#: Integer ids must fit in a signed 64-bit integer (any JSON parser can echo them exactly).
+MAX_INT_ID = 2**63
+#: Version tag at the head of the signed canonical form.
+SIGNATURE_VERSION = "qnet-cmd-v1"
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_SIG = re.compile(r"^[0-9a-f]{64}$")
 ROLES = ("none", "viewer", "operator", "admin")
 Role = Literal["none", "viewer", "operator", "admin"]
 DAEMON = "daemon"
@@ -75,19 +97,24 @@ class Request(BaseModel):
     value: Any = None
     user: str | None = Field(None, min_length=1, max_length=64)
     token: str | None = Field(None, max_length=256)
+    ts_ms: int | None = Field(None, ge=0, lt=2**53, description="Unix time of signing, ms")
+    nonce: str | None = Field(None, min_length=1, max_length=64, description="never reused")
+    sig: str | None = Field(None, min_length=1, max_length=128, description="HMAC-SHA256, hex")
 
     @field_validator("id")
     @classmethod
     def _id(cls, v: str | int) -> str | int:
         if isinstance(v, bool):
             raise ValueError("id must be a string or an integer")
-        if isinstance(v, str) and not 1 <= len(v) <= 128:
-            raise ValueError("id must be 1-128 characters")
+        if isinstance(v, str) and not 1 <= len(v) <= MAX_ECHOED_ID:
+            raise ValueError(f"id must be 1-{MAX_ECHOED_ID} characters")
+        if isinstance(v, int) and not -MAX_INT_ID <= v < MAX_INT_ID:
+            raise ValueError("an integer id must fit in 64 bits; use a string id")
         return v
 
 
 class UserConfig(BaseModel):
-    """One operator: role and an optional token (from the environment or a file)."""
+    """One operator: role and an optional secret (environment or file), the HMAC key."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -103,21 +130,53 @@ class PermissionsConfig(BaseModel):
     default_role: Role = "viewer"
     users: dict[str, UserConfig] = Field(default_factory=dict)
 
-    def role_of(self, user: str | None, token: str | None) -> str:
-        """The role of a request's user (a wrong or missing token gives ``none``)."""
-        if user is None:
-            return self.default_role
-        cfg = self.users.get(user)
-        if cfg is None:
-            return "none"
-        if cfg.token is not None:
+    def secret_problems(self) -> list[tuple[str, str]]:
+        """(key path, why) for each user secret that cannot be read now (never the value).
+
+        ``qnet run`` (and ``--check``) refuse to start on these: the user could never be
+        authenticated, and the mistake would only show as refusals.
+        """
+        out = []
+        for name, cfg in self.users.items():
+            if cfg.token is None:
+                continue
             try:
-                expected = cfg.token.read(f"token of user {user}")
-            except ValueError:
-                return "none"
-            if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
-                return "none"
-        return cfg.role
+                value = cfg.token.read(f"secret of user {name}")
+            except ValueError as exc:
+                out.append((f"daemon.permissions.users.{name}.token", str(exc)))
+                continue
+            if not value:
+                out.append((f"daemon.permissions.users.{name}.token", "the secret is empty"))
+        return out
+
+    def role_of(self, req: Request, now_s: float | None = None) -> str:
+        """The role of a request's user, its signature checked (no replay memory).
+
+        For one-off checks; the daemon keeps one :class:`Authenticator`, which also
+        refuses a nonce seen before.
+        """
+        return Authenticator(self).role_of(req, now_s)
+
+
+class CommandSettings(BaseModel):
+    """How the command server guards the instruments (``daemon.commands`` in the config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_skew_s: float = Field(
+        30.0, gt=0.0, le=600.0, description="signed ts_ms must be this close to our clock, s"
+    )
+    rate_per_user_hz: float = Field(
+        20.0, gt=0.0, description="executed requests per second and user (token bucket rate)"
+    )
+    burst: int = Field(40, ge=1, description="token bucket depth: requests at once per user")
+    device_queue: int = Field(
+        16, ge=1, le=10_000, description="commands waiting per device; more are refused busy"
+    )
+    max_inflight: int = Field(64, ge=1, le=10_000, description="requests answered at once")
+    max_reply_publishes: int = Field(
+        8, ge=1, le=1000, description="replies awaiting the broker's PUBACK at once"
+    )
 
 
 def role_allows(role: str, needed: str) -> bool:
@@ -125,6 +184,157 @@ def role_allows(role: str, needed: str) -> bool:
     if role == "system":
         role = "operator"
     return ROLES.index(role) >= ROLES.index(needed)
+
+
+# -- per-message authentication -----------------------------------------------------------
+
+
+def canonical_request(node: str, body: Mapping[str, Any]) -> bytes:
+    """The bytes a request's HMAC covers: every field that decides what it does, and when.
+
+    A JSON array (compact, ASCII, fixed order) of the version tag, the node it is for, the
+    user, id, device, setting, action, value, ``ts_ms`` and ``nonce``: changing any of them
+    (or sending the request to another node) breaks the signature. A value survives the
+    JSON round trip unchanged (floats print as their shortest exact repr), so signer and
+    checker build the same bytes.
+    """
+    fields: list[Any] = [SIGNATURE_VERSION, node]
+    fields += [body.get(k) for k in ("user", "id", "device", "setting", "action", "value")]
+    fields += [body.get("ts_ms"), body.get("nonce")]
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def request_signature(node: str, body: Mapping[str, Any], secret: str) -> str:
+    """HMAC-SHA256 (RFC 2104) of :func:`canonical_request` under the user's secret, hex."""
+    return hmac.new(secret.encode(), canonical_request(node, body), hashlib.sha256).hexdigest()
+
+
+def sign_request(
+    node: str, body: Mapping[str, Any], secret: str, now_s: float | None = None
+) -> dict[str, Any]:
+    """``body`` with a fresh ``ts_ms`` and ``nonce`` and its ``sig`` (the secret is not sent)."""
+    out = {k: v for k, v in body.items() if k not in ("token", "sig")}
+    out["ts_ms"] = int((time.time() if now_s is None else now_s) * 1000)
+    out["nonce"] = secrets.token_hex(16)
+    out["sig"] = request_signature(node, out, secret)
+    return out
+
+
+class Authenticator:
+    """The role of each request's user, checking signature, freshness and nonce uniqueness.
+
+    Args:
+        permissions: the users, their roles and secrets.
+        node: the node this daemon runs (part of what is signed).
+        max_skew_s: how far a request's ``ts_ms`` may be from this clock.
+        max_nonces: cap on the nonces remembered for one user (beyond it that user's
+            requests are refused ``busy`` until old ones expire), so one user flooding
+            signed requests can neither exhaust memory nor lock the others out.
+        secret_ttl_s: how long a secret read from its file or variable is reused.
+    """
+
+    def __init__(
+        self,
+        permissions: PermissionsConfig,
+        node: str = "",
+        *,
+        max_skew_s: float = 30.0,
+        max_nonces: int = 20_000,
+        secret_ttl_s: float = 10.0,
+    ) -> None:
+        self.permissions = permissions
+        self.node = node
+        self.max_skew_s = max_skew_s
+        self.max_nonces = max_nonces
+        self.secret_ttl_s = secret_ttl_s
+        self._seen: dict[tuple[str, str], int] = {}  # (user, nonce) -> expiry, ms
+        self._per_user: dict[str, int] = {}
+        self._expiry: list[tuple[int, str, str]] = []
+        self._secrets: dict[str, tuple[float, str]] = {}
+
+    def _secret(self, user: str, cfg: UserConfig) -> str:
+        now = time.monotonic()
+        hit = self._secrets.get(user)
+        if hit is not None and now - hit[0] < self.secret_ttl_s:
+            return hit[1]
+        assert cfg.token is not None
+        try:
+            value = cfg.token.read(f"secret of user {user}")
+        except ValueError as exc:  # SettingsError: names the source, never the value
+            raise CommandError("not_configured", f"the daemon cannot read it: {exc}") from None
+        self._secrets[user] = (now, value)
+        return value
+
+    def _forget_expired(self, now_ms: int) -> None:
+        while self._expiry and self._expiry[0][0] < now_ms:
+            _, user, nonce = heapq.heappop(self._expiry)
+            if self._seen.pop((user, nonce), None) is not None:
+                self._per_user[user] -= 1
+
+    @property
+    def remembered(self) -> int:
+        """How many nonces are remembered now (bounded by the freshness window)."""
+        return len(self._seen)
+
+    def role_of(self, req: Request, now_s: float | None = None) -> str:
+        """The role of ``req``'s user, or CommandError ``bad_signature``/``stale``/``replayed``."""
+        signed = (req.ts_ms, req.nonce, req.sig) != (None, None, None)
+        if req.token is not None:
+            raise CommandError(
+                "bad_signature",
+                "requests carry an HMAC signature (ts_ms, nonce, sig), never the secret "
+                "itself: a token in the request could be replayed by anyone who reads it",
+            )
+        if req.user is None:
+            if signed:
+                raise CommandError("bad_signature", "a signed request must name its user")
+            return self.permissions.default_role
+        cfg = self.permissions.users.get(req.user)
+        if cfg is None:
+            return "none"
+        if cfg.token is None:
+            return cfg.role  # a user without a secret: nothing to check (config's choice)
+        if req.ts_ms is None or req.nonce is None or req.sig is None:
+            raise CommandError(
+                "bad_signature",
+                f"user {req.user!r} must sign each request (ts_ms, nonce, sig: HMAC-SHA256 "
+                "with the user's secret; `qnet` does it with --token-env)",
+            )
+        if not _NONCE.match(req.nonce) or not _SIG.match(req.sig):
+            raise CommandError(
+                "bad_signature",
+                "nonce must be 16-64 characters [A-Za-z0-9_-] and sig 64 lowercase hex digits",
+            )
+        expected = request_signature(self.node, req.model_dump(), self._secret(req.user, cfg))
+        if not hmac.compare_digest(expected, req.sig):
+            raise CommandError(
+                "bad_signature",
+                f"the signature does not match the request for node {self.node!r} "
+                "(altered in transit, or not signed with this user's secret)",
+            )
+        now_ms = int((time.time() if now_s is None else now_s) * 1000)
+        skew_ms = int(self.max_skew_s * 1000)
+        if abs(now_ms - req.ts_ms) > skew_ms:
+            raise CommandError(
+                "stale",
+                f"signed {(now_ms - req.ts_ms) / 1000:+.1f} s from the daemon's clock; allowed "
+                f"+-{self.max_skew_s:g} s (replayed, or a clock to fix)",
+            )
+        self._forget_expired(now_ms)
+        key = (req.user, req.nonce)
+        if key in self._seen:
+            raise CommandError(
+                "replayed", "this nonce was already used: a request is executed at most once"
+            )
+        if self._per_user.get(req.user, 0) >= self.max_nonces:
+            raise CommandError(
+                "busy", f"user {req.user!r} sent too many requests recently; retry shortly"
+            )
+        expiry = req.ts_ms + skew_ms  # after this, the freshness check refuses it anyway
+        self._seen[key] = expiry
+        self._per_user[req.user] = self._per_user.get(req.user, 0) + 1
+        heapq.heappush(self._expiry, (expiry, req.user, req.nonce))
+        return cfg.role
 
 
 # -- device surfaces -----------------------------------------------------------------------
@@ -263,7 +473,13 @@ def _check_value(spec: SettingSpec, value: Any, device: str) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise CommandError("bad_value", f"{device}.{spec.name} takes a number, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:
+        raise CommandError(
+            "bad_value",
+            f"{device}.{spec.name} = an integer of {len(str(value))} digits is too large",
+        ) from None
     if not math.isfinite(v):
         raise CommandError("bad_value", f"{device}.{spec.name} = {value!r} is not finite")
     assert spec.limits is not None
@@ -271,9 +487,40 @@ def _check_value(spec: SettingSpec, value: Any, device: str) -> Any:
     if not lo <= v <= hi:
         raise CommandError(
             "out_of_limits",
-            f"{device}.{spec.name} = {v:g} is outside the safe range [{lo:g}, {hi:g}]",
+            f"{device}.{spec.name} = {exact(v)} is outside the safe range "
+            f"[{exact(lo)}, {exact(hi)}]",
         )
     return v
+
+
+def exact(x: float) -> str:
+    """``x`` as short as ``:g`` prints it when that reads back exactly, else its full repr.
+
+    ``0.1000001`` must not print as ``0.1`` next to a limit of ``0.1``.
+    """
+    short = f"{x:g}"
+    return short if float(short) == x else repr(x)
+
+
+def echoable_id(rid: Any) -> str | int | None:
+    """The part of a request id a reply can echo: ints within 64 bits, text cut to 128 chars.
+
+    A longer id is cut (text) or replaced by its first digits and its length (integers), so
+    a refusal still names the request without growing with the input.
+    """
+    if isinstance(rid, bool):
+        return None
+    if isinstance(rid, int):
+        if -MAX_INT_ID <= rid < MAX_INT_ID:
+            return rid
+        try:
+            digits = str(rid)
+        except ValueError:
+            return None
+        return f"{digits[:40]}... ({len(digits)} digits)"
+    if isinstance(rid, str):
+        return rid if len(rid) <= MAX_ECHOED_ID else rid[: MAX_ECHOED_ID - 3] + "..."
+    return None
 
 
 def parse_request(payload: bytes | str | Mapping[str, Any]) -> Request:
@@ -296,8 +543,7 @@ def parse_request(payload: bytes | str | Mapping[str, Any]) -> Request:
         raise CommandError(
             "bad_request", f"request must be a JSON object, got {type(payload).__name__}"
         )
-    rid = payload.get("id")
-    rid = rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+    rid = echoable_id(payload.get("id"))
     try:
         req = Request.model_validate(dict(payload))
     except ValidationError as exc:
@@ -318,17 +564,34 @@ def validate_request(
     permissions: PermissionsConfig,
     *,
     role: str | None = None,
+    auth: Authenticator | None = None,
 ) -> ValidRequest:
-    """Full check of one request (schema, device, name, value, limits, role).
+    """Full check of one request (schema, signature, device, name, value, limits, role).
 
-    ``role`` overrides the user lookup (the interlock engine passes ``system``).
+    ``role`` overrides the user lookup (the interlock engine passes ``system``); ``auth``
+    is the daemon's authenticator (it remembers nonces), else a fresh one checks only the
+    signature and the freshness.
     """
     req = parse_request(payload)
-    rid = req.id
     if role is None:
-        role = permissions.role_of(req.user, req.token)
+        try:
+            role = (auth or Authenticator(permissions)).role_of(req)
+        except CommandError as exc:
+            exc.request_id = req.id
+            raise
+    return check_request(req, surfaces, role)
+
+
+def check_request(req: Request, surfaces: Mapping[str, DeviceSurface], role: str) -> ValidRequest:
+    """Device, name, value, limits and role of a parsed request whose user has ``role``."""
+    rid = req.id
     try:
         if req.device == DAEMON:
+            if req.setting in DAEMON_ACTIONS and DAEMON_ACTIONS[req.setting] == "viewer":
+                if req.value is not None:
+                    raise CommandError("bad_value", f"daemon {req.setting!r} cannot be set")
+                _need(role, "viewer", f"daemon.{req.setting}")  # `qnet get CFG daemon status`
+                return ValidRequest(rid, DAEMON, "action", req.setting, None, role)
             if req.action is None or req.action not in DAEMON_ACTIONS:
                 raise CommandError(
                     "unknown_action",

@@ -9,8 +9,9 @@
 * every window and every poll feeds the :class:`~controller.interlocks.InterlockEngine`;
   its actions go through the same validation as operator commands;
 * records go to the telemetry ``Publisher`` (outbox first, then MQTT);
-* requests on ``qnet/v1/<node>/cmd/<suffix>`` are validated and answered on
-  ``qnet/v1/<node>/reply/<suffix>``;
+* the :class:`~controller.command_server.CommandServer` answers requests on
+  ``qnet/v1/<node>/cmd/<user>/<suffix>`` (validated, authenticated, rate-limited)
+  through :meth:`Daemon.execute`;
 * the link's upkeep (:class:`~controller.link_upkeep.LinkUpkeep`: delays at start and
   on command, drift tracking, polarization compensation) gets callables, not the daemon;
 * at start, one line says what runs; with ``arm`` (``qnet run --arm`` or
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from drivers import InstrumentError, TagSource
+from drivers import TagSource
 
 from ._broker_watch import BrokerQuiet, watch_broker
 from ._daemon_config import (
@@ -49,14 +50,12 @@ from ._daemon_config import (
 )
 from ._device_records import device_records
 from .acquisition import Acquisition, Windower, WindowResult, finite_or_none, window_records
+from .command_server import CommandServer
 from .commands import (
     DAEMON,
     CommandError,
     DeviceSurface,
     ValidRequest,
-    error_reply,
-    ok_reply,
-    parse_request,
     validate_request,
 )
 from .interlocks import ActionSpec, InterlockEngine, InterlockEvent
@@ -64,13 +63,16 @@ from .link_upkeep import SHUTTING_DOWN, LinkUpkeep
 from .merge import MergedTagSource
 from .operating import light_hint, start_up_line
 from .status_view import describe_request, describe_value
-from .supervisor import DeviceUnavailable, DeviceWorker, Supervisor
+from .supervisor import (
+    PRIORITY_COMMAND,
+    PRIORITY_SYSTEM,
+    DeviceWorker,
+    Supervisor,
+)
 
 log = logging.getLogger("qnet.daemon")
 
 HISTORY = 600
-#: Requests answered concurrently by the command listener.
-MAX_INFLIGHT = 64
 #: Share of ``shutdown_timeout_s`` the safe state may use (the rest: flush and close).
 SAFE_STATE_SHARE = 0.6
 #: Part of ``shutdown_timeout_s`` kept for closing the publisher and the devices, at most 1 s.
@@ -123,6 +125,7 @@ class Daemon:
                 poll_interval_s=ic.poll_interval_s,
                 call_timeout_s=max(2.0, 4 * ic.timeout_s),
                 monitor=monitor,
+                max_queue=d.commands.device_queue,
             )
         self.workers = workers
         self.supervisor = Supervisor(workers, self._on_device_state, self._on_device_readings)
@@ -159,12 +162,18 @@ class Daemon:
                 light_hint=lambda: light_hint(cfg, self.surfaces, self._device_call),
             )
         self.acquisition_state = "stopped"
-        self.requests_handled = 0
-        self.requests_refused = 0
+        self.commands = CommandServer(
+            self.node,
+            self.broker,
+            d.commands,
+            d.permissions,
+            self.surfaces,
+            self.execute,
+            self._event,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._answers: set[asyncio.Task[None]] = set()  # requests being answered
         self._stopping = False  # set first thing in shutdown(): nothing new starts
         self._window_waiters: list[asyncio.Future[WindowResult]] = []
         self._started_wall = time.time()
@@ -189,7 +198,7 @@ class Daemon:
         self.supervisor.start()
         if self.broker is not None:
             self._start_publisher()
-            self._tasks.append(asyncio.create_task(self._command_loop(), name="qnet-commands"))
+            self._tasks.append(asyncio.create_task(self.commands.run(), name="qnet-commands"))
             watch = watch_broker(
                 self.broker,
                 lambda: self.publisher.connected,
@@ -243,7 +252,7 @@ class Daemon:
             self.acquisition.request_stop()
         for fut in self._window_waiters:
             fut.cancel()
-        cancelled = [*self._tasks, *self._answers, *upkeep_tasks]
+        cancelled = [*self._tasks, *self.commands.answers, *upkeep_tasks]
         for t in cancelled:
             t.cancel()
         await self.supervisor.stop()  # its keepers are cancelled: no poll, no readings
@@ -502,32 +511,19 @@ class Daemon:
         self.events.append({"time_s": time.time(), "kind": kind, "text": text, "device": device})
 
     # -- requests --
+    @property
+    def requests_handled(self) -> int:
+        """Requests answered ok (by the command server)."""
+        return self.commands.handled
+
+    @property
+    def requests_refused(self) -> int:
+        """Requests refused before reaching a device (by the command server)."""
+        return self.commands.refused
+
     async def handle_payload(self, payload: bytes | str) -> bytes:
-        """Validate, execute and answer one request (never raises)."""
-        try:
-            vreq = validate_request(payload, self.surfaces, self.cfg.daemon.permissions)
-        except CommandError as exc:
-            self.requests_refused += 1
-            return error_reply(exc.request_id, exc.code, exc.message)
-        except Exception as exc:  # defensive: a reply always goes out
-            self.requests_refused += 1
-            return error_reply(None, "bad_request", f"unreadable request: {exc}")
-        try:
-            result = await self.execute(vreq)
-        except CommandError as exc:
-            self.requests_refused += 1
-            return error_reply(vreq.id, exc.code, exc.message)
-        except DeviceUnavailable as exc:
-            return error_reply(vreq.id, "device_unavailable", str(exc))
-        except TimeoutError:
-            return error_reply(vreq.id, "device_timeout", f"{vreq.device} did not answer in time")
-        except InstrumentError as exc:
-            return error_reply(vreq.id, "device_error", str(exc))
-        except Exception as exc:
-            log.exception("request %r failed", vreq)
-            return error_reply(vreq.id, "internal_error", f"{type(exc).__name__}: {exc}")
-        self.requests_handled += 1
-        return ok_reply(vreq.id, result)
+        """Validate, execute and answer one request (never raises): the command server's."""
+        return await self.commands.handle_payload(payload)
 
     async def execute(self, vreq: ValidRequest, quiet: bool = False) -> Any:
         """Run a validated request (device operation or daemon action); ``quiet``: no event.
@@ -545,28 +541,30 @@ class Daemon:
     async def _device_op(self, vreq: ValidRequest, force: bool = False, quiet: bool = False) -> Any:
         surf = self.surfaces[vreq.device]
         worker = self.workers[vreq.device]
+        # the daemon's own actions (interlocks, safe state) go before operators' commands
+        prio = PRIORITY_SYSTEM if vreq.role == "system" else PRIORITY_COMMAND
         if vreq.op == "get":
             getter = (
                 surf.settings[vreq.name].getter
                 if vreq.name in surf.settings
                 else surf.readables[vreq.name]
             )
-            return {"value": await worker.call(getter)}
+            return {"value": await worker.call(getter, priority=prio)}
         if vreq.op == "set":
             spec = surf.settings[vreq.name]
             value = vreq.value
             if force and worker.state != "ready":
                 # at shutdown try even a faulted device once, directly in its thread
-                await worker.run_sync(lambda: spec.setter(worker.instrument, value))
+                await worker.run_sync(lambda: spec.setter(worker.instrument, value), None, prio)
             else:
-                await worker.call(lambda inst: spec.setter(inst, value))
+                await worker.call(lambda inst: spec.setter(inst, value), priority=prio)
             if not quiet:
                 text = f"{vreq.device}.{vreq.name} = {describe_value(value)} ({vreq.role})"
                 self._event("set", text, vreq.device)
             return {"value": value}
         fn = surf.actions[vreq.name]
         timeout = self._reset_latch_timeout_s(vreq.device) if vreq.name == "reset_latch" else None
-        result = await worker.call(fn, timeout)
+        result = await worker.call(fn, timeout, priority=prio)
         self._event("action", f"{vreq.device}.{vreq.name} ({vreq.role})", vreq.device)
         return {"value": result}
 
@@ -627,7 +625,7 @@ class Daemon:
             "last_window": self.history[-1] if self.history else None,
             "history": list(self.history)[-60:],
             "events": list(self.events)[-20:],
-            "requests": {"handled": self.requests_handled, "refused": self.requests_refused},
+            "requests": self.commands.counters(),
             "capture": self.acquisition.capture_progress() if self.acquisition else None,
         }
 
@@ -646,119 +644,6 @@ class Daemon:
         )
         self.publisher = Publisher(settings)
         self.publisher.start()
-
-    async def _command_loop(self) -> None:
-        """Listen for requests until cancelled; any failure is logged and retried with backoff.
-
-        A broker outage, a missing password or TLS file, or a bug in one round must not end
-        the listener: the daemon would keep running but could no longer be commanded.
-        """
-        import aiomqtt
-
-        from telemetry import backoff_s, command_topic
-
-        from ._broker import BrokerSetupError, connect_secrets
-
-        b = self.broker
-        where = "daemon.telemetry.broker"
-        prefix = command_topic(self.node, "")
-        attempt = 0
-        while True:
-            try:
-                password, tls_context = connect_secrets(b, where)
-                async with aiomqtt.Client(
-                    b.host,
-                    b.port,
-                    identifier=f"{b.client_id}-cmd",
-                    username=b.username,
-                    password=password,
-                    tls_context=tls_context,
-                    keepalive=b.keepalive_s,
-                    clean_session=True,
-                    protocol=aiomqtt.ProtocolVersion.V311,
-                ) as client:
-                    attempt = 0
-                    await self._listen(client, prefix)
-                delay = backoff_s(attempt, b.reconnect_min_s, b.reconnect_max_s)
-            except aiomqtt.MqttError as exc:
-                delay = backoff_s(attempt, b.reconnect_min_s, b.reconnect_max_s)
-                log.warning("command listener: %s; retry in %.1f s", exc, delay)
-            except BrokerSetupError as exc:
-                delay = b.reconnect_max_s  # waits for someone to fix it: no need to hurry
-                log.error(
-                    "command listener cannot connect: %s; fix %s in the config "
-                    "(requests are not answered until then); retry in %.1f s",
-                    exc,
-                    where,
-                    delay,
-                )
-                self._event("mqtt", f"command listener: {exc}", None)
-            except Exception as exc:
-                delay = backoff_s(attempt, b.reconnect_min_s, b.reconnect_max_s)
-                log.exception("command listener failed: %s; restarting it in %.1f s", exc, delay)
-                self._event("mqtt", f"command listener failed: {type(exc).__name__}: {exc}", None)
-            attempt += 1
-            await asyncio.sleep(delay)
-
-    async def _listen(self, client: Any, prefix: str) -> None:
-        """Subscribe to this node's commands and answer each (returns if the client stops)."""
-        from telemetry import reply_topic
-
-        await client.subscribe(prefix + "#", qos=1)
-        self._event("mqtt", "command listener subscribed", None)
-        # requests run concurrently (a calibration does not hold up a status),
-        # at most MAX_INFLIGHT at a time
-        sem = asyncio.Semaphore(MAX_INFLIGHT)
-        async for msg in client.messages:
-            suffix = str(msg.topic)[len(prefix) :] or "default"
-            payload = msg.payload if isinstance(msg.payload, bytes) else b""
-            await sem.acquire()
-            topic = reply_topic(self.node, suffix)
-            task = asyncio.create_task(
-                self._answer(client, topic, payload, sem, retained=bool(msg.retain))
-            )
-            self._answers.add(task)  # shutdown cancels what is still being answered
-            task.add_done_callback(self._answers.discard)
-
-    async def _answer(
-        self,
-        client: Any,
-        topic: str,
-        payload: bytes,
-        sem: asyncio.Semaphore,
-        retained: bool = False,
-    ) -> None:
-        """Answer one request on ``topic``; releases ``sem`` when done.
-
-        A retained request is refused, not executed: it would run again on every reconnect.
-        """
-        import aiomqtt
-
-        try:
-            if retained:
-                reply = self._refuse_retained(payload, topic)
-            else:
-                reply = await self.handle_payload(payload)
-            await client.publish(topic, reply, qos=1)
-        except aiomqtt.MqttError as exc:
-            log.warning("reply on %s lost: %s", topic, exc)
-        finally:
-            sem.release()
-
-    def _refuse_retained(self, payload: bytes, topic: str) -> bytes:
-        """The ``bad_request`` reply to a retained request (counted as refused)."""
-        self.requests_refused += 1
-        try:
-            rid = parse_request(payload).id
-        except CommandError as exc:
-            rid = exc.request_id
-        log.warning("retained request %r on %s refused", rid, topic)
-        return error_reply(
-            rid,
-            "bad_request",
-            "retained commands are not executed (a retained request would run again on "
-            "every reconnect): publish it with retain=false",
-        )
 
     # -- start-up: summary, arming, calibration --
     async def _device_call(self, device: str, fn: Callable[[Any], Any]) -> Any:

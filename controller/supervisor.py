@@ -12,12 +12,20 @@ hung instrument only ever blocks its own thread. Each device moves through
 A faulted device never stops the others; the supervisor keeps polling the
 ready ones (``monitor`` readables at each instrument's ``poll_interval_s``)
 and reports readings and state changes through callbacks on the event loop.
+
+Calls wait for their turn in a priority queue, one running at a time: polls and
+reconnects (an interlock's inputs) first, then the daemon's own actions
+(interlock actions, safe state), then operator commands, which are refused with
+:class:`DeviceBusy` beyond ``max_queue`` waiting. A call's timeout starts when
+it reaches the instrument, so time spent queued never faults a device.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -32,8 +40,18 @@ log = logging.getLogger("qnet.supervisor")
 STATES = ("disconnected", "connecting", "ready", "faulted")
 
 
+#: Call priorities (lower runs first): polls/reconnects, the daemon's own actions, commands.
+PRIORITY_POLL = 0
+PRIORITY_SYSTEM = 1
+PRIORITY_COMMAND = 2
+
+
 class DeviceUnavailable(Exception):
     """The device is not ready (faulted or still connecting); the message says why."""
+
+
+class DeviceBusy(Exception):
+    """Too many commands already wait for this device; the message says how many."""
 
 
 @dataclass
@@ -47,6 +65,7 @@ class DeviceWorker:
     monitor: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 5.0
+    max_queue: int = 16
     state: str = "disconnected"
     last_error: str = ""
     errors: int = 0
@@ -58,22 +77,101 @@ class DeviceWorker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dev-{self.name}")
         self._backoff_s = self.backoff_initial_s
         self._wake = asyncio.Event()
+        self._busy = False  # a call holds the device thread (until it really returns)
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self.queued_commands = 0
+        self.refused_busy = 0
+        self.polls = 0
 
-    async def run_sync(self, fn: Callable[[], Any], timeout_s: float | None = None) -> Any:
-        """Run ``fn`` in this device's thread, bounded by ``timeout_s`` (default call timeout)."""
+    async def _turn(self, priority: int) -> None:
+        """Wait (without a deadline) until this call may use the device thread."""
+        if not self._busy:  # nobody holds the thread, so nobody live waits either
+            self._busy = True
+            self._waiting.clear()  # only calls cancelled while waiting can be left
+            return
+        command = priority >= PRIORITY_COMMAND
+        if command and self.queued_commands >= self.max_queue:
+            self.refused_busy += 1
+            raise DeviceBusy(
+                f"{self.name} already has {self.queued_commands} commands waiting "
+                f"(max_queue {self.max_queue}); retry later"
+            )
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._seq), fut))
+        self.queued_commands += command
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()  # the turn came with the cancellation: hand it on
+            raise
+        finally:
+            self.queued_commands -= command
+
+    def _release(self) -> None:
+        while self._waiting:
+            fut = heapq.heappop(self._waiting)[2]
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._busy = False
+
+    async def run_sync(
+        self,
+        fn: Callable[[], Any],
+        timeout_s: float | None = None,
+        priority: int = PRIORITY_POLL,
+    ) -> Any:
+        """Run ``fn`` in this device's thread when its turn comes, bounded by ``timeout_s``.
+
+        The timeout (default: the call timeout) covers ``fn`` itself, not the wait for the
+        turn. The turn is handed on only when ``fn`` has really returned, so the next call's
+        timeout never includes a previous call that ran past its own.
+        """
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.executor, fn)
-        return await asyncio.wait_for(fut, timeout_s or self.call_timeout_s)
+        await self._turn(priority)
+        try:
+            cf = self.executor.submit(fn)
+        except RuntimeError:  # executor shut down (closed)
+            self._release()
+            raise DeviceUnavailable(f"{self.name} is closed") from None
 
-    async def call(self, fn: Callable[[Any], Any], timeout_s: float | None = None) -> Any:
-        """Run ``fn(instrument)`` in the device thread; connection-level errors fault the device."""
+        def done(_: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
+                loop.call_soon_threadsafe(self._release)
+
+        cf.add_done_callback(done)
+        return await asyncio.wait_for(asyncio.wrap_future(cf), timeout_s or self.call_timeout_s)
+
+    def _check_ready(self) -> None:
         if self.state != "ready":
             raise DeviceUnavailable(
                 f"{self.name} is {self.state}" + (f": {self.last_error}" if self.last_error else "")
             )
+
+    async def call(
+        self,
+        fn: Callable[[Any], Any],
+        timeout_s: float | None = None,
+        priority: int = PRIORITY_COMMAND,
+    ) -> Any:
+        """Run ``fn(instrument)`` in the device thread; connection-level errors fault the device.
+
+        ``priority``: ``PRIORITY_POLL`` / ``PRIORITY_SYSTEM`` / ``PRIORITY_COMMAND``; commands
+        beyond ``max_queue`` waiting are refused with DeviceBusy. A device that faulted while
+        the call waited is not touched (DeviceUnavailable).
+        """
+        self._check_ready()
+
+        def run() -> Any:
+            if self.state != "ready":  # faulted while this call waited for its turn
+                raise DeviceUnavailable(f"{self.name} is {self.state}: {self.last_error}")
+            return fn(self.instrument)
+
         t0 = time.monotonic()
         try:
-            result = await self.run_sync(lambda: fn(self.instrument), timeout_s)
+            result = await self.run_sync(run, timeout_s, priority)
         except (ConnectionLost, InstrumentTimeout, TimeoutError) as exc:
             self.errors += 1
             self._fault(str(exc) or "call timed out")
@@ -113,13 +211,15 @@ class DeviceWorker:
         A failing read faults the device (connection-level errors) or is counted.
         """
         if not self.monitor:
-            await self.call(lambda inst: inst.query(inst.IDN_QUERY))
+            await self.call(lambda inst: inst.query(inst.IDN_QUERY), priority=PRIORITY_POLL)
+            self.polls += 1
             return {}
 
         def read_all(inst: Any) -> dict[str, Any]:
             return {k: fn(inst) for k, fn in self.monitor.items()}
 
-        values = await self.call(read_all)
+        values = await self.call(read_all, priority=PRIORITY_POLL)
+        self.polls += 1
         self.readings = values
         return values
 

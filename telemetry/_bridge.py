@@ -19,6 +19,8 @@ Three threads, one direction, every hop bounded and durable::
   fills, the network thread stops reading and the broker keeps the rest in the session.
 * Malformed, oversized or foreign (node tag != topic node) payloads are logged, counted,
   acknowledged and dropped; the bridge keeps running.
+* With ``nodes`` configured, telemetry of any other "node" (a topic the broker let some
+  user publish) is acknowledged and dropped, counted, and logged once per unknown node.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class BridgeStats:
     write_failures: int = 0
     stale_acks_skipped: int = 0
     connects: int = 0
+    unknown_node_messages: int = 0
 
 
 def check_payload(
@@ -103,6 +106,8 @@ class Bridge:
             maxsize=settings.queue_messages
         )
         self._generation = 0
+        self._known_nodes = None if settings.nodes is None else frozenset(settings.nodes)
+        self._unknown_logged: set[str] = set()
         self._stop_intake = threading.Event()
         self._stop_writer = threading.Event()
         self._spooled = threading.Event()
@@ -180,6 +185,9 @@ class Bridge:
         out: list[_Pending] = []
         for gen, mid, qos, topic, payload in batch:
             self.stats.messages_received += 1
+            if not self._from_known_node(topic):
+                out.append((gen, mid, qos, None))
+                continue
             try:
                 row = check_payload(topic, payload, self.settings.max_payload_bytes, checker)
             except PayloadRejected as exc:
@@ -188,6 +196,26 @@ class Bridge:
                 row = None
             out.append((gen, mid, qos, row))
         return out
+
+    def _from_known_node(self, topic: str) -> bool:
+        """Whether ``topic`` is a configured node's (always, without a node list)."""
+        if self._known_nodes is None:
+            return True
+        parts = topic.split("/", 3)
+        node = parts[2] if len(parts) > 2 else ""
+        if node in self._known_nodes:
+            return True
+        self.stats.unknown_node_messages += 1
+        self.stats.messages_dropped += 1
+        if node not in self._unknown_logged and len(self._unknown_logged) < 1000:
+            self._unknown_logged.add(node)
+            log.warning(
+                "ignoring telemetry of unknown node %r (not in the bridge's nodes: %s); "
+                "further messages of it are only counted",
+                node[:100],
+                ", ".join(sorted(self._known_nodes)),
+            )
+        return False
 
     def _spool_loop(self) -> None:
         checker = PayloadChecker()

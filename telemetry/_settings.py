@@ -162,6 +162,9 @@ class BridgeSettings(_Model):
     influx: InfluxSettings
     spool: SpoolSettings
     topics: tuple[str, ...] = ("qnet/v1/+/telemetry/#",)
+    nodes: tuple[str, ...] | None = Field(
+        None, description="the nodes whose telemetry is written; others are ignored (None: all)"
+    )
     max_payload_bytes: int = Field(1024 * 1024, ge=64)
     queue_messages: int = Field(2000, ge=1)
 

@@ -5,10 +5,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.commands import (
+    Authenticator,
     CommandError,
     PermissionsConfig,
     error_reply,
     ok_reply,
+    parse_request,
+    sign_request,
     surface_for,
     validate_request,
 )
@@ -136,12 +139,140 @@ def test_permissions(surfaces, monkeypatch):
     # a viewer may read
     validate_request({"id": 2, "device": "pump_laser", "setting": "laser_on"}, surfaces, perms)
     with pytest.raises(CommandError):
-        validate_request({**set_req, "user": "op", "token": "wrong"}, surfaces, perms)
+        validate_request(sign_request("", {**set_req, "user": "op"}, "wrong"), surfaces, perms)
     with pytest.raises(CommandError):
         validate_request({**set_req, "user": "mallory"}, surfaces, perms)
-    ok = validate_request({**set_req, "user": "op", "token": "s3cret"}, surfaces, perms)
+    ok = validate_request(sign_request("", {**set_req, "user": "op"}, "s3cret"), surfaces, perms)
     assert ok.role == "operator"
     assert validate_request(set_req, surfaces, perms, role="system").op == "set"
+
+
+@pytest.fixture
+def signed_perms(monkeypatch):
+    monkeypatch.setenv("QNET_TEST_TOKEN", "s3cret")
+    return PermissionsConfig.model_validate(
+        {
+            "default_role": "viewer",
+            "users": {"op": {"role": "operator", "token": {"env": "QNET_TEST_TOKEN"}}},
+        }
+    )
+
+
+def _code(fn):
+    with pytest.raises(CommandError) as info:
+        fn()
+    return info.value.code, info.value.message
+
+
+def test_signed_requests_cannot_be_replayed_altered_or_delayed(surfaces, signed_perms):
+    auth = Authenticator(signed_perms, "alice", max_skew_s=30.0)
+    body = {"id": 1, "user": "op", "device": "pump_laser", "setting": "laser_on", "value": False}
+    signed = sign_request("alice", body, "s3cret")
+    assert "token" not in signed and len(signed["sig"]) == 64
+
+    def check(b, now=None):
+        return auth.role_of(parse_request(json.dumps(b)), now)
+
+    assert check(signed) == "operator"
+    code, msg = _code(lambda: check(signed))  # the same bytes again
+    assert code == "replayed", msg
+    # a changed value, device, id or target node breaks the signature
+    for changed in (
+        {**signed, "value": True},
+        {**signed, "setting": "current_setpoint_a", "value": 0.05},
+        {**signed, "id": 2},
+        {**signed, "nonce": "f" * 32},
+    ):
+        code, msg = _code(lambda b=changed: check(b))
+        assert code == "bad_signature", (changed, msg)
+    other_node = Authenticator(signed_perms, "bob")
+    assert (
+        _code(lambda: other_node.role_of(parse_request(sign_request("alice", body, "s3cret"))))[0]
+        == "bad_signature"
+    )
+    # too old or too far ahead: stale (the clock of the check is moved, not the request)
+    fresh = sign_request("alice", body, "s3cret", now_s=1_000_000.0)
+    assert _code(lambda: check(fresh, 1_000_031.0))[0] == "stale"
+    assert _code(lambda: check(fresh, 999_969.0))[0] == "stale"
+    assert check(fresh, 1_000_029.0) == "operator"
+    # the bearer token itself, or no signature at all, is refused
+    assert _code(lambda: check({**body, "token": "s3cret"}))[0] == "bad_signature"
+    assert _code(lambda: check(body))[0] == "bad_signature"
+    message = _code(lambda: check({**body, "token": "s3cret"}))[1]
+    assert "s3cret" not in message
+
+
+def test_nonce_memory_is_bounded_by_the_freshness_window(signed_perms):
+    auth = Authenticator(signed_perms, "alice", max_skew_s=1.0)
+    body = {"id": 1, "user": "op", "device": "daemon", "action": "status"}
+    t = 2_000_000.0
+    for k in range(500):
+        now = t + k * 0.01  # 5 s of requests at 100/s
+        assert auth.role_of(parse_request(sign_request("alice", body, "s3cret", now)), now)
+    # only the last ~2 s (ts + skew not yet passed) are remembered
+    assert auth.remembered <= 2.0 / 0.01 + 1
+    # one user over its cap is refused busy; another user is not affected
+    capped = Authenticator(
+        PermissionsConfig.model_validate(
+            {
+                "users": {
+                    "op": {"role": "operator", "token": {"env": "QNET_TEST_TOKEN"}},
+                    "op2": {"role": "operator", "token": {"env": "QNET_TEST_TOKEN"}},
+                }
+            }
+        ),
+        "alice",
+        max_nonces=10,
+    )
+    for _ in range(10):
+        capped.role_of(parse_request(sign_request("alice", body, "s3cret", t)), t)
+    code, _ = _code(
+        lambda: capped.role_of(parse_request(sign_request("alice", body, "s3cret", t)), t)
+    )
+    assert code == "busy"
+    other = {**body, "user": "op2"}
+    assert capped.role_of(parse_request(sign_request("alice", other, "s3cret", t)), t)
+
+
+def test_daemon_readings_through_get_and_exact_limits_in_refusals(surfaces):
+    perms = PermissionsConfig()
+    # `qnet get CFG daemon status` sends a setting, not an action
+    v = validate_request({"id": 1, "device": "daemon", "setting": "status"}, surfaces, perms)
+    assert (v.device, v.op, v.name) == ("daemon", "action", "status")
+    code, _ = _code(
+        lambda: validate_request(
+            {"id": 1, "device": "daemon", "setting": "calibrate"}, surfaces, perms
+        )
+    )
+    assert code == "unknown_action"
+    req = {"id": 1, "device": "pump_laser", "setting": "current_setpoint_a", "value": 0.1000001}
+    code, msg = _code(lambda: validate_request(req, surfaces, perms, role="system"))
+    assert code == "out_of_limits", msg
+    assert "= 0.1000001 is outside the safe range [0, 0.1]" in msg, msg
+
+
+def test_huge_numbers_keep_the_request_id(surfaces):
+    perms = PermissionsConfig()
+    huge = "9" * 401
+    text = (
+        '{"id": "r-401", "device": "pump_laser", "setting": "current_setpoint_a", '
+        f'"value": {huge}}}'
+    )
+    with pytest.raises(CommandError) as info:
+        validate_request(text, surfaces, perms, role="system")
+    assert info.value.code == "bad_value" and info.value.request_id == "r-401"
+    assert "401 digits" in info.value.message
+    with pytest.raises(CommandError) as info:
+        validate_request(
+            f'{{"id": {huge}, "device": "daemon", "action": "status"}}', surfaces, perms
+        )
+    assert info.value.code == "bad_request"
+    rid = info.value.request_id
+    assert isinstance(rid, str) and rid.startswith("9" * 40) and "401 digits" in rid
+    long_id = "x" * 5000
+    with pytest.raises(CommandError) as info:
+        validate_request(json.dumps({"id": long_id, "device": "daemon"}), surfaces, perms)
+    assert len(info.value.request_id) <= 128
 
 
 def test_replies_are_json():

@@ -257,9 +257,9 @@ def test_reset_latch_timeout_follows_the_ramp_options(tmp_path):
         w = d.workers["snspd_bias"]
         call = w.call
 
-        async def spy(fn, timeout_s=None):
+        async def spy(fn, timeout_s=None, **kw):
             timeouts.append(timeout_s)
-            return await call(fn, timeout_s)
+            return await call(fn, timeout_s, **kw)
 
         w.call = spy
         await d.start()

@@ -3,12 +3,14 @@
 One scenario, in order: calibrates and reports QBER below the threshold; trips and recovers
 each interlock (count rate, SNSPD latch, laser TEC, QBER -> compensation of an imposed
 polarization drift); survives an instrument emulator being killed and restarted; rejects
-thousands of fuzzed commands without any setpoint changing; shuts down cleanly on SIGTERM.
+thousands of fuzzed commands (each answered exactly once, however long a busy machine takes)
+without any setpoint changing; shuts down cleanly on SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -150,6 +152,14 @@ def test_daemon_end_to_end(sim):
     assert r.exit_code == 0 and float(r.output.strip()) == pytest.approx(0.05), r.output
     r = cli.invoke(app, ["set", str(cfg_path), "pump_laser", "current_setpoint_a", "0.5"])
     assert r.exit_code == 1 and "out_of_limits" in r.output, r.output
+    # a negative value is a value (not an option), refused by the daemon with exact limits
+    r = cli.invoke(app, ["set", str(cfg_path), "pump_laser", "current_setpoint_a", "-0.01"])
+    assert r.exit_code == 1 and "= -0.01 is outside the safe range" in r.output, r.output
+    r = cli.invoke(app, ["set", str(cfg_path), "pump_laser", "current_setpoint_a", "0.1000001"])
+    assert r.exit_code == 1 and "0.1000001" in r.output, r.output
+    # `daemon` is listed as a device by the help: its readings answer a get
+    r = cli.invoke(app, ["get", str(cfg_path), "daemon", "status"])
+    assert r.exit_code == 0 and json.loads(r.output)["node"] == NODE, r.output
     r = cli.invoke(app, ["calibrate", str(cfg_path)])
     assert r.exit_code == 0 and "delays_ps" in r.output, r.output
     r = cli.invoke(app, ["status", str(cfg_path), "--once"])
@@ -241,6 +251,8 @@ def test_daemon_end_to_end(sim):
         list(tb.emulators["polarization_controller"].setpoints),
     )
     n_sent, replies = asyncio.run(_fuzz(port, 2000))
+    # every command answered exactly once (waited for, however busy the machine is)
+    assert replies["unanswered"] == 0 and replies["answered_twice"] == 0, replies
     assert replies["total"] == n_sent, replies
     assert replies["ok"] == 0, replies
     assert (
@@ -322,27 +334,43 @@ def _malformed(rng: random.Random) -> bytes:
     return rng.choice(choices)()
 
 
-async def _fuzz(port: int, n: int) -> tuple[int, dict]:
+async def _fuzz(port: int, n: int, timeout_s: float = 300.0) -> tuple[int, dict]:
+    """Publish ``n`` malformed requests, each on its own topic; count the replies of each.
+
+    Waits until every request has a reply (or ``timeout_s``, generous: a busy machine is
+    slow, not wrong), then a little longer for any second reply.
+    """
     rng = random.Random(7)
-    suffix = "fuzz"
-    counts = {"total": 0, "ok": 0, "codes": set()}
+    prefix = "anonymous/fuzz/"
+    per_request: dict[int, int] = {}
+    counts: dict = {"total": 0, "ok": 0, "codes": set()}
     async with aiomqtt.Client("127.0.0.1", port, identifier="fuzzer") as client:
-        await client.subscribe(reply_topic(NODE, suffix), qos=1)
-        for _ in range(n):
-            await client.publish(command_topic(NODE, suffix), _malformed(rng), qos=1)
-        try:
-            async with asyncio.timeout(60):
-                async for msg in client.messages:
-                    body = json.loads(msg.payload)
-                    counts["total"] += 1
-                    if body.get("ok"):
-                        counts["ok"] += 1
-                    else:
-                        counts["codes"].add(body["error"]["code"])
-                    if counts["total"] >= n:
-                        break
-        except TimeoutError:
-            pass
+        await client.subscribe(reply_topic(NODE, prefix + "#"), qos=1)
+        done = asyncio.Event()
+
+        async def collect() -> None:
+            start = len(reply_topic(NODE, prefix))
+            async for msg in client.messages:
+                k = int(str(msg.topic)[start:])
+                per_request[k] = per_request.get(k, 0) + 1
+                body = json.loads(msg.payload)
+                counts["total"] += 1
+                if body.get("ok"):
+                    counts["ok"] += 1
+                else:
+                    counts["codes"].add(body["error"]["code"])
+                if len(per_request) >= n:
+                    done.set()
+
+        reader = asyncio.create_task(collect())
+        for k in range(n):
+            await client.publish(command_topic(NODE, f"{prefix}{k}"), _malformed(rng), qos=1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout_s)
+        await asyncio.sleep(1.0)  # a second reply to any request would arrive by now
+        reader.cancel()
+    counts["unanswered"] = n - len(per_request)
+    counts["answered_twice"] = sum(1 for v in per_request.values() if v > 1)
     return n, counts
 
 

@@ -134,13 +134,17 @@ def test_acl_node_prefix_and_operator_commands(secure_broker):
         assert op.topics() == ["qnet/v1/alice/telemetry/singles", "qnet/v1/alice/status"]
 
         bob.pub("qnet/v1/bob/telemetry/qber")
-        op.pub("qnet/v1/bob/cmd/laser", b"on")  # operators may command any node
-        assert bob.wait_for("qnet/v1/bob/cmd/laser")
+        # operators command any node, under their own name only
+        op.pub("qnet/v1/bob/cmd/bridge/laser", b"forged")  # as another user: refused
+        op.pub("qnet/v1/bob/cmd/operator/laser", b"on")
+        assert bob.wait_for("qnet/v1/bob/cmd/operator/laser")
         assert op.wait_for("qnet/v1/bob/telemetry/qber")
-        bob.pub("qnet/v1/bob/reply/laser")
-        assert op.wait_for("qnet/v1/bob/reply/laser")
+        bob.pub("qnet/v1/bob/reply/operator/laser")
+        assert op.wait_for("qnet/v1/bob/reply/operator/laser")
         time.sleep(0.3)
-        assert bob.topics() == ["qnet/v1/bob/cmd/laser"]
+        assert bob.topics() == ["qnet/v1/bob/cmd/operator/laser"]
+        # the operator reads its own requests' replies, not other users' requests
+        assert "qnet/v1/bob/cmd/operator/laser" not in op.topics()
         assert alice.topics() == []  # alice may not read bob's commands or telemetry
     finally:
         for c in (op, bob, alice):
