@@ -48,7 +48,14 @@ from ._daemon_config import (
     instrument_surface,
 )
 from ._device_records import device_records
-from .acquisition import Acquisition, Windower, WindowResult, finite_or_none, window_records
+from .acquisition import (
+    Acquisition,
+    Gap,
+    Windower,
+    WindowResult,
+    finite_or_none,
+    window_records,
+)
 from .calibration import (
     CalibrationError,
     find_channel_delays,
@@ -192,6 +199,7 @@ class Daemon:
             self._on_window_thread,
             self._on_acq_state_thread,
             read_timeout_s=d.acquisition.read_timeout_s,
+            on_gap=self._on_gap_thread,
         )
         self.acquisition.start()
         if d.calibration.at_start:
@@ -348,6 +356,30 @@ class Daemon:
     def _on_acq_state_thread(self, state: str) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._on_acq_state, state)
+
+    def _on_gap_thread(self, gap: Gap) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_gap, gap)
+
+    def _on_gap(self, gap: Gap) -> None:
+        """One event and one ``health`` record (device ``acquisition``) per gap in the tags."""
+        self._event("gap", gap.describe(), None)
+        if self.publisher is not None:
+            import telemetry as tm
+
+            with contextlib.suppress(Exception):
+                self.publisher.submit(
+                    [
+                        tm.health(
+                            node=self.node,
+                            device="acquisition",
+                            ok=False,
+                            state="gap",
+                            message=gap.describe()[:1000],
+                            time_ns=time.time_ns(),
+                        )
+                    ]
+                )
 
     def _on_acq_state(self, state: str) -> None:
         self.acquisition_state = state
