@@ -55,10 +55,23 @@ def run(
             else BrokerSettings(host=host, port=port, client_id=f"qnet-{cfg.node}")
         )
     if check:
+        from controller.daemon import outbox_settings
+        from telemetry import check_outbox_path
+
+        outbox_problems = (
+            check_outbox_path(outbox_settings(cfg).path)
+            if override is not None or cfg.daemon.telemetry.broker is not None
+            else []
+        )
+        if outbox_problems:
+            lines = "\n".join(f"  daemon.telemetry.outbox.path: {p}" for p in outbox_problems)
+            typer.echo(f"qnet run: {config}: telemetry cannot work:\n{lines}", err=True)
+            raise typer.Exit(2)
         typer.echo(f"{config}: valid config of node {cfg.node}")
         return
 
     from controller.daemon import Daemon
+    from telemetry import OutboxError
 
     async def main() -> int:
         try:
@@ -69,7 +82,11 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.stop)
-        await daemon.run()
+        try:
+            await daemon.run()
+        except OutboxError as exc:  # raised before anything started
+            typer.echo(f"qnet run: telemetry cannot start: {exc}", err=True)
+            return 2
         return 0
 
     code = asyncio.run(main())

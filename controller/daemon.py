@@ -38,6 +38,7 @@ import numpy as np
 
 from coincidence import DriftTracker
 from drivers import InstrumentError, TagSource
+from telemetry import OutboxUnavailable
 
 from ._daemon_config import (
     ConfigError,
@@ -179,6 +180,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self.stopped = asyncio.Event()
         d = self.cfg.daemon
+        if self.broker is not None:
+            self._start_publisher()  # first: an unusable outbox stops the start, nothing runs
         src = d.acquisition.source if d.acquisition is not None else None
         if isinstance(src, TestbedSource) and self.testbed is None:
             from drivers.sim.testbed import load_testbed
@@ -189,7 +192,6 @@ class Daemon:
                 self.testbed.serve()
         self.supervisor.start()
         if self.broker is not None:
-            self._start_publisher()
             self._tasks.append(asyncio.create_task(self._command_loop(), name="qnet-commands"))
         if d.acquisition is None or self.windower is None:
             return
@@ -408,6 +410,8 @@ class Daemon:
                 # the publisher's own counters (outbox depth, drops, reconnects), once a window
                 recs.append(self.publisher.counters_record(time.time_ns()))
                 self.publisher.submit(recs)
+            except OutboxUnavailable as exc:  # the publisher said why, once; health shows it
+                log.debug("window %d: telemetry refused: %s", result.index, exc)
             except Exception as exc:
                 log.warning("window %d: telemetry failed: %s", result.index, exc)
         for fut in self._window_waiters:
@@ -631,6 +635,8 @@ class Daemon:
             "compensation": self.compensation,
             "devices": {n: s["state"] for n, s in self.supervisor.states().items()},
             "interlocks_active": self.engine.active(),
+            "telemetry": self.publisher.health() if self.publisher is not None else None,
+            "healthy": self.publisher is None or not self.publisher.stalled,
             "last_window": self.history[-1] if self.history else None,
             "history": list(self.history)[-60:],
             "events": list(self.events)[-20:],
@@ -640,19 +646,26 @@ class Daemon:
 
     # -- MQTT --
     def _start_publisher(self) -> None:
-        from telemetry import OutboxSettings, Publisher, PublisherSettings
+        from telemetry import Publisher, PublisherSettings
 
         tcfg = self.cfg.daemon.telemetry
-        outbox = tcfg.outbox or OutboxSettings(path=Path("runs") / f"outbox-{self.node}.sqlite")
-        outbox.path.parent.mkdir(parents=True, exist_ok=True)
+        outbox = outbox_settings(self.cfg)
         settings = PublisherSettings(
             node=self.node,
             broker=self.broker,
             outbox=outbox,
             max_lines_per_message=tcfg.max_lines_per_message,
         )
-        self.publisher = Publisher(settings)
+        self.publisher = Publisher(settings)  # OutboxError (names the path) if unusable
+        self.publisher.on_health = self._on_telemetry_health
         self.publisher.start()
+
+    def _on_telemetry_health(self, health: dict[str, Any]) -> None:
+        """The publisher stalled (storage error) or resumed: an event (its alarm is published)."""
+        if health["ok"]:
+            self._event("telemetry", "telemetry resumed: the outbox stores again", None)
+        else:
+            self._event("telemetry", f"telemetry stalled: {health['error']}"[:500], None)
 
     async def _command_loop(self) -> None:
         """Listen for requests until cancelled; any failure is logged and retried with backoff.
@@ -981,6 +994,14 @@ class Daemon:
         fut: asyncio.Future[WindowResult] = self._loop.create_future()
         self._window_waiters.append(fut)
         return await asyncio.wait_for(fut, timeout_s)
+
+
+def outbox_settings(cfg: DaemonConfig) -> Any:
+    """The daemon's outbox: the configured one, else ``runs/outbox-<node>.sqlite``."""
+    from telemetry import OutboxSettings
+
+    outbox = cfg.daemon.telemetry.outbox
+    return outbox or OutboxSettings(path=Path("runs") / f"outbox-{cfg.node}.sqlite")
 
 
 def _zero_secure(rec: Any) -> Any:
