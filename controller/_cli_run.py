@@ -37,6 +37,9 @@ def run(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from controller._logfilter import install_repeat_filter
+
+    install_repeat_filter()  # a device down or a flood: one line a minute, with its count
     try:
         cfg = load_daemon_config(config)
     except ConfigError as exc:

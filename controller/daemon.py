@@ -48,6 +48,7 @@ from ._daemon_config import (
     format_problems,
     instrument_surface,
 )
+from ._device_loss import DeviceMemory, differences
 from ._device_records import device_records
 from .acquisition import (
     Acquisition,
@@ -135,6 +136,7 @@ class Daemon:
             )
         self.workers = workers
         self.supervisor = Supervisor(workers, self._on_device_state, self._on_device_readings)
+        self.memory = DeviceMemory()  # last known settings, lost devices (see _device_loss)
         self.engine = InterlockEngine(d.interlocks)
         acq = d.acquisition
         self.windower: Windower | None = None
@@ -447,6 +449,65 @@ class Daemon:
         if self.publisher is not None:
             with contextlib.suppress(Exception):
                 self.publisher.submit([self._health_record(device)])
+        if self._stopping:
+            return
+        if state == "faulted" and device not in self.memory.lost:
+            self._on_device_lost(device)
+        elif state == "ready":
+            self._tasks.append(asyncio.create_task(self._on_device_ready(device)))
+
+    def _on_device_lost(self, device: str) -> None:
+        """A device faulted: ``<device>.lost`` to the interlocks, its ``on_loss`` actions run."""
+        self.memory.lost.add(device)
+        self._evaluate({f"{device}.lost": True})
+        loss = self.cfg.daemon.on_loss.get(device)
+        for action in loss.actions if loss is not None else ():
+            self._tasks.append(asyncio.create_task(self._run_action(f"{device} lost", action)))
+
+    async def _on_device_ready(self, device: str) -> None:
+        """Ready (first time or again): read its settings back and compare with what is known."""
+        was_lost = device in self.memory.lost
+        self.memory.lost.discard(device)
+        if was_lost:
+            self._evaluate({f"{device}.lost": False})
+        worker, surf = self.workers[device], self.surfaces[device]
+        actual: dict[str, Any] = {}
+        for name, spec in surf.settings.items():
+            try:
+                actual[name] = await worker.call(spec.getter)
+            except Exception as exc:  # a setting it cannot read back is not compared
+                log.debug("%s.%s not read back: %s", device, name, exc)
+        if not was_lost:
+            self.memory.baseline(device, actual)
+            return
+        diffs = differences(device, self.memory.known.get(device, {}), actual)
+        if not diffs:
+            self._event("device", f"{device} back with its settings as commanded", device)
+            return
+        loss = self.cfg.daemon.on_loss.get(device)
+        policy = loss.on_reconnect if loss is not None else "report"
+        text = "; ".join(d.describe() for d in diffs)
+        log.warning("%s came back in another state: %s (on_reconnect: %s)", device, text, policy)
+        self._event("mismatch", f"{text} (on_reconnect: {policy})"[:500], device)
+        if self.publisher is not None:
+            import telemetry as tm
+
+            with contextlib.suppress(Exception):
+                rec = tm.health(
+                    node=self.node,
+                    device=device,
+                    ok=False,
+                    state="mismatch",
+                    message=f"came back in another state: {text}"[:1000],
+                    time_ns=time.time_ns(),
+                )
+                self.publisher.submit([rec])
+        if policy == "refuse":
+            self.memory.refused[device] = {d.setting: d for d in diffs}
+        elif policy == "restore":
+            for d in diffs:
+                spec = ActionSpec(device=device, setting=d.setting, value=d.expected)
+                await self._run_action(f"{device} restore", spec)
 
     def _on_device_readings(self, device: str, values: dict[str, Any]) -> None:
         if self._stopping:
@@ -551,6 +612,10 @@ class Daemon:
             raise CommandError("device_unavailable", SHUTTING_DOWN)
         if vreq.device == DAEMON:
             return await self._daemon_action(vreq.name)
+        if vreq.op != "get" and vreq.role != "system":  # safety actions are never refused
+            why = self.memory.refusal(vreq.device, vreq.name if vreq.op == "set" else None)
+            if why is not None:
+                raise CommandError("device_unavailable", why)
         return await self._device_op(vreq, quiet=quiet)
 
     async def _device_op(self, vreq: ValidRequest, force: bool = False, quiet: bool = False) -> Any:
@@ -571,6 +636,7 @@ class Daemon:
                 await worker.run_sync(lambda: spec.setter(worker.instrument, value))
             else:
                 await worker.call(lambda inst: spec.setter(inst, value))
+            self.memory.remember(vreq.device, vreq.name, value)
             if not quiet:
                 text = f"{vreq.device}.{vreq.name} = {value!r} ({vreq.role})"
                 self._event("set", text, vreq.device)
