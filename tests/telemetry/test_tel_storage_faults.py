@@ -237,3 +237,58 @@ def test_read_only_outbox_dir_fails_check_and_run_clearly(read_only_dir, tmp_pat
 def test_check_reports_a_disk_without_space(tiny_disk):
     assert check_outbox_path(tiny_disk / "o.sqlite", min_free_bytes=16 * 2**20)
     assert check_outbox_path(tiny_disk / "o.sqlite", min_free_bytes=64 * 1024) == []
+
+
+def test_daemon_status_is_not_healthy_while_telemetry_is_stalled(tiny_disk, mosquitto, tmp_path):
+    """The daemon's status and events say so while its outbox cannot store, then recover."""
+    from controller._daemon_config import load_daemon_config
+    from controller.daemon import Daemon
+
+    raw = {
+        "node": NODE,
+        "instruments": {},
+        "daemon": {
+            "acquisition": {
+                "source": {
+                    "kind": "testbed",
+                    "config": str(REPO / "configs" / "testbed.yaml"),
+                    "speed": 1.0,
+                    "serve": False,
+                },
+                "window_s": 0.2,
+                "roles": {
+                    "alice": {"H": 0, "V": 1, "D": 2, "A": 3},
+                    "bob": {"H": 4, "V": 5, "D": 6, "A": 7},
+                },
+            },
+            "calibration": {"at_start": False},
+            "telemetry": {
+                "broker": {"port": mosquitto.port, "client_id": f"qnet-{NODE}"},
+                "outbox": {"path": str(tiny_disk / "outbox.sqlite")},
+            },
+        },
+    }
+    p = tmp_path / "d.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    cfg = load_daemon_config(p)
+
+    async def main():
+        d = Daemon(cfg)
+        await d.start()
+        try:
+            await d.wait_window(60)
+            fill(tiny_disk / "filler")
+            assert await _until(lambda: not d.status()["healthy"], 30)
+            st = d.status()
+            assert st["telemetry"]["state"] == "stalled"
+            assert "database or disk is full" in st["telemetry"]["error"]
+            (tiny_disk / "filler").unlink()
+            resize(tiny_disk, 8 * 2**20)
+            assert await _until(lambda: d.status()["healthy"], 30)
+            texts = [e["text"] for e in d.events if e["kind"] == "telemetry"]
+            assert texts[0].startswith("telemetry stalled") and "disk is full" in texts[0]
+            assert texts[-1].startswith("telemetry resumed")
+        finally:
+            await d.shutdown()
+
+    asyncio.run(main())
