@@ -32,14 +32,15 @@ def run(
     import signal
 
     from controller._daemon_config import ConfigError, load_daemon_config
+    from controller._logfilter import install_repeat_filter
 
+    before = list(logging.getLogger().handlers)
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from controller._logfilter import install_repeat_filter
-
-    install_repeat_filter()  # a device down or a flood: one line a minute, with its count
+    # a device down or a flood: one line a minute, with its count (on our handlers only)
+    install_repeat_filter(handlers=[h for h in logging.getLogger().handlers if h not in before])
     try:
         cfg = load_daemon_config(config)
     except ConfigError as exc:

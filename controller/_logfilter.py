@@ -58,10 +58,14 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-def install_repeat_filter(period_s: float = 60.0, logger: logging.Logger | None = None) -> None:
-    """Add one :class:`RepeatFilter` to every handler of ``logger`` (default: the root)."""
-    target = logger or logging.getLogger()
-    filt = RepeatFilter(period_s)
-    for handler in target.handlers:
+def install_repeat_filter(
+    period_s: float = 60.0, handlers: list[logging.Handler] | None = None
+) -> None:
+    """Give each of ``handlers`` (default: the root logger's) its own :class:`RepeatFilter`.
+
+    One instance per handler: a filter shared by two handlers would count the same
+    record twice and drop it from the second.
+    """
+    for handler in logging.getLogger().handlers if handlers is None else handlers:
         if not any(isinstance(f, RepeatFilter) for f in handler.filters):
-            handler.addFilter(filt)
+            handler.addFilter(RepeatFilter(period_s))

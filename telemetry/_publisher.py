@@ -34,6 +34,7 @@ import itertools
 import json
 import logging
 import random
+import shutil
 import threading
 import time
 from collections import deque
@@ -54,6 +55,10 @@ STORAGE_RETRY_S = (0.2, 5.0)
 MEMORY_MAX_RECORDS = 50_000
 #: Records written per transaction when the held records go to the outbox.
 FLUSH_CHUNK = 200
+#: Free space the outbox's file system needs before a stall counts as over, bytes. On a
+#: full disk some writes still succeed (SQLite reuses its WAL file's space), so without it
+#: the health would flap between stalled and ok.
+RESUME_MIN_FREE_BYTES = 1024 * 1024
 
 
 class OutboxUnavailable(OutboxError):
@@ -396,7 +401,11 @@ class Publisher:
         except OutboxError as exc:
             self._stall(exc)
             return False
-        return True
+        try:
+            free = shutil.disk_usage(self.outbox.path.parent).free
+        except OSError:
+            return True  # cannot tell: the operations above worked
+        return free >= RESUME_MIN_FREE_BYTES
 
     async def run(self) -> None:
         """Connect, publish birth, drain the outbox; on any MQTT error back off and reconnect."""

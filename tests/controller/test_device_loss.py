@@ -238,7 +238,8 @@ def test_instruments_down_log_is_rate_limited(tmp_path, caplog):
     from controller.config import InstrumentConfig
     from controller.supervisor import DeviceWorker, Supervisor
 
-    caplog.handler.addFilter(RepeatFilter(period_s=60.0))
+    filt = RepeatFilter(period_s=60.0)
+    caplog.handler.addFilter(filt)  # as qnet run installs it (pytest reuses this handler)
 
     async def main():
         workers = {}
@@ -256,8 +257,35 @@ def test_instruments_down_log_is_rate_limited(tmp_path, caplog):
         await sup.close()
         return sum(w.errors for w in workers.values())
 
-    with caplog.at_level(logging.WARNING, logger="qnet.supervisor"):
-        errors = asyncio.run(main())
+    try:
+        with caplog.at_level(logging.WARNING, logger="qnet.supervisor"):
+            errors = asyncio.run(main())
+    finally:
+        caplog.handler.removeFilter(filt)
     lines = [r.getMessage() for r in caplog.records if r.name == "qnet.supervisor"]
     assert errors >= 10
     assert len(lines) == 2, lines  # one per device, not one per retry
+
+
+def test_install_gives_each_handler_its_own_filter():
+    """One shared filter would drop every line from all handlers but the first."""
+    from controller._logfilter import install_repeat_filter
+
+    log = logging.getLogger("qnet.test.repeat")
+    log.propagate = False
+    got_a, got_b = [], []
+    a, b = logging.Handler(), logging.Handler()
+    a.emit = lambda r: got_a.append(r.getMessage())
+    b.emit = lambda r: got_b.append(r.getMessage())
+    for h in (a, b):
+        log.addHandler(h)
+    try:
+        install_repeat_filter(handlers=[a, b])
+        install_repeat_filter(handlers=[a, b])  # idempotent
+        for _ in range(3):
+            log.warning("device x faulted")
+    finally:
+        log.removeHandler(a)
+        log.removeHandler(b)
+    assert got_a == got_b == ["device x faulted"]
+    assert len(a.filters) == len(b.filters) == 1

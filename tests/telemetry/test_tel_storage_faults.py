@@ -185,6 +185,9 @@ def test_memory_buffer_is_bounded_and_refusals_are_counted(tiny_disk, tmp_path):
         assert pub.stalled and pub.refused == 10 and accepted == 100
         assert pub.health()["held"] == 100
         (tiny_disk / "filler").unlink()
+        assert not pub._try_storage()  # rows stored, but 256 KiB is no disk to resume on
+        assert pub.health()["held"] == 0 and pub.stalled
+        resize(tiny_disk, 8 * 2**20)
         assert pub._try_storage()  # what the storage upkeep does on its next attempt
         assert pub.health()["held"] == 0 and len(pub.outbox) == 100
         await pub.close(drain_s=0)
@@ -285,9 +288,14 @@ def test_daemon_status_is_not_healthy_while_telemetry_is_stalled(tiny_disk, mosq
             (tiny_disk / "filler").unlink()
             resize(tiny_disk, 8 * 2**20)
             assert await _until(lambda: d.status()["healthy"], 30)
-            texts = [e["text"] for e in d.events if e["kind"] == "telemetry"]
-            assert texts[0].startswith("telemetry stalled") and "disk is full" in texts[0]
-            assert texts[-1].startswith("telemetry resumed")
+
+            def events():
+                return [e["text"] for e in d.events if e["kind"] == "telemetry"]
+
+            assert await _until(lambda: len(events()) >= 2, 10)  # the event follows on the loop
+            said = events()
+            assert said[0].startswith("telemetry stalled") and "disk is full" in said[0]
+            assert said[-1].startswith("telemetry resumed")
         finally:
             await d.shutdown()
 
