@@ -329,6 +329,10 @@ async def _storage_fault(tmp: Path, rate: float, full_s: float) -> dict[str, obj
     accepted: list[int] = []
     refused = 0
     i = 0
+    said = logging.Handler(logging.ERROR)
+    errors: list[str] = []
+    said.emit = lambda r: errors.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("qnet.telemetry").addHandler(said)
     try:
         pub = Publisher(publisher_settings(disk, mq, node=NODE))
         task = pub.start()
@@ -372,6 +376,7 @@ async def _storage_fault(tmp: Path, rate: float, full_s: float) -> dict[str, obj
         sub.disconnect()
         mq.stop()
         mounted.__exit__(None, None, None)
+        logging.getLogger("qnet.telemetry").removeHandler(said)
     lost = len(set(accepted) - got)
     return {
         "records_submitted": i,
@@ -381,6 +386,7 @@ async def _storage_fault(tmp: Path, rate: float, full_s: float) -> dict[str, obj
         "records_received_more_than_once": received[0] - len(got),
         "publisher_stalled_while_full": stalled_seen,
         "stall_cause": str(health["error"]).rsplit(": ", 1)[-1],
+        "error_lines_logged": len(errors),
         "max_held_in_memory": health["held"],
         "time_to_resume_after_space_returns_s": round(resume_s, 2),
         "publisher_alive_at_end": alive,
