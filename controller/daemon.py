@@ -477,10 +477,11 @@ class Daemon:
                 actual[name] = await worker.call(spec.getter)
             except Exception as exc:  # a setting it cannot read back is not compared
                 log.debug("%s.%s not read back: %s", device, name, exc)
-        if not was_lost:
-            self.memory.baseline(device, actual)
+        expected = dict(self.memory.known.get(device, {}))
+        self.memory.baseline(device, actual)  # a device first seen now: its state as found
+        if not was_lost or not expected:
             return
-        diffs = differences(device, self.memory.known.get(device, {}), actual)
+        diffs = differences(device, expected, actual)
         if not diffs:
             self._event("device", f"{device} back with its settings as commanded", device)
             return
