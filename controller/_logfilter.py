@@ -16,6 +16,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 
 #: Numbers not glued to a name (``tagger2`` keeps its 2): ignored when comparing lines.
 _NUMBER = re.compile(r"(?<![A-Za-z_\d.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -26,7 +27,7 @@ MAX_KINDS = 4096
 class RepeatFilter(logging.Filter):
     """Collapse lines alike (see the module docstring) within ``period_s`` seconds."""
 
-    def __init__(self, period_s: float = 60.0, clock: object = time.monotonic) -> None:
+    def __init__(self, period_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.period_s = period_s
         self._clock = clock
@@ -40,7 +41,7 @@ class RepeatFilter(logging.Filter):
         except Exception:
             return True  # a broken record is logging's problem, not ours
         key = (record.name, record.levelno, _NUMBER.sub("#", text))
-        now = float(self._clock())  # type: ignore[operator]
+        now = float(self._clock())
         with self._lock:
             seen = self._seen.get(key)
             if seen is not None and now - seen[0] < self.period_s:
