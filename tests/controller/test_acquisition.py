@@ -423,3 +423,87 @@ def test_interlocks_never_act_on_a_window_without_data():
     assert all(math.isnan(v) for v in empty.readings().values())
     assert engine.evaluate(empty.readings(), 0.0) == []
     assert engine.active() == []
+
+
+def test_daemon_reports_a_gap_once_and_publishes_no_window_for_it(tmp_path):
+    """The tagger comes back 5 s later (reopened source): one gap event, windows only
+    with data, and the interlocks keep acting on real windows only."""
+    import asyncio
+
+    import yaml
+
+    from controller._daemon_config import load_daemon_config
+    from controller.daemon import Daemon
+
+    raw = {
+        "node": "gap-node",
+        "instruments": {},
+        "daemon": {
+            "acquisition": {
+                "source": {
+                    "kind": "testbed",
+                    "config": str(TESTBED),
+                    "speed": 1.0,
+                    "serve": False,
+                },
+                "window_s": 0.2,
+                "roles": {
+                    "alice": {"H": 0, "V": 1, "D": 2, "A": 3},
+                    "bob": {"H": 4, "V": 5, "D": 6, "A": 7},
+                },
+            },
+            "calibration": {"at_start": False},
+        },
+    }
+    p = tmp_path / "d.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    cfg = load_daemon_config(p)
+
+    class Shifted(TagSource):
+        """The first source ends after a few reads; the next one is 5 s of tag time later."""
+
+        def __init__(self, src, shift_ps, reads):
+            self.src, self.shift, self.reads = src, shift_ps, reads
+
+        @property
+        def n_channels(self):
+            return self.src.n_channels
+
+        def read(self, timeout_s=1.0):
+            self.reads -= 1
+            if self.reads < 0:
+                return None
+            b = self.src.read(timeout_s)
+            if b is None or not self.shift:
+                return b
+            s = self.shift
+            return TagBatch(b.timestamps + s, b.channels, b.begin_ps + s, b.end_ps + s)
+
+        def close(self):
+            self.src.close()
+
+    async def main():
+        d = Daemon(cfg)
+        opened = []
+        orig = d._open_source
+
+        def open_source():
+            opened.append(1)
+            first = len(opened) == 1
+            return Shifted(orig(), 0 if first else 5 * S, 30 if first else 10**9)
+
+        d._open_source = open_source
+        await d.start()
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if any(e["kind"] == "gap" for e in d.events) and len(d.history) > 12:
+                    break
+        finally:
+            await d.shutdown()
+        return [e["text"] for e in d.events if e["kind"] == "gap"], list(d.history)
+
+    gaps, history = asyncio.run(main())
+    assert len(gaps) == 1 and "no window published" in gaps[0], gaps
+    assert "(5 s)" in gaps[0], gaps
+    assert history and all(w["tags"] > 0 for w in history)
