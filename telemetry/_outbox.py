@@ -192,6 +192,17 @@ class Outbox:
                 raise _storage_error(self.path, "delete sent records", exc) from exc
             self._count -= cur.rowcount
 
+    def reopen(self) -> None:
+        """Close and reopen the connection (a storage error may have left it unusable)."""
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._con.close()
+            try:
+                self._con = _connect(self.path)
+                self._count = self._con.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            except (sqlite3.Error, OSError) as exc:
+                raise OutboxError(f"outbox {self.path}: cannot reopen: {exc}") from exc
+
     def close(self) -> None:
         """Close the database (rows stay on disk)."""
         with self._lock:

@@ -55,6 +55,8 @@ STORAGE_RETRY_S = (0.2, 5.0)
 MEMORY_MAX_RECORDS = 50_000
 #: Records written per transaction when the held records go to the outbox.
 FLUSH_CHUNK = 200
+#: Failed storage retries after which the outbox's connection is reopened.
+REOPEN_EVERY = 3
 #: Free space the outbox's file system needs before a stall counts as over, bytes. On a
 #: full disk some writes still succeed (SQLite reuses its WAL file's space), so without it
 #: the health would flap between stalled and ok.
@@ -379,8 +381,13 @@ class Publisher:
             if ok:
                 self._recover()
                 attempt = 0
-            else:
-                attempt += 1
+                continue
+            attempt += 1
+            if attempt % REOPEN_EVERY == 0:  # the connection itself may be what is broken
+                try:
+                    await asyncio.to_thread(self.outbox.reopen)
+                except OutboxError as exc:
+                    self._stall(exc)
 
     def _try_storage(self) -> bool:
         """Delete acknowledged rows, store held ones, read: True if the outbox works again."""

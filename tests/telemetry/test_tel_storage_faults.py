@@ -300,3 +300,25 @@ def test_daemon_status_is_not_healthy_while_telemetry_is_stalled(tiny_disk, mosq
             await d.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_broken_database_connection_is_reopened_and_nothing_accepted_is_lost(tmp_path):
+    """Not the disk but the connection fails (closed under the publisher): it reopens."""
+    from telemetry import Outbox
+
+    async def main():
+        pub = Publisher(publisher_settings(tmp_path, _NoBroker(), NODE))
+        pub.start()
+        pub.submit([stream_record(NODE, k) for k in range(10)])
+        pub.outbox._con.close()  # every use of it fails from now on
+        pub.submit([stream_record(NODE, k) for k in range(10, 30)])
+        assert pub.stalled and pub.health()["held"] == 20
+        assert await _until(lambda: not pub.stalled, 60)
+        assert pub.health()["held"] == 0 and pub.pending() == 30
+        await pub.close(drain_s=0)
+
+    asyncio.run(main())
+    ob = Outbox(tmp_path / f"outbox-{NODE}.db")
+    counts = [int(line.split("counts=")[1].split("i")[0]) for _, _, line in ob.peek(100)]
+    ob.close()
+    assert counts == list(range(30))  # all of them, in order
