@@ -13,7 +13,10 @@ points/s while, one after the other:
 
 Then it counts what VictoriaMetrics stored: lost = published seqs not stored, duplicates =
 stored values beyond one per seq, per scenario (the seqs submitted during its window) and in
-total, and writes the figures into docs/RELIABILITY.md between the ``reliability:`` markers
+total. The storage-fault scenario (the outbox's disk fills up, then space returns) and the
+restart scenario (a daemon restart while the taggers kept counting) add their figures
+(alone, printed only: ``--only-faults``, about 30 s). It writes the figures into
+docs/RELIABILITY.md between the ``reliability:`` markers
 (``--no-write`` to only print them). Exit code 1 if anything was lost or duplicated.
 """
 
@@ -192,8 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db-outage-s", type=float, default=60.0)
     p.add_argument("--kills", type=int, default=3)
     p.add_argument("--no-write", action="store_true", help="print, do not update the doc")
+    p.add_argument(
+        "--only-faults",
+        action="store_true",
+        help="only the storage-fault and restart scenarios (about 30 s), printed",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="    %(levelname)s %(name)s: %(message)s")
+    if args.only_faults:
+        with tempfile.TemporaryDirectory(prefix="qnet-faults-") as d:
+            res = run_storage_and_restart(Path(d))
+        print(_faults_markdown(res))
+        print(json.dumps(res))
+        return 0
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="qnet-reliability-") as d:
         run = Run(args, Path(d))
@@ -236,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     ok = lost_total == 0 and dup_total == 0 and extra == 0 and bridge_alive
     ok = ok and figures["bad_messages_dropped_logged"] == run.bad_sent
-    md = _markdown(args, table, figures, ok)
+    with tempfile.TemporaryDirectory(prefix="qnet-faults-") as d:
+        faults = run_storage_and_restart(Path(d))
+    md = _markdown(args, table, figures, ok) + _faults_markdown(faults)
     print(md)
     if not args.no_write:
         _write_doc(md)
@@ -271,6 +287,207 @@ def _write_doc(md: str) -> None:
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     DOC.write_text(f"{head}{BEGIN}\n{md}\n{END}{tail}")
+
+
+# -- storage faults and restarts (run after the stream above, or alone with --only) --------
+
+
+async def _storage_fault(tmp: Path, rate: float, full_s: float) -> dict[str, object]:
+    """The outbox's disk fills up mid-stream, then space returns (a 256 KiB tmpfs, enlarged).
+
+    Counts at a subscriber of the real broker: records accepted by ``submit`` (stored or
+    held in memory), refused, received (distinct), lost (accepted, never received), and the
+    time from space returning to everything sent.
+    """
+    from telemetry import OutboxUnavailable
+    from telemetry.testing import FilesystemUnavailable, fill, resize, small_filesystem
+
+    disk = tmp / "small-disk"
+    try:
+        mounted = small_filesystem(disk, 256 * 1024)
+        mounted.__enter__()
+    except FilesystemUnavailable as exc:
+        return {"skipped": str(exc)}
+    mq = servers.start_mosquitto(tmp / "mosquitto-storage")
+    got: set[int] = set()
+    received = [0]
+
+    def on_message(c, u, m) -> None:  # noqa: ANN001
+        from telemetry import parse_lines
+
+        for r in parse_lines(m.payload.decode()):
+            if r.measurement == "singles":
+                got.add(int(r.fields["counts"]))
+                received[0] += 1
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="reliability-storage-sub")
+    sub.on_message = on_message
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(f"qnet/v1/{NODE}/telemetry/#", 1)
+    sub.connect("127.0.0.1", mq.port)
+    sub.loop_start()
+    await asyncio.sleep(0.5)
+    accepted: list[int] = []
+    refused = 0
+    i = 0
+    said = logging.Handler(logging.ERROR)
+    errors: list[str] = []
+    said.emit = lambda r: errors.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("qnet.telemetry").addHandler(said)
+    try:
+        pub = Publisher(publisher_settings(disk, mq, node=NODE))
+        task = pub.start()
+        chunk = max(1, int(rate / 50))
+
+        async def stream(seconds: float) -> None:
+            nonlocal i, refused
+            t0 = time.monotonic()
+            sent = 0
+            while time.monotonic() - t0 < seconds:
+                recs = [stream_record(NODE, i + k) for k in range(chunk)]
+                try:
+                    pub.submit(recs)
+                    accepted.extend(range(i, i + chunk))
+                except OutboxUnavailable:
+                    refused += chunk
+                i += chunk
+                sent += chunk
+                await asyncio.sleep(max(0.0, t0 + sent / rate - time.monotonic()))
+
+        await stream(2.0)
+        await asyncio.to_thread(fill, disk / "filler")
+        await stream(full_s)
+        stalled_seen = pub.stalled
+        health = pub.health()
+        (disk / "filler").unlink()
+        resize(disk, 16 * 2**20)
+        t_space = time.monotonic()
+        while (pub.stalled or pub.pending()) and time.monotonic() - t_space < 120:
+            await asyncio.sleep(0.05)
+        resume_s = time.monotonic() - t_space
+        await stream(2.0)
+        await pub.wait_drained(60)
+        alive = not task.done()
+        await pub.close()
+        t_end = time.monotonic()
+        while len(got & set(accepted)) < len(accepted) and time.monotonic() - t_end < 20:
+            await asyncio.sleep(0.1)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+        mq.stop()
+        mounted.__exit__(None, None, None)
+        logging.getLogger("qnet.telemetry").removeHandler(said)
+    lost = len(set(accepted) - got)
+    return {
+        "records_submitted": i,
+        "records_accepted": len(accepted),
+        "records_refused": refused,
+        "records_lost": lost,
+        "records_received_more_than_once": received[0] - len(got),
+        "publisher_stalled_while_full": stalled_seen,
+        "stall_cause": str(health["error"]).rsplit(": ", 1)[-1],
+        "error_lines_logged": len(errors),
+        "max_held_in_memory": health["held"],
+        "time_to_resume_after_space_returns_s": round(resume_s, 2),
+        "publisher_alive_at_end": alive,
+    }
+
+
+def _restart(outage_s: float = 600.0, silent_reads: int = 5) -> dict[str, object]:
+    """A daemon restart while the taggers keep counting: no fake window, one gap.
+
+    The real ``Acquisition`` (``MergedTagSource`` + ``Windower``) reads a tagger that, as
+    after the reported restart, first times out (no frame yet) and then delivers tags
+    from ``outage_s`` on; then the same tagger drops out for 30 s mid-run (the source is
+    reopened). Counted: windows published, windows without a tag, gaps reported.
+    """
+    import threading
+
+    import numpy as np
+
+    from coincidence import TagBatch
+    from controller.acquisition import Acquisition, Windower
+    from controller.merge import MergedTagSource
+    from drivers import TagSource
+
+    second = 10**12
+
+    def batches(begin_s: float, end_s: float, seed: int) -> list[TagBatch]:
+        rng = np.random.default_rng(seed)
+        out, t = [], int(begin_s * second)
+        while t < int(end_s * second):
+            e = t + second // 4
+            n = int(rng.poisson(5000))
+            ts = np.sort(rng.integers(t, e, n)).astype(np.int64)
+            out.append(TagBatch(ts, rng.integers(0, 4, n).astype(np.uint8), t, e))
+            t = e
+        return out
+
+    class Tagger(TagSource):
+        def __init__(self, silent: int, data: list[TagBatch]) -> None:
+            self.silent, self.data = silent, list(data)
+
+        @property
+        def n_channels(self) -> int:
+            return 4
+
+        def read(self, timeout_s: float = 1.0) -> TagBatch | None:
+            if self.silent:
+                self.silent -= 1
+                time.sleep(min(timeout_s, 0.02))
+                return TagBatch.empty(0, 0)
+            return self.data.pop(0) if self.data else None
+
+    plan = [
+        Tagger(silent_reads, batches(outage_s, outage_s + 5, 1)),
+        Tagger(silent_reads, batches(outage_s + 35, outage_s + 40, 2)),
+    ]
+    windows, gaps = [], []
+    done = threading.Event()
+
+    def open_source() -> TagSource:
+        if not plan:
+            done.set()
+            raise ConnectionError("end of the scenario")
+        return MergedTagSource([plan.pop(0)], [0], 4)
+
+    acq = Acquisition(
+        open_source,
+        Windower(4, 1.0, 1000),
+        windows.append,
+        read_timeout_s=0.05,
+        backoff_s=(0.01, 0.02),
+        on_gap=gaps.append,
+    )
+    t0 = time.monotonic()
+    acq.start()
+    done.wait(60)
+    acq.stop()
+    return {
+        "measured_tag_time_s": 10.0,
+        "windows_published": len(windows),
+        "fake_windows_published": sum(1 for w in windows if not w.has_data),
+        "windows_before_first_tag": sum(1 for w in windows if w.begin_ps < outage_s * second),
+        "gaps_reported": len(gaps),
+        "gap_spans_s": [round(g.duration_s, 3) for g in gaps],
+        "wall_s": round(time.monotonic() - t0, 2),
+    }
+
+
+def run_storage_and_restart(tmp: Path, rate: float = 500.0, full_s: float = 10.0) -> dict:
+    """Both scenarios; figures keyed by scenario."""
+    return {
+        "outbox disk full, then space returns": asyncio.run(_storage_fault(tmp, rate, full_s)),
+        "daemon restart (tagger kept counting)": _restart(),
+    }
+
+
+def _faults_markdown(res: dict) -> str:
+    lines = ["", "| fault scenario | figure | value |", "|---|---|---:|"]
+    for name, figures in res.items():
+        for k, v in figures.items():
+            lines.append(f"| {name} | {k} | {v} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -55,12 +55,16 @@ def run(
 
     from controller._cli_options import fail, fail_problems
     from controller._daemon_config import ConfigError, load_daemon_config
+    from controller._logfilter import install_repeat_filter
     from controller.config import Problem
 
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail("run", f"unknown log level {log_level!r}; use DEBUG, INFO, WARNING or ERROR")
+    before = list(logging.getLogger().handlers)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # a device down or a flood: one line a minute, with its count (on our handlers only)
+    install_repeat_filter(handlers=[h for h in logging.getLogger().handlers if h not in before])
     try:
         cfg = load_daemon_config(config)
     except ConfigError as exc:
@@ -87,12 +91,25 @@ def run(
         typer.echo(f"qnet run: bad config:\n{format_problems(config, unreadable)}", err=True)
         raise typer.Exit(2)
     if check:
+        from controller.daemon import outbox_settings
+        from telemetry import check_outbox_path
+
+        outbox_problems = (
+            check_outbox_path(outbox_settings(cfg).path)
+            if override is not None or cfg.daemon.telemetry.broker is not None
+            else []
+        )
+        if outbox_problems:
+            lines = "\n".join(f"  daemon.telemetry.outbox.path: {p}" for p in outbox_problems)
+            typer.echo(f"qnet run: {config}: telemetry cannot work:\n{lines}", err=True)
+            raise typer.Exit(2)
         typer.echo(f"{config}: valid config of node {cfg.node}")
         typer.echo(limits_table(cfg.instruments))
         return
 
     from controller._cli_options import error_line
     from controller.daemon import Daemon
+    from telemetry import OutboxError
 
     async def main() -> int:
         try:
@@ -107,7 +124,11 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.stop)
-        await daemon.run()
+        try:
+            await daemon.run()
+        except OutboxError as exc:  # raised before anything started
+            typer.echo(f"qnet run: telemetry cannot start: {exc}", err=True)
+            return 2
         return 0
 
     code = asyncio.run(main())

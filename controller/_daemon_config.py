@@ -198,6 +198,20 @@ class OperatingState(_Section):
     settle_s: float = Field(1.0, ge=0.0, le=600.0, description="wait after arming, s")
 
 
+class DeviceLossConfig(_Section):
+    """What the daemon does when it loses an instrument and when it gets it back.
+
+    ``actions`` run when the device faults (e.g. the safe state of the devices that
+    depend on it; an interlock can also watch the reading ``<device>.lost``). On
+    reconnect the instrument's settings are compared with the last commanded (or first
+    read) ones; any difference is reported, and with ``restore`` set back, with
+    ``refuse`` the device refuses changes until an operator sets each differing setting.
+    """
+
+    actions: list[ActionSpec] = Field(default_factory=list)
+    on_reconnect: Literal["report", "restore", "refuse"] = "report"
+
+
 class DaemonSection(_Section):
     """Everything the daemon adds to the node config."""
 
@@ -211,6 +225,9 @@ class DaemonSection(_Section):
     compensation: CompensationConfig | None = None
     safe_state: list[ActionSpec] = Field(default_factory=list)
     operating_state: OperatingState = OperatingState()
+    on_loss: dict[str, DeviceLossConfig] = Field(
+        default_factory=dict, description="per device: actions on loss, check on reconnect"
+    )
     telemetry: TelemetryConfig = TelemetryConfig()
     # -- command authentication and flood limits (controller/command_server.py) --
     permissions: PermissionsConfig = PermissionsConfig()
@@ -273,6 +290,7 @@ class DaemonConfig(NodeConfig):
                     model = surfaces[t.device].model
                     out.append((where, f"{t.device!r} ({model}) is not a time tagger"))
         readings = set(WINDOW_READINGS) if acq is not None else set()
+        readings |= {f"{dev}.lost" for dev in surfaces}  # true while the device is faulted
         for dev, keys in d.monitor.items():
             surf = surfaces.get(dev)
             if surf is None:
@@ -297,6 +315,12 @@ class DaemonConfig(NodeConfig):
             for field, specs in (("actions", rule.actions), ("on_clear", rule.on_clear)):
                 for k, a in enumerate(specs):
                     out += self._action_problems(f"{base}.{field}.{k}", a, surfaces, no_instrument)
+        for dev, loss in d.on_loss.items():
+            if dev not in surfaces:
+                out.append((f"daemon.on_loss.{dev}", no_instrument(dev)))
+            for k, a in enumerate(loss.actions):
+                where = f"daemon.on_loss.{dev}.actions.{k}"
+                out += self._action_problems(where, a, surfaces, no_instrument)
         if d.compensation is not None:
             out += self._compensation_problems(d.compensation, surfaces, no_instrument)
         for k, a in enumerate(d.operating_state.setpoints):

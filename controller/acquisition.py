@@ -4,7 +4,16 @@
 :class:`WindowResult` out per completed window of ``window_s`` seconds of
 *tag time* (window ``k`` covers ``[t0 + k W, t0 + (k+1) W)`` where ``t0`` is the
 first batch's begin). Batches are split at window edges, so a window is exact
-whatever the source's batch size. Each window runs a fresh
+whatever the source's batch size.
+
+A window is only ever made of time the taggers reported as measured. A zero-length
+empty batch (a read timeout before any data, ``TagBatch.empty(t, t)``) covers no time:
+it neither anchors nor advances the windows. A batch that does not begin where the
+previous one ended is a gap: the partial window is dropped (counted in ``missed``),
+the gap is recorded once with its span (:class:`Gap`, taken with ``take_gaps``) and
+the windows re-anchor at the new batch, so a gap is never filled with zero-count windows.
+
+Each window runs a fresh
 ``CoincidenceCounter`` with the current channel delays; its report gives the
 singles, coincidences and CAR, ``qber_from_matrix`` the per-basis QBER and
 ``bbm92_key_rate`` the asymptotic secure key rate.
@@ -34,6 +43,34 @@ log = logging.getLogger("qnet.acquisition")
 
 #: The readings each window gives the interlock engine (:meth:`WindowResult.readings`).
 WINDOW_READINGS = ("max_singles_rate_hz", "qber", "qber_z", "qber_x", "sifted_rate_hz")
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A stretch of tag time between two batches that no tagger reported (ps).
+
+    ``end_ps < begin_ps`` when the stream's time went back (a tagger restarted its clock).
+    """
+
+    begin_ps: int
+    end_ps: int
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the gap, s (negative: time went back)."""
+        return (self.end_ps - self.begin_ps) * 1e-12
+
+    def describe(self) -> str:
+        """One line for the log and the event list."""
+        if self.end_ps < self.begin_ps:
+            return (
+                f"tag time went back from {self.begin_ps} ps to {self.end_ps} ps: "
+                "windows re-anchored, no window published for the jump"
+            )
+        return (
+            f"no tags reported from {self.begin_ps} ps to {self.end_ps} ps "
+            f"({self.duration_s:.6g} s): no window published for it"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,8 +116,19 @@ class WindowResult:
         vals = [b.qber for b in (self.qber.z, self.qber.x) if b.sifted >= max(1, min_sifted)]
         return max(vals) if vals else math.nan
 
+    @property
+    def has_data(self) -> bool:
+        """Whether the window covered measured time and holds at least one tag."""
+        return self.n_tags > 0 and self.end_ps > self.begin_ps
+
     def readings(self, min_sifted: int = 100) -> dict[str, float]:
-        """The readings the interlock engine watches (keys: ``WINDOW_READINGS``)."""
+        """The readings the interlock engine watches (keys: ``WINDOW_READINGS``).
+
+        A window without data (no tag at all) gives nan for every reading, which the
+        interlock engine ignores: no rule acts on a window that measured nothing.
+        """
+        if not self.has_data:
+            return dict.fromkeys(WINDOW_READINGS, math.nan)
         rates = np.asarray(self.report.singles_rate_hz, dtype=float)
         return {
             "max_singles_rate_hz": float(rates.max()) if rates.size else 0.0,
@@ -219,7 +267,10 @@ class Windower:
         self._cpu_s = 0.0
         self._pending_delays: np.ndarray | None = None
         self._base_index = 0
+        self._last_end: int | None = None  # end of the last batch with measured time
+        self._gaps: list[Gap] = []
         self.missed = 0
+        self.gaps = 0
         if delays_ps is not None:
             self._delays = self._check_delays(delays_ps)
         self._counter = CoincidenceCounter(
@@ -250,7 +301,7 @@ class Windower:
 
         Window indices keep counting up; the dropped partial window is reported as missed.
         """
-        if self._t0 is not None and self._tags:
+        if self._t0 is not None and (self._tags or self._last_end != self._window_begin()):
             self.missed += 1
         self._t0 = None
         self._base_index = self._index
@@ -261,6 +312,15 @@ class Windower:
             self._delays = pending
         self._counter = self._counter_cls(self.n_channels, self.coincidence_window_ps, self._delays)
 
+    def take_gaps(self) -> list[Gap]:
+        """The gaps found since the last call (each reported once)."""
+        gaps, self._gaps = self._gaps, []
+        return gaps
+
+    def _window_begin(self) -> int:
+        assert self._t0 is not None
+        return self._t0 + (self._index - self._base_index) * self.window_ps
+
     def _edge(self) -> int:
         assert self._t0 is not None
         return self._t0 + (self._index - self._base_index + 1) * self.window_ps
@@ -268,6 +328,15 @@ class Windower:
     def feed(self, batch: TagBatch) -> list[WindowResult]:
         """Add one batch; returns the windows it completed (often none, sometimes several)."""
         batch.check_channels(self.n_channels, "acquisition")
+        if batch.duration_ps == 0 and not len(batch):
+            return []  # covers no measured time (a read timeout): nothing to anchor or count
+        if self._last_end is not None and batch.begin_ps != self._last_end:
+            self._gaps.append(Gap(self._last_end, batch.begin_ps))
+            self.gaps += 1
+            log.warning("acquisition: %s", self._gaps[-1].describe())
+            if self._t0 is not None:
+                self.restart()
+        self._last_end = batch.end_ps
         if self._t0 is None:
             pending, self._pending_delays = self._pending_delays, None
             if pending is not None:
@@ -301,7 +370,7 @@ class Windower:
     def _finish(self) -> WindowResult:
         t = time.thread_time()
         rep = self._counter.result()
-        begin = self._t0 + (self._index - self._base_index) * self.window_ps  # type: ignore[operator]
+        begin = self._window_begin()
         qrep: QberReport | None = None
         sifted = 0.0
         secure = 0.0
@@ -380,6 +449,8 @@ class Acquisition:
         windower: the analysis.
         on_window: called in the worker thread with each completed window.
         on_state: called with ``"running"`` / ``"faulted: reason"`` on transitions.
+        on_gap: called in the worker thread once per gap in the tag stream (a reopened
+            source, a tagger that skipped time): the gap's span, never zero-count windows.
         read_timeout_s: how long one ``read`` may wait.
         backoff_s: (initial, max) wait between reopen attempts.
     """
@@ -392,8 +463,10 @@ class Acquisition:
         on_state: Callable[[str], None] | None = None,
         read_timeout_s: float = 0.5,
         backoff_s: tuple[float, float] = (0.2, 5.0),
+        on_gap: Callable[[Gap], None] | None = None,
     ) -> None:
         self.open_source = open_source
+        self.on_gap = on_gap or (lambda g: None)
         self.windower = windower
         self.on_window = on_window
         self.on_state = on_state or (lambda s: None)
@@ -491,6 +564,8 @@ class Acquisition:
             batch = source.read(self.read_timeout_s)
             if batch is None:
                 raise ConnectionError("tag source ended")
+            if batch.duration_ps == 0 and not len(batch):
+                continue  # a read timeout: no measured time, nothing to capture or window
             with self._lock:
                 for cap in self._captures:
                     if cap.batches and batch.begin_ps != cap.batches[-1].end_ps:
@@ -499,7 +574,13 @@ class Acquisition:
                     if cap.collected_ps >= cap.duration_ps:
                         cap.done.set()
                 self._captures = [c for c in self._captures if not c.done.is_set()]
-            for result in self.windower.feed(batch):
+            results = self.windower.feed(batch)
+            for gap in self.windower.take_gaps():
+                try:
+                    self.on_gap(gap)
+                except Exception:
+                    log.exception("gap callback failed")
+            for result in results:
                 if self._stop.is_set():
                     return  # stopping: hand nothing more on (the daemon is in its safe state)
                 self.windows += 1

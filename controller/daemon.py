@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import TagSource
+from telemetry import OutboxUnavailable
 
 from ._broker_watch import BrokerQuiet, watch_broker
 from ._daemon_config import (
@@ -48,8 +49,16 @@ from ._daemon_config import (
     format_problems,
     instrument_surface,
 )
+from ._device_loss import DeviceMemory, differences
 from ._device_records import device_records
-from .acquisition import Acquisition, Windower, WindowResult, finite_or_none, window_records
+from .acquisition import (
+    Acquisition,
+    Gap,
+    Windower,
+    WindowResult,
+    finite_or_none,
+    window_records,
+)
 from .command_server import CommandServer
 from .commands import (
     DAEMON,
@@ -129,6 +138,7 @@ class Daemon:
             )
         self.workers = workers
         self.supervisor = Supervisor(workers, self._on_device_state, self._on_device_readings)
+        self.memory = DeviceMemory()  # last known settings, lost devices (see _device_loss)
         self.engine = InterlockEngine(d.interlocks)
         acq = d.acquisition
         self.windower: Windower | None = None
@@ -187,6 +197,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self.stopped = asyncio.Event()
         d = self.cfg.daemon
+        if self.broker is not None:
+            self._start_publisher()  # first: an unusable outbox stops the start, nothing runs
         src = d.acquisition.source if d.acquisition is not None else None
         if isinstance(src, TestbedSource) and self.testbed is None:
             from drivers.sim.testbed import load_testbed
@@ -197,7 +209,6 @@ class Daemon:
                 self.testbed.serve()
         self.supervisor.start()
         if self.broker is not None:
-            self._start_publisher()
             self._tasks.append(asyncio.create_task(self.commands.run(), name="qnet-commands"))
             watch = watch_broker(
                 self.broker,
@@ -216,6 +227,7 @@ class Daemon:
             self._on_window_thread,
             self._on_acq_state_thread,
             read_timeout_s=d.acquisition.read_timeout_s,
+            on_gap=self._on_gap_thread,
         )
         self.acquisition.start()
 
@@ -379,6 +391,30 @@ class Daemon:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._on_acq_state, state)
 
+    def _on_gap_thread(self, gap: Gap) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_gap, gap)
+
+    def _on_gap(self, gap: Gap) -> None:
+        """One event and one ``health`` record (device ``acquisition``) per gap in the tags."""
+        self._event("gap", gap.describe(), None)
+        if self.publisher is not None:
+            import telemetry as tm
+
+            with contextlib.suppress(Exception):
+                self.publisher.submit(
+                    [
+                        tm.health(
+                            node=self.node,
+                            device="acquisition",
+                            ok=False,
+                            state="gap",
+                            message=gap.describe()[:1000],
+                            time_ns=time.time_ns(),
+                        )
+                    ]
+                )
+
     def _on_acq_state(self, state: str) -> None:
         self.acquisition_state = state
         self._event("acquisition", state, None)
@@ -406,6 +442,8 @@ class Daemon:
                 # the publisher's own counters (outbox depth, drops, reconnects), once a window
                 recs.append(self.publisher.counters_record(time.time_ns()))
                 self.publisher.submit(recs)
+            except OutboxUnavailable as exc:  # the publisher said why, once; health shows it
+                log.debug("window %d: telemetry refused: %s", result.index, exc)
             except Exception as exc:
                 log.warning("window %d: telemetry failed: %s", result.index, exc)
         for fut in self._window_waiters:
@@ -435,6 +473,66 @@ class Daemon:
         if self.publisher is not None:
             with contextlib.suppress(Exception):
                 self.publisher.submit([self._health_record(device)])
+        if self._stopping:
+            return
+        if state == "faulted" and device not in self.memory.lost:
+            self._on_device_lost(device)
+        elif state == "ready":
+            self._tasks.append(asyncio.create_task(self._on_device_ready(device)))
+
+    def _on_device_lost(self, device: str) -> None:
+        """A device faulted: ``<device>.lost`` to the interlocks, its ``on_loss`` actions run."""
+        self.memory.lost.add(device)
+        self._evaluate({f"{device}.lost": True})
+        loss = self.cfg.daemon.on_loss.get(device)
+        for action in loss.actions if loss is not None else ():
+            self._tasks.append(asyncio.create_task(self._run_action(f"{device} lost", action)))
+
+    async def _on_device_ready(self, device: str) -> None:
+        """Ready (first time or again): read its settings back and compare with what is known."""
+        was_lost = device in self.memory.lost
+        self.memory.lost.discard(device)
+        if was_lost:
+            self._evaluate({f"{device}.lost": False})
+        worker, surf = self.workers[device], self.surfaces[device]
+        actual: dict[str, Any] = {}
+        for name, spec in surf.settings.items():
+            try:
+                actual[name] = await worker.call(spec.getter)
+            except Exception as exc:  # a setting it cannot read back is not compared
+                log.debug("%s.%s not read back: %s", device, name, exc)
+        expected = dict(self.memory.known.get(device, {}))
+        self.memory.baseline(device, actual)  # a device first seen now: its state as found
+        if not was_lost or not expected:
+            return
+        diffs = differences(device, expected, actual)
+        if not diffs:
+            self._event("device", f"{device} back with its settings as commanded", device)
+            return
+        loss = self.cfg.daemon.on_loss.get(device)
+        policy = loss.on_reconnect if loss is not None else "report"
+        text = "; ".join(d.describe() for d in diffs)
+        log.warning("%s came back in another state: %s (on_reconnect: %s)", device, text, policy)
+        self._event("mismatch", f"{text} (on_reconnect: {policy})"[:500], device)
+        if self.publisher is not None:
+            import telemetry as tm
+
+            with contextlib.suppress(Exception):
+                rec = tm.health(
+                    node=self.node,
+                    device=device,
+                    ok=False,
+                    state="mismatch",
+                    message=f"came back in another state: {text}"[:1000],
+                    time_ns=time.time_ns(),
+                )
+                self.publisher.submit([rec])
+        if policy == "refuse":
+            self.memory.refused[device] = {d.setting: d for d in diffs}
+        elif policy == "restore":
+            for d in diffs:
+                spec = ActionSpec(device=device, setting=d.setting, value=d.expected)
+                await self._run_action(f"{device} restore", spec)
 
     def _on_device_readings(self, device: str, values: dict[str, Any]) -> None:
         if self._stopping:
@@ -536,6 +634,10 @@ class Daemon:
             raise CommandError("device_unavailable", SHUTTING_DOWN)
         if vreq.device == DAEMON:
             return await self._daemon_action(vreq.name)
+        if vreq.op != "get" and vreq.role != "system":  # safety actions are never refused
+            why = self.memory.refusal(vreq.device, vreq.name if vreq.op == "set" else None)
+            if why is not None:
+                raise CommandError("device_unavailable", why)
         return await self._device_op(vreq, quiet=quiet)
 
     async def _device_op(self, vreq: ValidRequest, force: bool = False, quiet: bool = False) -> Any:
@@ -558,6 +660,7 @@ class Daemon:
                 await worker.run_sync(lambda: spec.setter(worker.instrument, value), None, prio)
             else:
                 await worker.call(lambda inst: spec.setter(inst, value), priority=prio)
+            self.memory.remember(vreq.device, vreq.name, value)
             if not quiet:
                 text = f"{vreq.device}.{vreq.name} = {describe_value(value)} ({vreq.role})"
                 self._event("set", text, vreq.device)
@@ -622,6 +725,8 @@ class Daemon:
             "compensation": self.compensation,
             "devices": {n: s["state"] for n, s in self.supervisor.states().items()},
             "interlocks_active": self.engine.active(),
+            "telemetry": self.publisher.health() if self.publisher is not None else None,
+            "healthy": self.publisher is None or not self.publisher.stalled,
             "last_window": self.history[-1] if self.history else None,
             "history": list(self.history)[-60:],
             "events": list(self.events)[-20:],
@@ -631,19 +736,26 @@ class Daemon:
 
     # -- MQTT --
     def _start_publisher(self) -> None:
-        from telemetry import OutboxSettings, Publisher, PublisherSettings
+        from telemetry import Publisher, PublisherSettings
 
         tcfg = self.cfg.daemon.telemetry
-        outbox = tcfg.outbox or OutboxSettings(path=Path("runs") / f"outbox-{self.node}.sqlite")
-        outbox.path.parent.mkdir(parents=True, exist_ok=True)
+        outbox = outbox_settings(self.cfg)
         settings = PublisherSettings(
             node=self.node,
             broker=self.broker,
             outbox=outbox,
             max_lines_per_message=tcfg.max_lines_per_message,
         )
-        self.publisher = Publisher(settings)
+        self.publisher = Publisher(settings)  # OutboxError (names the path) if unusable
+        self.publisher.on_health = self._on_telemetry_health
         self.publisher.start()
+
+    def _on_telemetry_health(self, health: dict[str, Any]) -> None:
+        """The publisher stalled (storage error) or resumed: an event (its alarm is published)."""
+        if health["ok"]:
+            self._event("telemetry", "telemetry resumed: the outbox stores again", None)
+        else:
+            self._event("telemetry", f"telemetry stalled: {health['error']}"[:500], None)
 
     # -- start-up: summary, arming, calibration --
     async def _device_call(self, device: str, fn: Callable[[Any], Any]) -> Any:
@@ -747,6 +859,14 @@ class Daemon:
         fut: asyncio.Future[WindowResult] = self._loop.create_future()
         self._window_waiters.append(fut)
         return await asyncio.wait_for(fut, timeout_s)
+
+
+def outbox_settings(cfg: DaemonConfig) -> Any:
+    """The daemon's outbox: the configured one, else ``runs/outbox-<node>.sqlite``."""
+    from telemetry import OutboxSettings
+
+    outbox = cfg.daemon.telemetry.outbox
+    return outbox or OutboxSettings(path=Path("runs") / f"outbox-{cfg.node}.sqlite")
 
 
 def _zero_secure(rec: Any) -> Any:

@@ -75,7 +75,11 @@ class MergedTagSource(TagSource):
         return self._pending[i][-1].end_ps if self._pending[i] else None
 
     def read(self, timeout_s: float = 1.0) -> TagBatch | None:
-        """Tags up to the point every source has reported, within ``timeout_s``."""
+        """Tags up to the point every source has reported, within ``timeout_s``.
+
+        On a timeout: a zero-length empty batch at the merged time so far (before any
+        source has reported, ``TagBatch.empty(0, 0)``), which covers no measured time.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             ends = [self._end(i) for i in range(len(self._sources))]
@@ -85,8 +89,8 @@ class MergedTagSource(TagSource):
                 break
             left = deadline - time.monotonic()
             if left <= 0:
-                t = self._t or 0
-                return TagBatch.empty(t, t)
+                t = self._t if self._t is not None else 0
+                return TagBatch.empty(t, t)  # no measured time: not a window of zeros
             # read from the source that is furthest behind (or has nothing yet)
             i = min(
                 range(len(self._sources)),

@@ -25,7 +25,10 @@ class TagSource(ABC):
         """Next batch of tags, waiting at most ``timeout_s``; None once the stream has ended.
 
         A source with nothing new within the timeout returns an empty batch that
-        still covers the elapsed measured time, so quiet time counts.
+        still covers the elapsed measured time, so quiet time counts; one that cannot
+        vouch for any time (nothing measured yet) returns a zero-length empty batch,
+        which consumers skip: it neither starts nor advances anything. A batch that
+        does not begin where the previous one ended marks a gap (time not measured).
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook

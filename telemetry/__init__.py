@@ -7,9 +7,13 @@ here (``import X as X`` marks a re-export).
 # -- re-exports of the modules go below, one block per module --
 from ._bridge import Bridge as Bridge
 from ._bridge import BridgeStats as BridgeStats
+from ._outbox import MIN_FREE_BYTES as MIN_FREE_BYTES
 from ._outbox import Outbox as Outbox
+from ._outbox import OutboxError as OutboxError
 from ._outbox import OutboxFull as OutboxFull
 from ._outbox import Spool as Spool
+from ._outbox import check_outbox_path as check_outbox_path
+from ._publisher import OutboxUnavailable as OutboxUnavailable
 from ._publisher import Publisher as Publisher
 from ._publisher import backoff_s as backoff_s
 from ._schema import MEASUREMENTS as MEASUREMENTS

@@ -293,3 +293,217 @@ def test_stopping_acquisition_hands_on_no_window_and_refuses_captures(testbed_ta
     assert len(got) == 1
     cap = acq.capture(0.1)
     assert cap.done.is_set() and cap.error == "acquisition stopped"
+
+
+# -- windows only for measured time: a timeout or a gap never becomes zero-count windows --
+
+S = 1_000_000_000_000  # one second in ps
+
+
+class _SilentThenLate(TagSource):
+    """A tagger that times out (no data yet) ``silent`` times, then streams ``batches``."""
+
+    def __init__(self, silent, batches):
+        self.silent = silent
+        self.batches = list(batches)
+
+    @property
+    def n_channels(self):
+        return 4
+
+    def read(self, timeout_s=1.0):
+        if self.silent:
+            self.silent -= 1
+            time.sleep(min(timeout_s, 0.01))
+            return TagBatch.empty(0, 0)  # what a tagger reports before its first frame
+        if not self.batches:
+            time.sleep(0.01)
+            return None
+        return self.batches.pop(0)
+
+
+def _batches(begin_s, end_s, step_s=0.5, rate_hz=2000, seed=1):
+    rng = np.random.default_rng(seed)
+    out, t = [], int(begin_s * S)
+    while t < int(end_s * S):
+        e = t + int(step_s * S)
+        n = rng.poisson(rate_hz * step_s)
+        ts = np.sort(rng.integers(t, e, n)).astype(np.int64)
+        out.append(TagBatch(ts, rng.integers(0, 4, n).astype(np.uint8), t, e))
+        t = e
+    return out
+
+
+def _run_acquisition(open_source, windower, timeout_s=20.0, want=None):
+    got, gaps = [], []
+    done = threading.Event()
+
+    def on_window(r):
+        got.append(r)
+        if want is not None and len(got) >= want:
+            done.set()
+
+    def on_state(s):
+        if want is None and s.startswith("faulted"):
+            done.set()  # the list ran out: the source "ended"
+
+    acq = Acquisition(
+        open_source, windower, on_window, on_state, read_timeout_s=0.05, on_gap=gaps.append
+    )
+    acq.start()
+    assert done.wait(timeout_s)
+    acq.stop()
+    return got, gaps
+
+
+def test_a_restart_with_timeouts_before_the_first_tags_publishes_no_fake_window():
+    """Reported: timeouts before the first batch anchored window 0 at tag time 0, so the
+    first real batch at 600 s emitted 600 zero-count windows. Only 600-603 s was measured."""
+    from controller.merge import MergedTagSource
+
+    def open_source():
+        late = _SilentThenLate(5, _batches(600, 603))
+        return MergedTagSource([late], [0], 4)
+
+    got, gaps = _run_acquisition(open_source, Windower(4, 1.0, 1000))
+    assert [r.begin_ps for r in got] == [600 * S, 601 * S, 602 * S]
+    assert all(r.n_tags > 0 and r.has_data for r in got)
+    assert gaps == []
+
+
+def test_a_gap_in_the_stream_is_one_gap_never_zero_windows():
+    batches = _batches(0, 2.25) + _batches(10, 12, seed=2)
+    w = Windower(4, 1.0, 1000)
+    out = []
+    for b in batches:
+        out += w.feed(b)
+    gaps = w.take_gaps()
+    assert [(g.begin_ps, g.end_ps) for g in gaps] == [(int(2.5 * S), 10 * S)]
+    assert gaps[0].duration_s == pytest.approx(7.5)
+    assert "7.5 s" in gaps[0].describe()
+    # 0-1, 1-2 before the gap; the partial 2-2.5 s window is dropped; 10-11, 11-12 after
+    assert [r.begin_ps for r in out] == [0, S, 10 * S, 11 * S]
+    assert all(r.n_tags > 0 for r in out)
+    assert w.missed == 1 and w.gaps == 1
+    assert w.take_gaps() == []  # each gap reported once
+
+
+def test_time_going_back_reanchors_without_windows_for_the_jump():
+    w = Windower(4, 1.0, 1000)
+    out = []
+    for b in _batches(100, 102) + _batches(0, 2, seed=3):
+        out += w.feed(b)
+    assert [r.begin_ps for r in out] == [100 * S, 101 * S, 0, S]
+    (gap,) = w.take_gaps()
+    assert gap.end_ps < gap.begin_ps and "went back" in gap.describe()
+
+
+def test_acquisition_reports_the_gap_of_a_reopened_source():
+    opened = []
+
+    def open_source():
+        opened.append(1)
+        if len(opened) == 1:
+            return _ListSource(_batches(0, 2, rate_hz=500))  # ends: "tag source ended"
+        return _ListSource(_batches(30, 33, rate_hz=500, seed=4))
+
+    got, gaps = _run_acquisition(open_source, Windower(8, 1.0, 1000), want=5)
+    assert [(g.begin_ps, g.end_ps) for g in gaps] == [(2 * S, 30 * S)]
+    assert [r.begin_ps for r in got][:5] == [0, S, 30 * S, 31 * S, 32 * S]
+
+
+def test_interlocks_never_act_on_a_window_without_data():
+    from controller.interlocks import InterlockEngine, InterlockRule
+
+    rule = InterlockRule(reading="sifted_rate_hz", kind="outside", min=1.0, max=1e9)
+    engine = InterlockEngine({"key_rate_low": rule})
+    w = Windower(8, 1.0, 1000, ROLES)
+    (empty,) = w.feed(TagBatch.empty(0, S))  # a real, quiet second: no tag at all
+    assert not empty.has_data
+    assert all(math.isnan(v) for v in empty.readings().values())
+    assert engine.evaluate(empty.readings(), 0.0) == []
+    assert engine.active() == []
+
+
+def test_daemon_reports_a_gap_once_and_publishes_no_window_for_it(tmp_path):
+    """The tagger comes back 5 s later (reopened source): one gap event, windows only
+    with data, and the interlocks keep acting on real windows only."""
+    import asyncio
+
+    import yaml
+
+    from controller._daemon_config import load_daemon_config
+    from controller.daemon import Daemon
+
+    raw = {
+        "node": "gap-node",
+        "instruments": {},
+        "daemon": {
+            "acquisition": {
+                "source": {
+                    "kind": "testbed",
+                    "config": str(TESTBED),
+                    "speed": 1.0,
+                    "serve": False,
+                },
+                "window_s": 0.2,
+                "roles": {
+                    "alice": {"H": 0, "V": 1, "D": 2, "A": 3},
+                    "bob": {"H": 4, "V": 5, "D": 6, "A": 7},
+                },
+            },
+            "calibration": {"at_start": False},
+        },
+    }
+    p = tmp_path / "d.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    cfg = load_daemon_config(p)
+
+    class Shifted(TagSource):
+        """The first source ends after a few reads; the next one is 5 s of tag time later."""
+
+        def __init__(self, src, shift_ps, reads):
+            self.src, self.shift, self.reads = src, shift_ps, reads
+
+        @property
+        def n_channels(self):
+            return self.src.n_channels
+
+        def read(self, timeout_s=1.0):
+            self.reads -= 1
+            if self.reads < 0:
+                return None
+            b = self.src.read(timeout_s)
+            if b is None or not self.shift:
+                return b
+            s = self.shift
+            return TagBatch(b.timestamps + s, b.channels, b.begin_ps + s, b.end_ps + s)
+
+        def close(self):
+            self.src.close()
+
+    async def main():
+        d = Daemon(cfg)
+        opened = []
+        orig = d._open_source
+
+        def open_source():
+            opened.append(1)
+            first = len(opened) == 1
+            return Shifted(orig(), 0 if first else 5 * S, 30 if first else 10**9)
+
+        d._open_source = open_source
+        await d.start()
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if any(e["kind"] == "gap" for e in d.events) and len(d.history) > 12:
+                    break
+        finally:
+            await d.shutdown()
+        return [e["text"] for e in d.events if e["kind"] == "gap"], list(d.history)
+
+    gaps, history = asyncio.run(main())
+    assert len(gaps) == 1 and "no window published" in gaps[0], gaps
+    assert "(5 s)" in gaps[0], gaps
+    assert history and all(w["tags"] > 0 for w in history)
