@@ -12,6 +12,7 @@ from ._errors import TagBatchError as TagBatchError
 from ._errors import TagFileError as TagFileError
 from ._errors import TagOrderError as TagOrderError
 from ._tags import MAX_CHANNELS as MAX_CHANNELS
+from ._tags import MAX_TIMESTAMP_PS as MAX_TIMESTAMP_PS
 from ._tags import TagBatch as TagBatch
 
 # -- re-exports of the other modules go below, one block per module --
@@ -20,6 +21,7 @@ from ._counter import MAX_DELAY_PS as MAX_DELAY_PS
 from ._counter import CoincidenceCounter as CoincidenceCounter
 from ._counter import CoincidenceReport as CoincidenceReport
 from ._counter import accidentals_matrix as accidentals_matrix
+from ._counter import window_lags as window_lags
 from ._histogram import CorrelationHistogram as CorrelationHistogram
 from ._histogram import HistogramReport as HistogramReport
 from ._synthetic import generate_pairs as generate_pairs

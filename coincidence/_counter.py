@@ -52,6 +52,12 @@ CHUNK_TAGS = 2**20
 _GROUP_GAP_PS = 10_000
 """Delays closer than ``max(window_ps, this)`` may share a group of the fast kernel."""
 
+_BUDGET_STEPS_PER_TAG = 16
+"""Pair-walk steps per tag the fast kernels may take before a chunk is counted by channel."""
+
+_BUDGET_BASE_STEPS = 1024
+"""Pair-walk steps every chunk may take regardless of its size."""
+
 _u64 = np.uint64
 """Index cast in the kernels: with unsigned indices numba emits no negative-index fix-up."""
 
@@ -68,7 +74,8 @@ class CoincidenceReport:
         singles: int64 (n,), tags per channel.
         coincidences: int64 (n, n), symmetric, diagonal 0.
         accidentals: float64 (n, n), expected accidental coincidences
-            ``R_i * R_j * window * T`` (counts, with ``R = singles / T``), diagonal 0.
+            ``R_i * R_j * L * T`` (counts, with ``R = singles / T`` and ``L`` the number of
+            integer lags in the window, :func:`window_lags`), diagonal 0.
         car: float64 (n, n), coincidence-to-accidental ratio
             ``coincidences / accidentals``; nan where accidentals are 0.
     """
@@ -102,12 +109,26 @@ class CoincidenceReport:
         return self.coincidences / self.duration_s
 
 
+def window_lags(window_ps: int) -> int:
+    """Integer lags ``dt`` the closed window ``2 |dt| <= window_ps`` spans: ``2 (w // 2) + 1``.
+
+    An even window ``w`` spans ``w + 1`` lags (``-w/2 .. w/2``), an odd one ``w``.
+    """
+    return 2 * (int(window_ps) // 2) + 1
+
+
 def accidentals_matrix(singles: np.ndarray, window_ps: int, duration_ps: int) -> np.ndarray:
-    """Expected accidentals ``R_i R_j w T = N_i N_j w / T`` (counts), diagonal 0."""
+    """Expected accidentals ``N_i N_j L / T`` (counts), diagonal 0.
+
+    ``L = window_lags(window_ps)`` is the exact number of integer picosecond lags the
+    closed window spans (``w + 1`` for an even ``w``): two uncorrelated streams of
+    ``N_i`` and ``N_j`` tags spread uniformly over ``T`` ps meet at any given lag
+    ``N_i N_j / T`` times. (``R_i R_j w T`` with ``w`` is 1/(w+1) low: 33 % at w = 2.)
+    """
     n = np.asarray(singles, dtype=np.float64)
     if duration_ps <= 0:
         return np.zeros((n.size, n.size))
-    acc = np.outer(n, n) * (float(window_ps) / float(duration_ps))
+    acc = np.outer(n, n) * (float(window_lags(window_ps)) / float(duration_ps))
     np.fill_diagonal(acc, 0.0)
     return acc
 
@@ -123,25 +144,29 @@ def _count_same_group(
     grp: np.ndarray,
     half_ps: int,
     lookback_ps: int,
+    budget: int,
     singles: np.ndarray,
     m: np.ndarray,
-) -> None:
+) -> bool:
     """Singles and the pairs of tags in the same delay group, inside one batch.
 
     A pair (p < q) adds to ``m[ch[p], ch[q]]``. Partners of ``q`` in its group lie at most
     ``lookback_ps`` earlier in raw time; the look-back runs only when the previous tag is
-    that close (rare: about one comparison per tag).
+    that close (rare: about one comparison per tag). After ``budget`` look-back steps
+    (a burst: many tags within ``lookback_ps``) the pair walk stops and False is
+    returned: ``m`` is then incomplete, the singles are always complete.
     """
     n = ts.shape[0]
     if n == 0:
-        return
+        return True
+    steps = 0
     prev = ts[0] - lookback_ps - 1
     for q in range(n):
         uq = _u64(q)  # unsigned indices: numba then skips its negative-index fix-up
         tq = ts[uq]
         cq = ch[uq]
         singles[cq] += 1
-        if tq - prev <= lookback_ps:
+        if tq - prev <= lookback_ps and steps <= budget:
             g = grp[cq]
             sq = tq - delays[cq]
             p = q - 1
@@ -151,7 +176,9 @@ def _count_same_group(
                 if grp[cp] == g and cp != cq and -half_ps <= dd <= half_ps:
                     m[cp, cq] += 1
                 p -= 1
+            steps += q - p
         prev = tq
+    return steps <= budget
 
 
 @numba.njit(cache=True, nogil=True)
@@ -169,8 +196,9 @@ def _count_cross_groups(
     ring: np.ndarray,
     hit_q: np.ndarray,
     hit_p: np.ndarray,
+    budget: int,
     m: np.ndarray,
-) -> None:
+) -> bool:
     """Pairs of a tag of group ``ga`` and a later one of group ``gb``, inside one batch.
 
     Such pairs have ``t_q - t_p`` in ``[lo_ps, hi_ps]``, ``lo_ps > 0``. Pass 1 files
@@ -182,10 +210,11 @@ def _count_cross_groups(
     pass 2 scans back from each hit's entry and checks every candidate exactly.
     ``ring.size`` is a power of two with ``ring.size << shift > hi_ps``; ``hit_q`` and
     ``hit_p`` hold ``ts.size`` entries; ``ts.size < 2**32`` (indices share a word).
+    Returns False (``m`` incomplete) once pass 2 has taken more than ``budget`` steps.
     """
     n = ts.shape[0]
     if n == 0:
-        return
+        return True
     mask = _u64(ring.shape[0] - 1)
     ring_bits = 0
     while (1 << ring_bits) <= mask:
@@ -208,9 +237,11 @@ def _count_cross_groups(
         b2 = (rel + lo_ps + span) >> shift
         ring[_u64(b1) & mask] = (((b1 >> ring_bits) & low) << 32) | q
         ring[_u64(b2) & mask] = (((b2 >> ring_bits) & low) << 32) | q
+    steps = 0
     for k in range(nh):
         q = hit_q[k]
         p = hit_p[k]
+        p0 = p
         tq = ts[q]
         cq = ch[q]
         sq = tq - delays[cq]
@@ -221,31 +252,155 @@ def _count_cross_groups(
             if grp[cp] == ga and -half_ps <= dd <= half_ps:
                 m[cp, cq] += 1
             p -= 1
+        steps += p0 - p + 1
+        if steps > budget:
+            return False
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
-def _cross_pairs(
-    s_old: np.ndarray,
-    c_old: np.ndarray,
-    s_new: np.ndarray,
-    c_new: np.ndarray,
+def _group_by_channel(
+    ts: np.ndarray, ch: np.ndarray, delays: np.ndarray, n_ch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counting sort by channel: (shifted times grouped by channel, source index, offsets).
+
+    Channel ``c``'s shifted times ``t - delays[c]`` are ``s[off[c]:off[c + 1]]``, in
+    arrival order, hence sorted (one channel, one delay). ``idx`` maps back to ``ts``.
+    """
+    n = ts.shape[0]
+    off = np.zeros(n_ch + 1, np.int64)
+    for i in range(n):
+        off[ch[i] + 1] += 1
+    for c in range(n_ch):
+        off[c + 1] += off[c]
+    pos = off[:n_ch].copy()
+    s = np.empty(n, np.int64)
+    idx = np.empty(n, np.int64)
+    for i in range(n):
+        c = ch[i]
+        s[pos[c]] = ts[i] - delays[c]
+        idx[pos[c]] = i
+        pos[c] += 1
+    return s, idx, off
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_by_channel(
+    ts: np.ndarray, ch: np.ndarray, delays: np.ndarray, half_ps: int, m: np.ndarray
+) -> None:
+    """All pairs among one run of tags, by position in per-channel order (no pair walk).
+
+    For each channel pair ``a < b`` and each tag of ``a`` at shifted time ``s``, two
+    pointers give the first tag of ``b`` at or after ``s - half_ps`` and the first after
+    ``s + half_ps``; their difference is the number of its partners. Time and memory are
+    O(tags x occupied channels) however many pairs there are (a stuck tagger's burst of
+    equal timestamps costs as much as any other run of tags).
+    """
+    n_ch = m.shape[0]
+    s, _, off = _group_by_channel(ts, ch, delays, n_ch)
+    for a in range(n_ch):
+        a0, a1 = off[a], off[a + 1]
+        if a0 == a1:
+            continue
+        for b in range(a + 1, n_ch):
+            b0, b1 = off[b], off[b + 1]
+            if b0 == b1:
+                continue
+            lo = b0
+            hi = b0
+            total = 0
+            for p in range(a0, a1):
+                x = s[p]
+                while lo < b1 and s[lo] < x - half_ps:
+                    lo += 1
+                while hi < b1 and s[hi] <= x + half_ps:
+                    hi += 1
+                total += hi - lo
+            m[a, b] += total
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_tail_pairs(
+    old_t: np.ndarray,
+    old_c: np.ndarray,
+    old_w: np.ndarray,
+    new_t: np.ndarray,
+    new_c: np.ndarray,
+    delays: np.ndarray,
     half_ps: int,
     m: np.ndarray,
 ) -> None:
-    """Count pairs between two streams each sorted by shifted time ``s`` (different channels)."""
-    n_old = s_old.shape[0]
-    lo = 0
-    for q in range(s_new.shape[0]):
-        sq = s_new[q]
-        cq = c_new[q]
-        while lo < n_old and s_old[lo] < sq - half_ps:
-            lo += 1
-        p = lo
-        while p < n_old and s_old[p] <= sq + half_ps:
-            cp = c_old[p]
-            if cp != cq:
-                m[cp, cq] += 1
-            p += 1
+    """Pairs of one (weighted) tail tag and one new tag, on different channels.
+
+    ``old_w`` is each tail entry's multiplicity (equal tags are merged in the tail). Per
+    channel pair, two pointers over the grouped shifted times and prefix sums of the
+    weights: O(tags x occupied channels), whatever the number of pairs.
+    """
+    n_ch = m.shape[0]
+    so, io, oo = _group_by_channel(old_t, old_c, delays, n_ch)
+    sn, _, on = _group_by_channel(new_t, new_c, delays, n_ch)
+    cw = np.zeros(so.shape[0] + 1, np.int64)
+    for k in range(so.shape[0]):
+        cw[k + 1] = cw[k] + old_w[io[k]]
+    for a in range(n_ch):
+        a0, a1 = oo[a], oo[a + 1]
+        if a0 == a1:
+            continue
+        for b in range(n_ch):
+            b0, b1 = on[b], on[b + 1]
+            if b == a or b0 == b1:
+                continue
+            lo = a0
+            hi = a0
+            total = 0
+            for q in range(b0, b1):
+                x = sn[q]
+                while lo < a1 and so[lo] < x - half_ps:
+                    lo += 1
+                while hi < a1 and so[hi] <= x + half_ps:
+                    hi += 1
+                total += cw[hi] - cw[lo]
+            m[a, b] += total
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_equal_tags(
+    t: np.ndarray, c: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge tags of equal time and channel into one entry with the summed weight.
+
+    ``t`` sorted; entries of one time keep the order of their channels' first
+    appearance. Bounds the tail by distinct (time, channel) values, not by tags.
+    """
+    n = t.shape[0]
+    t2 = np.empty(n, np.int64)
+    c2 = np.empty(n, np.uint8)
+    w2 = np.empty(n, np.int64)
+    acc = np.zeros(256, np.int64)
+    k = 0
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and t[j] == t[i]:
+            j += 1
+        if j == i + 1:
+            t2[k] = t[i]
+            c2[k] = c[i]
+            w2[k] = w[i]
+            k += 1
+        else:
+            for r in range(i, j):
+                acc[c[r]] += w[r]
+            for r in range(i, j):
+                cr = c[r]
+                if acc[cr] > 0:
+                    t2[k] = t[i]
+                    c2[k] = cr
+                    w2[k] = acc[cr]
+                    acc[cr] = 0
+                    k += 1
+        i = j
+    return t2[:k].copy(), c2[:k].copy(), w2[:k].copy()
 
 
 # --------------------------------------------------------------------------- the counter
@@ -361,6 +516,7 @@ class CoincidenceCounter:
         self._chunk_tags = CHUNK_TAGS
         self._hit_q = np.empty(0, np.int64)
         self._hit_p = np.empty(0, np.int64)
+        self._scratch = np.zeros((self.n_channels, self.n_channels), np.int64)
         self.reset()
 
     @property
@@ -379,6 +535,11 @@ class CoincidenceCounter:
     @property
     def held_back_tags(self) -> int:
         """Tags kept from earlier batches (the tail), at most ``horizon_ps`` worth."""
+        return int(self._tail_w.sum())
+
+    @property
+    def held_back_entries(self) -> int:
+        """Entries the tail occupies: tags of equal time and channel share one."""
         return int(self._tail_t.shape[0])
 
     def reset(self) -> None:
@@ -390,21 +551,39 @@ class CoincidenceCounter:
         self._last_end: int | None = None
         self._tail_t = np.empty(0, np.int64)
         self._tail_c = np.empty(0, np.uint8)
+        self._tail_w = np.empty(0, np.int64)
 
     def _count_inside(self, ts: np.ndarray, ch: np.ndarray) -> None:
-        """Singles and all pairs among the tags of one batch (the fast kernel)."""
+        """Singles and all pairs among the tags of one chunk.
+
+        The fast kernels walk candidate pairs, which is cheap for real streams; each
+        stops after a budget of steps proportional to the chunk (a burst of many tags
+        within a window: equal timestamps of a stuck tagger, a crafted file). The chunk
+        is then counted by position in per-channel order instead, so a chunk never costs
+        more than O(tags x channels) whatever the number of pairs.
+        """
         d, grp, h = self.delays_ps, self._grp, self._half_ps
-        _count_same_group(ts, ch, d, grp, h, self._lookback_ps, self._singles, self._pairs)
-        if self._xa.shape[0] and self._hit_q.shape[0] < ts.shape[0]:
-            size = max(ts.shape[0], int(1.25 * self._hit_q.shape[0]))
+        n = ts.shape[0]
+        budget = _BUDGET_STEPS_PER_TAG * n + _BUDGET_BASE_STEPS
+        scratch = self._scratch
+        scratch[:] = 0
+        ok = _count_same_group(ts, ch, d, grp, h, self._lookback_ps, budget, self._singles, scratch)
+        if ok and self._xa.shape[0] and self._hit_q.shape[0] < n:
+            size = max(n, int(1.25 * self._hit_q.shape[0]))
             self._hit_q = np.empty(size, np.int64)
             self._hit_p = np.empty(size, np.int64)
         for k in range(self._xa.shape[0]):
-            _count_cross_groups(
+            if not ok:
+                break
+            ok = _count_cross_groups(
                 ts, ch, d, grp, h, int(self._xa[k]), int(self._xb[k]), int(self._xlo[k]),
                 int(self._xhi[k]), self._shift, self._ring, self._hit_q, self._hit_p,
-                self._pairs,
+                budget, scratch,
             )  # fmt: skip
+        if ok:
+            self._pairs += scratch
+        else:
+            _count_by_channel(ts, ch, d, h, self._pairs)
 
     def _count_with_tail(self, ts: np.ndarray, ch: np.ndarray) -> None:
         """Pairs of one tag of the tail and one of the new batch."""
@@ -413,14 +592,9 @@ class CoincidenceCounter:
         k = int(np.searchsorted(ts, int(self._tail_t[-1]) + self.horizon_ps, side="right"))
         if k == 0:
             return
-        d = self.delays_ps
-        s_old = self._tail_t - d[self._tail_c]
-        s_new = ts[:k] - d[ch[:k]]
-        o_old = np.argsort(s_old, kind="stable")
-        o_new = np.argsort(s_new, kind="stable")
-        _cross_pairs(
-            s_old[o_old], self._tail_c[o_old], s_new[o_new], ch[:k][o_new], self._half_ps,
-            self._pairs,
+        _count_tail_pairs(
+            self._tail_t, self._tail_c, self._tail_w, ts[:k], ch[:k], self.delays_ps,
+            self._half_ps, self._pairs,
         )  # fmt: skip
 
     def process(self, batch: TagBatch) -> None:
@@ -459,12 +633,15 @@ class CoincidenceCounter:
         cut = end_ps - self.horizon_ps
         k = int(np.searchsorted(ts, cut, side="left"))
         if k > 0:  # the old tail lies before ts[k - 1] < cut: all of it is done
-            self._tail_t = ts[k:].copy()
-            self._tail_c = ch[k:].copy()
+            t, c, w = ts[k:], ch[k:], np.ones(ts.shape[0] - k, np.int64)
         else:
             j = int(np.searchsorted(self._tail_t, cut, side="left"))
-            self._tail_t = np.concatenate([self._tail_t[j:], ts])
-            self._tail_c = np.concatenate([self._tail_c[j:], ch])
+            t = np.concatenate([self._tail_t[j:], ts])
+            c = np.concatenate([self._tail_c[j:], ch])
+            w = np.concatenate([self._tail_w[j:], np.ones(ts.shape[0], np.int64)])
+        # equal (time, channel) tags share one entry: a burst of equal timestamps
+        # cannot grow the tail (memory stays bounded by distinct times in the horizon)
+        self._tail_t, self._tail_c, self._tail_w = _merge_equal_tags(t, c, w)
 
     def result(self) -> CoincidenceReport:
         """The report of everything processed so far (does not change the counter's state)."""

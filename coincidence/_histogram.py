@@ -54,9 +54,37 @@ class HistogramReport:
 
 
 @numba.njit(cache=True, nogil=True)
+def _first_above(t: np.ndarray, i: int, edge: int) -> int:
+    """First index ``>= i`` with ``t[index] > edge`` (``t`` sorted, ``t[i] <= edge``).
+
+    Galloping search: O(log d) for an answer ``d`` places on, so a run of tags that fall in
+    one bin costs a logarithm, not its length.
+    """
+    n = t.shape[0]
+    lo = i  # t[lo] <= edge
+    step = 1
+    hi = i + 1
+    while hi < n and t[hi] <= edge:
+        lo = hi
+        step *= 2
+        hi = lo + step
+    if hi > n:
+        hi = n
+    while lo + 1 < hi:  # t[lo] <= edge, and hi == n or t[hi] > edge
+        mid = (lo + hi) >> 1
+        if t[mid] <= edge:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+@numba.njit(cache=True, nogil=True)
 def _histogram_pairs(
     ta: np.ndarray,
+    cum_a: np.ndarray,
     tb: np.ndarray,
+    wb: np.ndarray,
     first_new_a: int,
     first_new_b: int,
     lo_ps: int,
@@ -65,8 +93,12 @@ def _histogram_pairs(
 ) -> None:
     """Add pairs with ``x = t_b - t_a - lo_ps`` in ``[0, n_bins * bin_ps)`` to bin ``x // bin_ps``.
 
-    Both arrays are sorted; a pair counts only if at least one of its tags is new
-    (index ``>= first_new_a`` in ``ta`` or ``>= first_new_b`` in ``tb``).
+    Both arrays are sorted, each entry standing for several tags of one time: ``wb`` the
+    weights of ``tb``, ``cum_a`` the prefix sums of ``ta``'s weights (``ta.size + 1``). A
+    pair counts only if at least one of its tags is new (index ``>= first_new_a`` in
+    ``ta`` or ``>= first_new_b`` in ``tb``). For each ``b`` entry the ``a`` entries of one
+    bin are found by a galloping search and added as a difference of prefix sums, so the
+    cost is O(entries x occupied bins x log), never O(pairs).
     """
     n_bins = counts.shape[0]
     width = n_bins * bin_ps
@@ -77,11 +109,23 @@ def _histogram_pairs(
         while start < na and ta[start] <= tj - width:
             start += 1
         i = start if j >= first_new_b else max(start, first_new_a)
+        wj = wb[j]
         while i < na and ta[i] <= tj:
             k = (tj - ta[i]) // bin_ps
+            e = _first_above(ta, i, tj - k * bin_ps)  # a entries of bin k: [i, e)
             if k < n_bins:  # always true (tj - ta < width); guards the write
-                counts[k] += 1
-            i += 1
+                counts[k] += wj * (cum_a[e] - cum_a[i])
+            i = e
+
+
+def merge_equal_times(t: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Merge equal timestamps of a sorted array: (distinct times, summed weights)."""
+    if t.shape[0] == 0:
+        return t.astype(np.int64, copy=True), np.empty(0, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], t[1:] != t[:-1])))
+    if w is None:
+        w = np.ones(t.shape[0], np.int64)
+    return t[starts].copy(), np.add.reduceat(w, starts).astype(np.int64)
 
 
 def _check_int(name: str, value: object) -> int:
@@ -157,11 +201,13 @@ class CorrelationHistogram:
         self._last_end: int | None = None
         self._tail_a = np.empty(0, np.int64)
         self._tail_b = np.empty(0, np.int64)
+        self._tail_wa = np.empty(0, np.int64)
+        self._tail_wb = np.empty(0, np.int64)
 
     @property
     def held_back_tags(self) -> int:
         """Tags of both channels kept from earlier batches."""
-        return int(self._tail_a.shape[0] + self._tail_b.shape[0])
+        return int(self._tail_wa.sum() + self._tail_wb.sum())
 
     def process(self, batch: TagBatch) -> None:
         """Add the pairs completed by ``batch`` (which begins at or after the previous end)."""
@@ -175,13 +221,20 @@ class CorrelationHistogram:
                 f"previous batch's end {self._last_end} ps: batches must not overlap in time"
             )
         ch = batch.channels
-        new_a = batch.timestamps[ch == self.channel_a]
-        new_b = batch.timestamps[ch == self.channel_b]
+        # equal timestamps share one weighted entry (tail times are all before the batch)
+        new_a, new_wa = merge_equal_times(batch.timestamps[ch == self.channel_a])
+        new_b, new_wb = merge_equal_times(batch.timestamps[ch == self.channel_b])
         ta = np.concatenate([self._tail_a, new_a])
         tb = np.concatenate([self._tail_b, new_b])
+        wa = np.concatenate([self._tail_wa, new_wa])
+        wb = np.concatenate([self._tail_wb, new_wb])
+        cum_a = np.zeros(wa.shape[0] + 1, np.int64)
+        np.cumsum(wa, out=cum_a[1:])
         _histogram_pairs(
             ta,
+            cum_a,
             tb,
+            wb,
             self._tail_a.shape[0],
             self._tail_b.shape[0],
             self.delay_ps - self.range_ps,
@@ -191,8 +244,10 @@ class CorrelationHistogram:
         self._duration_ps += batch.duration_ps
         self._last_end = batch.end_ps
         cut = batch.end_ps - self.horizon_ps
-        self._tail_a = ta[np.searchsorted(ta, cut, side="left") :].copy()
-        self._tail_b = tb[np.searchsorted(tb, cut, side="left") :].copy()
+        ka = int(np.searchsorted(ta, cut, side="left"))
+        kb = int(np.searchsorted(tb, cut, side="left"))
+        self._tail_a, self._tail_wa = ta[ka:].copy(), wa[ka:].copy()
+        self._tail_b, self._tail_wb = tb[kb:].copy(), wb[kb:].copy()
 
     def result(self) -> HistogramReport:
         """The histogram of everything processed so far (the state is not changed)."""

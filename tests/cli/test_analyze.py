@@ -104,7 +104,8 @@ def test_json_equals_independent_numpy(sample):
     np.testing.assert_array_equal(d["singles"], singles)
     np.testing.assert_allclose(d["singles_rate_hz"], singles / T)
     np.testing.assert_array_equal(d["coincidences"], m)
-    acc = np.outer(singles, singles) * WINDOW * 1e-12 / T
+    lags = 2 * (WINDOW // 2) + 1  # integer lags of the closed window
+    acc = np.outer(singles, singles) * lags * 1e-12 / T
     np.fill_diagonal(acc, 0)
     np.testing.assert_allclose(d["accidentals"], acc, rtol=1e-9)
     car = np.asarray(d["car"], dtype=float)
