@@ -12,6 +12,11 @@ shifted times, ``searchsorted`` for the window bounds; timed on the first
 tag, no Python per batch), the correlation histogram's throughput and the
 synthetic generator's time for the ~10 M tags.
 
+The *equal timestamps* rows feed one million tags at one time on two channels
+(n^2/4 = 2.5e11 pairs, a stuck tagger's burst) to the counter and the histogram:
+the pair count must come from positions in per-channel order, never a pair walk
+(target: under 1 s of kernel time), with the numpy searchsorted count as baseline.
+
 The *floor* row times a loop that does only what any single-pass hashed counter must
 do per tag (read the tag, count the single, shift by the channel delay, probe two
 slots of a 2048-slot ring and file the tag) and no pair logic: it bounds what this
@@ -93,6 +98,60 @@ def _numpy_baseline(batch: TagBatch) -> np.ndarray:
             hi = np.searchsorted(shifted[j], shifted[i] + h, side="right")
             m[i, j] = m[j, i] = int((hi - lo).sum())
     return m
+
+
+def _equal_timestamps_rows() -> list[Row]:
+    n = 1_000_000
+    ts = np.full(n, 5_000, np.int64)
+    ch = (np.arange(n) % 2).astype(np.uint8)
+    batch = TagBatch(ts, ch, 0, 10_000)
+    counter = CoincidenceCounter(2, WINDOW_PS)
+    counter.process(batch)  # compile
+    exact = int(counter.result().coincidences[0, 1]) == n * n // 4
+    t_kernel = best_of(lambda: counter._count_inside(ts, ch), repeat=3)
+
+    def whole() -> None:
+        counter.reset()
+        counter.process(batch)
+
+    t_whole = best_of(whole, repeat=3)
+
+    def numpy_count() -> int:
+        a, b = ts[ch == 0], ts[ch == 1]
+        lo = np.searchsorted(b, a - WINDOW_PS // 2, side="left")
+        hi = np.searchsorted(b, a + WINDOW_PS // 2, side="right")
+        return int((hi - lo).sum())
+
+    t_np = best_of(numpy_count, repeat=3)
+    hist = CorrelationHistogram(0, 1, 100, 10_000)
+
+    def histogram() -> None:
+        hist.reset()
+        hist.process(batch)
+
+    histogram()
+    hist_exact = int(hist.result().counts.sum()) == n * n // 4
+    t_hist = best_of(histogram, repeat=3)
+    return [
+        Row(
+            "1e6 equal timestamps on 2 channels: counting kernel time",
+            t_kernel,
+            "s",
+            target="< 1",
+            ok=t_kernel < 1.0 and exact,
+            baseline=t_np,
+            baseline_name="numpy searchsorted count",
+            notes=f"2.5e11 pairs counted exactly: {exact}; process() {t_whole:.3g} s",
+        ),
+        Row(
+            "1e6 equal timestamps on 2 channels: correlation histogram",
+            t_hist,
+            "s",
+            target="< 1",
+            ok=t_hist < 1.0 and hist_exact,
+            notes=f"+-10 ns, 100 ps bins; exact: {hist_exact}",
+        ),
+    ]
 
 
 def run() -> list[Row]:
@@ -204,4 +263,5 @@ def run() -> list[Row]:
             ok=gen_s < 2.0,
             notes=f"{n} tags",
         ),
+        *_equal_timestamps_rows(),
     ]

@@ -28,6 +28,7 @@ from ._synthetic import generate_pairs as generate_pairs
 
 # isort: split
 from ._files import DEFAULT_CHUNK_RECORDS as DEFAULT_CHUNK_RECORDS
+from ._files import MAX_TAGS_AT_ONE_TIME as MAX_TAGS_AT_ONE_TIME
 from ._files import PtuHeader as PtuHeader
 from ._files import channel_capacity as channel_capacity
 from ._files import count_records as count_records

@@ -41,7 +41,11 @@ returned by :func:`read_ptu_markers`.
 Chunk boundaries: each batch covers ``[previous end, cut)`` where ``cut`` is the
 chunk's last tag time (tags at exactly that time are carried into the next batch
 so equal timestamps never straddle a boundary) or, when the chunk ends in
-overflow records, the time the overflows prove has passed. The first batch
+overflow records, the time the overflows prove has passed. More than
+``MAX_TAGS_AT_ONE_TIME`` tags at one time are refused (TagFileError): a tagger
+records at most one event per channel per time bin (dead time), so such a run
+is a corrupt or zero-filled file, and carrying it would cost memory without
+bound. The first batch
 begins at 0 (the start of the acquisition); the last ends at
 ``MeasDesc_AcquisitionTime`` (ms) if the header has it and it is later than the
 last tag, else at the last tag + 1.
@@ -66,6 +70,11 @@ from ._tags import MAX_CHANNELS, TagBatch
 
 #: Records (or tags) decoded per chunk by default: 8 MB of PTU records.
 DEFAULT_CHUNK_RECORDS = 1 << 21
+
+#: Most tags a file may hold at one timestamp. A real tagger gives at most one per
+#: channel (256); the margin admits synthetic files, the bound keeps the carried
+#: run of equal tags (see Chunk boundaries) within memory.
+MAX_TAGS_AT_ONE_TIME = 1 << 20
 
 PTU_MAGIC = b"PQTTTR\0\0"
 
@@ -546,6 +555,13 @@ class _Chunker:
             # sorted <=> ts[:k] sorted and < last (TagBatch checks), ts[k:] all == last
             if last < self.prev_end or not bool(np.all(ts[k:] == last)):
                 self._refuse(ts, ch, n_carry, locate)
+            if ts.size - k > MAX_TAGS_AT_ONE_TIME:
+                raise TagFileError(
+                    f"{self.path}: {ts.size - k} tags at the same time {last} ps, up to "
+                    f"{locate(ts.size - 1 - n_carry)}: more than {MAX_TAGS_AT_ONE_TIME} "
+                    "events at one time is no measurement (a tagger records at most one per "
+                    "channel); the file is corrupt or zero-filled"
+                )
             self.carry_t, self.carry_c = ts[k:], ch[k:]
             if last == self.prev_end:
                 return None  # k == 0 here: every tag is at the carried time

@@ -504,3 +504,34 @@ def test_channel_capacity(tmp_path):
     z = tmp_path / "z.npz"
     write_npz(z, TagBatch(np.arange(3), np.asarray([0, 3, 1], np.uint8)))
     assert channel_capacity(z) == (256, False)
+
+
+def _zero_filled_ptu(path: Path, n_records: int) -> Path:
+    """A valid HydraHarp T2 header followed by zero records (channel 0 at time 0)."""
+    with open(path, "wb") as f:
+        f.write(w.header_bytes(w.RT_HYDRAHARP2_T2, 1e-12, n_records))
+        f.write(b"\0" * (4 * n_records))
+    return path
+
+
+def test_zero_filled_ptu_is_counted_in_linear_time(tmp_path: Path) -> None:
+    from coincidence import CoincidenceCounter
+
+    p = _zero_filled_ptu(tmp_path / "zeros.ptu", 300_000)
+    counter = CoincidenceCounter(5, 1_000)
+    for batch in iter_ptu(p, chunk_records=70_000):  # the equal run straddles every chunk
+        counter.process(batch)
+    rep = counter.result()
+    assert rep.singles.tolist() == [300_000, 0, 0, 0, 0]
+    assert rep.coincidences.sum() == 0
+
+
+def test_more_equal_tags_than_a_tagger_can_give_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coincidence._files as files
+
+    monkeypatch.setattr(files, "MAX_TAGS_AT_ONE_TIME", 1_000)
+    p = _zero_filled_ptu(tmp_path / "zeros.ptu", 5_000)
+    with pytest.raises(TagFileError, match=r"tags at the same time 0 ps, up to record \d+"):
+        list(iter_ptu(p, chunk_records=600))
