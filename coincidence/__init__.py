@@ -37,6 +37,7 @@ from ._files import iter_ptu as iter_ptu
 from ._files import iter_tag_file as iter_tag_file
 from ._files import n_channels_hint as n_channels_hint
 from ._files import read_npz as read_npz
+from ._files import read_npz_metadata as read_npz_metadata
 from ._files import read_ptu as read_ptu
 from ._files import read_ptu_header as read_ptu_header
 from ._files import read_ptu_markers as read_ptu_markers

@@ -53,11 +53,12 @@ last tag, else at the last tag + 1.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -660,8 +661,28 @@ def read_ptu_markers(
 # ----------------------------------------------------------------------------- npz
 
 
-def write_npz(path: str | os.PathLike[str], batch: TagBatch) -> None:
-    """Write a batch as ``.npz`` with ``timestamps``, ``channels``, ``begin_ps``, ``end_ps``."""
+#: Largest metadata JSON accepted in an npz file (bytes): settings, not data.
+MAX_METADATA_BYTES = 1 << 20
+
+
+def write_npz(
+    path: str | os.PathLike[str],
+    batch: TagBatch,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a batch as ``.npz`` with ``timestamps``, ``channels``, ``begin_ps``, ``end_ps``.
+
+    ``metadata``: JSON-serialisable settings the file should carry so it analyses
+    without retyping them (e.g. ``roles``, ``delays_ps``, ``window_ps``), stored as
+    the UTF-8 JSON array ``metadata`` (read back with :func:`read_npz_metadata`).
+    """
+    extra: dict[str, np.ndarray] = {}
+    if metadata is not None:
+        try:
+            text = json.dumps(dict(metadata), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TagFileError(f"{path}: metadata is not JSON-serialisable: {e}") from e
+        extra["metadata"] = np.frombuffer(text.encode("utf-8"), np.uint8)
     with open(path, "wb") as f:
         np.savez(
             f,
@@ -669,7 +690,27 @@ def write_npz(path: str | os.PathLike[str], batch: TagBatch) -> None:
             channels=batch.channels,
             begin_ps=np.int64(batch.begin_ps),
             end_ps=np.int64(batch.end_ps),
+            **extra,
         )
+
+
+def read_npz_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata mapping :func:`write_npz` stored, ``{}`` if the file has none."""
+    p = str(path)
+    with _open_npz(p) as zf:
+        if "metadata.npy" not in zf.namelist():
+            return {}
+        if zf.getinfo("metadata.npy").file_size > MAX_METADATA_BYTES + 256:
+            raise TagFileError(f"{p}: metadata larger than {MAX_METADATA_BYTES} bytes")
+        try:
+            with zf.open("metadata.npy") as f:
+                raw = np.lib.format.read_array(f, allow_pickle=False)
+            data = json.loads(np.asarray(raw, np.uint8).tobytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+            raise TagFileError(f"{p}: unreadable metadata: {e}") from e
+    if not isinstance(data, dict):
+        raise TagFileError(f"{p}: metadata must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 class _NpyMember:

@@ -210,6 +210,61 @@ class DelayedProgress:
 
 # ----------------------------------------------------------------------------- the work
 
+#: Coincidence window when neither ``--window-ps`` nor the file gives one, ps.
+DEFAULT_WINDOW_PS = 1000
+#: Mean QBER above which an analysis without delays says the delays are probably missing.
+MISSING_DELAYS_QBER = 0.35
+
+
+def file_settings(path: str) -> dict[str, Any]:
+    """Roles, delays and window stored in an npz file's metadata (``qnet sample`` writes them).
+
+    Returns only the keys present, validated: ``roles`` (a RoleMap), ``delays_ps``
+    (list of int) and ``window_ps`` (int). PTU files carry none: ``{}``.
+    """
+    from coincidence import CoincidenceError, RoleMap, read_npz_metadata
+
+    if not path.lower().endswith(".npz"):
+        return {}
+    try:
+        meta = read_npz_metadata(path)
+    except CoincidenceError as e:
+        raise UsageError(str(e)) from None
+    out: dict[str, Any] = {}
+    if meta.get("roles") is not None:
+        try:
+            out["roles"] = RoleMap.from_dict(meta["roles"])
+        except (CoincidenceError, TypeError, ValueError) as e:
+            raise UsageError(f"{path}: metadata roles: {e}") from None
+    delays = meta.get("delays_ps")
+    if delays is not None:
+        if not isinstance(delays, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in delays
+        ):
+            raise UsageError(f"{path}: metadata delays_ps must be a list of integers (ps)")
+        out["delays_ps"] = delays
+    window = meta.get("window_ps")
+    if window is not None:
+        if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+            raise UsageError(f"{path}: metadata window_ps must be a positive integer (ps)")
+        out["window_ps"] = window
+    return out
+
+
+def missing_delays_hint(qber: QberReport | None, delays: Sequence[int] | None) -> str | None:
+    """A hint when QBER is near 50 % and no delays were given: they are probably missing."""
+    if qber is None or (delays is not None and any(int(d) != 0 for d in delays)):
+        return None
+    values = [b.qber for b in (qber.z, qber.x) if b.qber is not None and math.isfinite(b.qber)]
+    if not values or sum(values) / len(values) < MISSING_DELAYS_QBER:
+        return None
+    mean = 100 * sum(values) / len(values)
+    return (
+        f"QBER {mean:.1f} % is near 50 % and no channel delays were given: the delays are "
+        "probably missing. Find them with --find-delay CH_A CH_B (one per Bob channel) and "
+        "pass them with --delays-ps, or store them in the file (qnet sample does)"
+    )
+
 
 def _delays_mismatch(n_delays: int, n_channels: int) -> UsageError:
     return UsageError(
@@ -505,6 +560,9 @@ def print_analysis(console: Console, d: dict[str, Any], *, max_pairs: int = 40) 
             "-" if rate is None else f"{_fmt(rate)} bit/s",
         )
         console.print(k)
+    if d.get("settings_from_file"):
+        names = ", ".join(d["settings_from_file"])
+        console.print(f"settings from the file's metadata: {names} (options override them)")
     if d["note"]:
         console.print(f"[yellow]note:[/] {d['note']}")
 
@@ -535,8 +593,11 @@ def print_delay(console: Console, est: DelayEstimate, ch_a: int, ch_b: int) -> N
 def analyze(
     file: Annotated[Path, typer.Argument(help="tag file: .npz (timestamps, channels) or .ptu T2")],
     window_ps: Annotated[
-        int, typer.Option("--window-ps", help="coincidence window, full width, ps")
-    ] = 1000,
+        int | None,
+        typer.Option(
+            "--window-ps", help="coincidence window, full width, ps (default: file's, or 1000)"
+        ),
+    ] = None,
     delays_ps: Annotated[
         str | None,
         typer.Option(
@@ -646,6 +707,12 @@ def analyze(
             else:
                 print_delay(Console(), est, ch_a, ch_b)
             return
+        meta = file_settings(path)
+        from_file = [k for k in ("roles", "delays_ps", "window_ps") if k in meta]
+        if window_ps is None:
+            window_ps = int(meta.get("window_ps", DEFAULT_WINDOW_PS))
+        else:
+            from_file = [k for k in from_file if k != "window_ps"]
         if window_ps <= 0:
             raise UsageError(f"--window-ps must be positive, got {window_ps}")
         if channels is not None and not 1 <= channels <= 256:
@@ -655,16 +722,27 @@ def analyze(
         if key_basis not in ("Z", "X", "both"):
             raise UsageError(f"--key-basis must be Z, X or both, got {key_basis!r}")
         delays = parse_delays(delays_ps)
+        if delays is None and "delays_ps" in meta:
+            delays = meta["delays_ps"]
+        else:
+            from_file = [k for k in from_file if k != "delays_ps"]
         if delays is not None and channels is not None and len(delays) != channels:
             raise UsageError(
                 f"--delays-ps has {len(delays)} values but --channels is {channels} "
                 "(give one delay per channel)"
             )
         role_map = parse_roles(roles, bell_state)
+        if role_map is None and "roles" in meta:
+            role_map = meta["roles"]
+        else:
+            from_file = [k for k in from_file if k != "roles"]
         report = count_file(
             path, window_ps=window_ps, delays_ps=delays, n_channels=channels, sync_channel=sync
         )
         qber, secure, note = key_rates(report, role_map, f_ec, key_basis)
+        hint = missing_delays_hint(qber, delays)
+        if hint:
+            note = hint if note is None else f"{hint}; {note}"
     except UsageError as e:
         _fail("analyze", str(e))
     d = analysis_dict(
@@ -677,6 +755,7 @@ def analyze(
         f_ec=f_ec,
         key_basis=key_basis,
     )
+    d["settings_from_file"] = from_file
     if as_json:
         typer.echo(json.dumps(d))
     else:
