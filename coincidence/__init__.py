@@ -66,3 +66,12 @@ from ._qkd import h2 as h2
 from ._qkd import max_distance_km as max_distance_km
 from ._qkd import phase_error_upper_bound as phase_error_upper_bound
 from ._qkd import qber_from_matrix as qber_from_matrix
+
+# isort: split
+from ._histogram import G2Curve as G2Curve
+from ._histogram import G2Zero as G2Zero
+from ._histogram import HeraldedG2Counter as HeraldedG2Counter
+from ._histogram import g2_zero as g2_zero
+from ._histogram import heralded_g2_zero as heralded_g2_zero
+from ._synthetic import generate_poisson_light as generate_poisson_light
+from ._synthetic import generate_pulsed_source as generate_pulsed_source
