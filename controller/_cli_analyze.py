@@ -2,7 +2,9 @@
 
 Reads ``.npz`` or PicoQuant ``.ptu`` T2 files in chunks (any size) through the
 coincidence core and prints rich tables, or JSON with ``--json``.
-``--find-delay CH_A CH_B`` instead finds the delay between two channels.
+``--find-delay CH_A CH_B`` instead finds the delay between two channels;
+``--g2 A,B`` (with ``--herald H``) prints g2(0) with its uncertainty and plots
+the normalised g2(tau) to a PNG.
 
 Progress: a transient progress bar (on stderr, driven by records read) appears
 only when the run has taken longer than a second and stderr is a terminal, so
@@ -26,10 +28,18 @@ import typer
 from controller._json import jsonable
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from coincidence import CoincidenceReport, DelayEstimate, QberReport, RoleMap
+    from coincidence import (
+        CoincidenceReport,
+        DelayEstimate,
+        G2Curve,
+        G2Zero,
+        QberReport,
+        RoleMap,
+    )
 
 _LABELS = ("H", "V", "D", "A")
 #: Seconds a run must take before the progress bar appears.
@@ -402,6 +412,139 @@ def find_delay_file(
         raise UsageError(str(e)) from None
 
 
+def parse_g2_channels(text: str) -> tuple[int, int]:
+    """``"1,2"`` -> ``(1, 2)``: the two HBT channels of ``--g2``."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        a, b = (int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--g2 needs two channel numbers 'A,B', got {text!r}") from None
+    for ch in (a, b):
+        if not 0 <= ch < 256:
+            raise UsageError(f"--g2 channel {ch} is outside 0..255")
+    if a == b:
+        raise UsageError(f"--g2 needs two different channels, got {a} twice")
+    return a, b
+
+
+def g2_file(
+    path: str,
+    channel_a: int,
+    channel_b: int,
+    herald: int | None,
+    *,
+    window_ps: int,
+    delays_ps: Sequence[int] | None,
+    bin_ps: int,
+    range_ps: int,
+    sync_channel: int | str = "auto",
+) -> tuple[G2Zero, G2Curve]:
+    """Stream a file once: g2(0) in the window (heralded when ``herald`` is given) and g2(tau).
+
+    ``delays_ps`` (one per channel, or None) are subtracted from each channel's tags.
+    """
+    import numpy as np
+
+    from coincidence import (
+        CoincidenceCounter,
+        CoincidenceError,
+        CorrelationHistogram,
+        HeraldedG2Counter,
+        TagBatch,
+        g2_zero,
+        iter_tag_file,
+        window_lags,
+    )
+
+    used = [channel_a, channel_b] + ([] if herald is None else [herald])
+    if herald is not None and herald in (channel_a, channel_b):
+        raise UsageError(f"--herald {herald} must differ from the --g2 channels")
+    if delays_ps is not None and max(used) >= len(delays_ps):
+        raise UsageError(
+            f"--delays-ps has {len(delays_ps)} values but --g2/--herald use channel {max(used)}"
+        )
+    d = [int(delays_ps[c]) if delays_ps is not None else 0 for c in used]
+    if bin_ps <= 0 or range_ps <= 0 or range_ps % bin_ps:
+        raise UsageError(
+            f"--g2-range-ps ({range_ps}) must be a positive multiple of --g2-bin-ps ({bin_ps})"
+        )
+    try:
+        hist = CorrelationHistogram(channel_a, channel_b, bin_ps, range_ps, d[1] - d[0])
+        pair = CoincidenceCounter(2, window_ps, d[:2])
+        heralded = (
+            None
+            if herald is None
+            else HeraldedG2Counter(herald, channel_a, channel_b, window_ps, (d[2], d[0], d[1]))
+        )
+        with DelayedProgress(f"reading {Path(path).name}") as bar:
+            for batch in iter_tag_file(path, sync_channel=sync_channel, progress=bar):
+                hist.process(batch)
+                if heralded is not None:
+                    heralded.process(batch)
+                ch = batch.channels
+                sel = (ch == channel_a) | (ch == channel_b)
+                two = TagBatch(
+                    batch.timestamps[sel],
+                    (ch[sel] == channel_b).astype(np.uint8),
+                    batch.begin_ps,
+                    batch.end_ps,
+                )
+                pair.process(two)
+        rep = pair.result()
+        curve = hist.result().g2()
+        if heralded is not None:
+            zero = heralded.result()
+        else:
+            zero = g2_zero(
+                int(rep.singles[0]),
+                int(rep.singles[1]),
+                int(rep.coincidences[0, 1]),
+                window_lags(window_ps),
+                rep.duration_ps,
+            )
+    except CoincidenceError as e:
+        raise UsageError(str(e)) from None
+    return zero, curve
+
+
+def plot_g2(curve: G2Curve, path: Path, title: str) -> Figure:
+    """Plot g2(tau) with its 1-sigma band to ``path`` (PNG); returns the Figure (not closed).
+
+    Linear y axis unless the positive values span more than two decades (then log);
+    tau in ns, the bin width in the y label, the Poisson level g2 = 1 drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    tau_ns = curve.tau_ps / 1000.0
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    lo = np.maximum(curve.g2 - curve.g2_err, 0.0)
+    ax.fill_between(tau_ns, lo, curve.g2 + curve.g2_err, step="mid", alpha=0.3,
+                    color="tab:blue", label="1 sigma (Poisson)")  # fmt: skip
+    ax.step(tau_ns, curve.g2, where="mid", color="tab:blue", label="g2(tau)")
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="Poisson light (g2 = 1)")
+    positive = curve.g2[curve.g2 > 0]
+    if positive.size and positive.max() / positive.min() > 100:
+        ax.set_yscale("log")
+    half = curve.bin_width_ps / 2000.0
+    ax.set_xlim(float(tau_ns[0]) - half, float(tau_ns[-1]) + half)
+    top = float(np.max(curve.g2 + curve.g2_err)) if curve.g2.size else 1.0
+    if ax.get_yscale() == "linear":
+        ax.set_ylim(0.0, max(1.2, 1.05 * top))
+    ax.set_xlabel("tau = t_B - t_A - delay (ns)")
+    ax.set_ylabel(f"g2(tau), {curve.bin_width_ps} ps bins")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
 def key_rates(
     report: CoincidenceReport, roles: RoleMap | None, f_ec: float, key_basis: str
 ) -> tuple[QberReport | None, float | None, str | None]:
@@ -587,6 +730,40 @@ def print_delay(console: Console, est: DelayEstimate, ch_a: int, ch_b: int) -> N
     console.print(t)
 
 
+def print_g2(
+    zero: G2Zero,
+    a: int,
+    b: int,
+    herald: int | None,
+    window_ps: int,
+    png: Path,
+    as_json: bool,
+    source: str,
+) -> None:
+    """Print g2(0) +- sigma (one line, or JSON) and where the plot went."""
+    if as_json:
+        out = {
+            "file": source,
+            "channel_a": a,
+            "channel_b": b,
+            "herald": herald,
+            "window_ps": window_ps,
+            "g2_0": zero.g2,
+            "g2_0_sigma": zero.sigma,
+            "heralded": zero.heralded,
+            "counts": zero.counts,
+            "png": str(png),
+        }
+        typer.echo(json.dumps(jsonable(out)))
+        return
+    kind = f"heralded by channel {herald}" if herald is not None else "two-fold"
+    typer.echo(
+        f"g2(0) = {zero.g2:.4f} +- {zero.sigma:.4f} ({kind}, channels {a} and {b}, "
+        f"window {window_ps} ps; counts {zero.counts})"
+    )
+    typer.echo(f"g2(tau) plot: {png}")
+
+
 # ----------------------------------------------------------------------------- command
 
 
@@ -654,6 +831,26 @@ def analyze(
         float,
         typer.Option("--min-significance", help="--find-delay: required peak height, sigma"),
     ] = 6.0,
+    g2: Annotated[
+        str | None,
+        typer.Option(
+            "--g2",
+            metavar="A,B",
+            help="print g2(0) +- sigma of two HBT channels and plot g2(tau) to a PNG",
+        ),
+    ] = None,
+    herald: Annotated[
+        int | None,
+        typer.Option("--herald", help="--g2: herald channel H for the heralded g2(0)"),
+    ] = None,
+    g2_bin_ps: Annotated[int, typer.Option("--g2-bin-ps", help="--g2: bin width, ps")] = 100,
+    g2_range_ps: Annotated[
+        int, typer.Option("--g2-range-ps", help="--g2: plot tau in +- this range, ps")
+    ] = 50_000,
+    g2_png: Annotated[
+        Path | None,
+        typer.Option("--g2-png", help="--g2: PNG path (default: next to FILE)"),
+    ] = None,
 ) -> None:
     """Singles, coincidence matrix, accidentals, CAR, QBER per basis and key rates of a file.
 
@@ -708,6 +905,8 @@ def analyze(
                 print_delay(Console(), est, ch_a, ch_b)
             return
         meta = file_settings(path)
+        if herald is not None and g2 is None:
+            raise UsageError("--herald needs --g2 A,B (the two channels after the beam splitter)")
         from_file = [k for k in ("roles", "delays_ps", "window_ps") if k in meta]
         if window_ps is None:
             window_ps = int(meta.get("window_ps", DEFAULT_WINDOW_PS))
@@ -731,6 +930,22 @@ def analyze(
                 f"--delays-ps has {len(delays)} values but --channels is {channels} "
                 "(give one delay per channel)"
             )
+        if g2 is not None:
+            ga, gb = parse_g2_channels(g2)
+            zero, curve = g2_file(
+                path, ga, gb, herald, window_ps=window_ps, delays_ps=delays,
+                bin_ps=g2_bin_ps, range_ps=g2_range_ps, sync_channel=sync,
+            )  # fmt: skip
+            png = g2_png or file.with_name(f"{file.stem}-g2-{ga}-{gb}.png")
+            title = f"g2(tau) of channels A = {ga}, B = {gb}" + (
+                f", herald {herald}" if herald is not None else ""
+            )
+            try:
+                plot_g2(curve, png, title)
+            except OSError as e:
+                raise UsageError(f"cannot write {png}: {e.strerror or e}") from None
+            print_g2(zero, ga, gb, herald, window_ps, png, as_json, path)
+            return
         role_map = parse_roles(roles, bell_state)
         if role_map is None and "roles" in meta:
             role_map = meta["roles"]
