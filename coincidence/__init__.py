@@ -17,10 +17,12 @@ from ._tags import TagBatch as TagBatch
 
 # -- re-exports of the other modules go below, one block per module --
 # isort: split
+from ._counter import DEFAULT_SEGMENT_TAGS as DEFAULT_SEGMENT_TAGS
 from ._counter import MAX_DELAY_PS as MAX_DELAY_PS
 from ._counter import CoincidenceCounter as CoincidenceCounter
 from ._counter import CoincidenceReport as CoincidenceReport
 from ._counter import accidentals_matrix as accidentals_matrix
+from ._counter import count_parallel as count_parallel
 from ._counter import window_lags as window_lags
 from ._histogram import CorrelationHistogram as CorrelationHistogram
 from ._histogram import HistogramReport as HistogramReport

@@ -34,7 +34,9 @@ are processed in chunks of ``CHUNK_TAGS`` tags that stay in cache.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -660,3 +662,164 @@ class CoincidenceCounter:
             accidentals=acc,
             car=car,
         )
+
+
+# --------------------------------------------------------------------------- parallel
+
+
+DEFAULT_SEGMENT_TAGS = 1 << 22
+"""Tags per time range counted by one worker of :func:`count_parallel`."""
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One time range counted alone, with the tags a neighbouring range may pair with."""
+
+    pairs: np.ndarray
+    singles: np.ndarray
+    duration_ps: int
+    head: TagBatch  # tags before begin + horizon
+    tail: TagBatch  # tags at or after end - horizon
+
+
+def _edge_batch(batches: list[TagBatch], lo_ps: int, hi_ps: int) -> TagBatch:
+    """The tags of ``batches`` with ``lo_ps <= t < hi_ps``, as one batch."""
+    ts: list[np.ndarray] = []
+    ch: list[np.ndarray] = []
+    for b in batches:
+        if b.end_ps <= lo_ps or b.begin_ps >= hi_ps or len(b) == 0:
+            continue
+        i = int(np.searchsorted(b.timestamps, lo_ps, side="left"))
+        j = int(np.searchsorted(b.timestamps, hi_ps, side="left"))
+        ts.append(b.timestamps[i:j])
+        ch.append(b.channels[i:j])
+    t = np.concatenate(ts) if ts else np.empty(0, np.int64)
+    if t.size == 0:
+        return TagBatch.empty(lo_ps, lo_ps)
+    return TagBatch(t, np.concatenate(ch), int(t[0]), int(t[-1]) + 1)
+
+
+def _count_segment(
+    batches: list[TagBatch], n_channels: int, window_ps: int, delays_ps: np.ndarray
+) -> _Segment:
+    counter = CoincidenceCounter(n_channels, window_ps, delays_ps)
+    for b in batches:
+        counter.process(b)
+    rep = counter.result()
+    begin, end, hz = batches[0].begin_ps, batches[-1].end_ps, counter.horizon_ps
+    return _Segment(
+        np.triu(rep.coincidences),
+        rep.singles,
+        rep.duration_ps,
+        _edge_batch(batches, begin, begin + hz + 1),
+        _edge_batch(batches, end - hz - 1, end),
+    )
+
+
+def _cross_pairs(
+    tail: TagBatch, head: TagBatch, n_channels: int, window_ps: int, delays_ps: np.ndarray
+) -> np.ndarray:
+    """Pairs of one tag of ``tail`` and one of ``head`` (all tail tags are earlier)."""
+
+    def pairs(*parts: TagBatch) -> np.ndarray:
+        counter = CoincidenceCounter(n_channels, window_ps, delays_ps)
+        t = np.concatenate([p.timestamps for p in parts])
+        c = np.concatenate([p.channels for p in parts])
+        if t.size:
+            counter.process(TagBatch(t, c, int(t[0]), int(t[-1]) + 1))
+        return np.triu(counter.result().coincidences)
+
+    return pairs(tail, head) - pairs(tail) - pairs(head)
+
+
+def _segments(batches: Iterable[TagBatch], min_tags: int, min_ps: int) -> Iterator[list[TagBatch]]:
+    """Group consecutive batches into ranges of >= ``min_tags`` tags spanning > ``min_ps``."""
+    group: list[TagBatch] = []
+    n = 0
+    for b in batches:
+        group.append(b)
+        n += len(b)
+        if n >= min_tags and group[-1].end_ps - group[0].begin_ps > min_ps:
+            yield group
+            group, n = [], 0
+    if group:
+        yield group
+
+
+def count_parallel(
+    batches: Iterable[TagBatch],
+    n_channels: int,
+    window_ps: int,
+    delays_ps: Sequence[int] | np.ndarray | None = None,
+    *,
+    workers: int | None = None,
+    segment_tags: int = DEFAULT_SEGMENT_TAGS,
+) -> CoincidenceReport:
+    """Count a stream of batches with ``workers`` threads: the report of one counter.
+
+    The stream is cut into time ranges of about ``segment_tags`` tags, each longer
+    than the counter's horizon, counted by independent counters in a thread pool (the
+    kernels release the GIL) while this thread keeps reading. Stitching is exact: a
+    pair can only straddle two neighbouring ranges (each is longer than the horizon),
+    and those are counted as ``C(tail + head) - C(tail) - C(head)`` on the last and
+    first ``horizon_ps`` of the two ranges. Memory: at most ``workers + 1`` ranges in
+    flight. ``workers`` defaults to the CPUs this process may use; 1 counts in this
+    thread with one counter.
+    """
+    proto = CoincidenceCounter(n_channels, window_ps, delays_ps)  # validates the arguments
+    d = proto.delays_ps
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise CoincidenceError(f"count_parallel: workers must be an integer >= 1, got {workers!r}")
+    if isinstance(segment_tags, bool) or not isinstance(segment_tags, int) or segment_tags < 1:
+        raise CoincidenceError(f"count_parallel: segment_tags must be >= 1, got {segment_tags!r}")
+    if workers == 1:
+        for b in batches:
+            proto.process(b)
+        return proto.result()
+    results: list[_Segment] = []
+    pending: list[Future[_Segment]] = []
+    last_end: int | None = None
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qnet-count") as pool:
+        for group in _segments(batches, segment_tags, proto.horizon_ps):
+            if last_end is not None and group[0].begin_ps < last_end:
+                raise TagBatchError(
+                    f"count_parallel: batch begins at {group[0].begin_ps} ps, before the "
+                    f"previous batch's end {last_end} ps: batches must not overlap in time"
+                )
+            for b in group:
+                if not isinstance(b, TagBatch):
+                    raise TagBatchError(
+                        f"count_parallel: expected TagBatch items, got {type(b).__name__}"
+                    )
+                b.check_channels(n_channels, "count_parallel")
+            last_end = group[-1].end_ps
+            pending.append(pool.submit(_count_segment, group, n_channels, window_ps, d))
+            while len(pending) > workers:
+                results.append(pending.pop(0).result())
+        results += [f.result() for f in pending]
+    pairs = np.zeros((n_channels, n_channels), np.int64)
+    singles = np.zeros(n_channels, np.int64)
+    duration = 0
+    for k, seg in enumerate(results):
+        pairs += seg.pairs
+        singles += seg.singles
+        duration += seg.duration_ps
+        if k:
+            pairs += _cross_pairs(results[k - 1].tail, seg.head, n_channels, window_ps, d)
+    m = pairs + pairs.T
+    np.fill_diagonal(m, 0)
+    acc = accidentals_matrix(singles, window_ps, duration)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        car = np.where(acc > 0, m / np.where(acc > 0, acc, 1.0), np.nan)
+    return CoincidenceReport(
+        n_channels=n_channels,
+        window_ps=proto.window_ps,
+        delays_ps=d.copy(),
+        duration_ps=int(duration),
+        singles=singles,
+        coincidences=m,
+        accidentals=acc,
+        car=car,
+    )
