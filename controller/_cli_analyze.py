@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 _LABELS = ("H", "V", "D", "A")
 #: Seconds a run must take before the progress bar appears.
 PROGRESS_DELAY_S = 1.0
+#: Without a terminal: seconds before the first plain progress line, and between lines.
+PLAIN_DELAY_S = 10.0
+PLAIN_EVERY_S = 10.0
 
 
 class UsageError(Exception):
@@ -159,10 +163,11 @@ def parse_sync_channel(text: str) -> int | str:
 
 
 class DelayedProgress:
-    """A transient rich progress bar on stderr that appears after ``delay_s`` seconds.
+    """Progress on stderr once a run has taken ``delay_s`` seconds.
 
-    Call the instance with ``(done, total)`` records; use as a context manager.
-    Shown only on a terminal (or with ``force=True``).
+    Call the instance with ``(done, total)`` records; use as a context manager. On a
+    terminal (or with ``force=True``) a transient rich bar; otherwise (a pipe, a log)
+    one plain line every ``PLAIN_EVERY_S`` seconds, so short runs stay silent.
     """
 
     def __init__(
@@ -172,6 +177,7 @@ class DelayedProgress:
 
         self.console = Console(stderr=True)
         self.enabled = force or self.console.is_terminal
+        self.last_plain = 0.0
         self.description = description
         self.delay_s = delay_s
         self.t0 = time.monotonic()
@@ -186,6 +192,16 @@ class DelayedProgress:
     def __call__(self, done: int, total: int) -> None:
         """Update with records done / total; start the bar once the delay has passed."""
         if not self.enabled:
+            now = time.monotonic()
+            if now - self.t0 >= PLAIN_DELAY_S and now - self.last_plain >= PLAIN_EVERY_S:
+                self.last_plain = now
+                pct = 100.0 * done / total if total else 0.0
+                print(
+                    f"{self.description}: {done} of {total} records ({pct:.0f} %), "
+                    f"{now - self.t0:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return
         if self.progress is None:
             if time.monotonic() - self.t0 < self.delay_s:
@@ -306,8 +322,14 @@ def count_file(
     n_channels: int | None,
     sync_channel: int | str = "auto",
     chunk_records: int | None = None,
+    workers: int | None = None,
+    segment_tags: int | None = None,
 ) -> CoincidenceReport:
-    """Stream a tag file through a CoincidenceCounter; UsageError on bad input.
+    """Stream a tag file through the coincidence counter; UsageError on bad input.
+
+    ``workers`` threads count time ranges of about ``segment_tags`` tags in parallel
+    (default: every CPU this process may use; 1 = one counter in this thread); the
+    result is the same.
 
     Without ``n_channels``, one pass: a PTU header's channel count when it has one,
     else a counter as wide as the format allows, its report then cut to the channels
@@ -317,10 +339,13 @@ def count_file(
 
     from coincidence import (
         DEFAULT_CHUNK_RECORDS,
+        DEFAULT_SEGMENT_TAGS,
         ChannelError,
         CoincidenceCounter,
         CoincidenceError,
+        TagBatch,
         channel_capacity,
+        count_parallel,
         iter_tag_file,
     )
 
@@ -339,23 +364,32 @@ def count_file(
             trim = not exact
         if counter_delays is not None and len(counter_delays) != n_channels:
             raise _delays_mismatch(n_delays, n_channels)
-        counter = CoincidenceCounter(n_channels, window_ps, counter_delays)
+        CoincidenceCounter(n_channels, window_ps, counter_delays)  # named errors first
+        n_ch = n_channels
+
+        def checked(batches: Iterable[TagBatch]) -> Iterator[TagBatch]:
+            for batch in batches:
+                try:
+                    batch.check_channels(n_ch, "qnet analyze")
+                except ChannelError:
+                    hi = int(batch.channels.max())
+                    raise UsageError(
+                        f"{path}: channel {hi} is out of range for {n_ch} channels "
+                        f"(0..{n_ch - 1}); raise --channels to at least {hi + 1}"
+                    ) from None
+                yield batch
+
         with DelayedProgress(f"reading {Path(path).name}") as bar:
-            for batch in iter_tag_file(
+            batches = iter_tag_file(
                 path,
                 chunk_records=chunk_records or DEFAULT_CHUNK_RECORDS,
                 sync_channel=sync_channel,
                 progress=bar,
-            ):
-                try:
-                    counter.process(batch)
-                except ChannelError:
-                    hi = int(batch.channels.max())
-                    raise UsageError(
-                        f"{path}: channel {hi} is out of range for {n_channels} channels "
-                        f"(0..{n_channels - 1}); raise --channels to at least {hi + 1}"
-                    ) from None
-        report = counter.result()
+            )
+            report = count_parallel(
+                checked(batches), n_channels, window_ps, counter_delays, workers=workers,
+                segment_tags=segment_tags or DEFAULT_SEGMENT_TAGS,
+            )  # fmt: skip
     except CoincidenceError as e:
         raise UsageError(str(e)) from None
     if trim:
@@ -851,6 +885,12 @@ def analyze(
         Path | None,
         typer.Option("--g2-png", help="--g2: PNG path (default: next to FILE)"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", help="threads counting time ranges in parallel (default: all CPUs)"
+        ),
+    ] = None,
 ) -> None:
     """Singles, coincidence matrix, accidentals, CAR, QBER per basis and key rates of a file.
 
@@ -951,8 +991,15 @@ def analyze(
             role_map = meta["roles"]
         else:
             from_file = [k for k in from_file if k != "roles"]
+        if workers is not None and not 1 <= workers <= 1024:
+            raise UsageError(f"--workers must be in 1..1024, got {workers}")
         report = count_file(
-            path, window_ps=window_ps, delays_ps=delays, n_channels=channels, sync_channel=sync
+            path,
+            window_ps=window_ps,
+            delays_ps=delays,
+            n_channels=channels,
+            sync_channel=sync,
+            workers=workers,
         )
         qber, secure, note = key_rates(report, role_map, f_ec, key_basis)
         hint = missing_delays_hint(qber, delays)

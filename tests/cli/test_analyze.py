@@ -285,6 +285,12 @@ def test_chunked_file_counts_equal_whole(sample):
     np.testing.assert_array_equal(parts.singles, whole.singles)
     assert parts.duration_ps == whole.duration_ps
     np.testing.assert_array_equal(whole.coincidences, ref_matrix(ts, ch, DELAYS, WINDOW))
+    # time ranges counted by parallel threads, stitched: the same counts
+    for workers in (1, 2, 3):
+        par = count_file(str(ptu), chunk_records=997, workers=workers, segment_tags=3_000, **kw)
+        np.testing.assert_array_equal(par.coincidences, whole.coincidences)
+        np.testing.assert_array_equal(par.singles, whole.singles)
+        assert par.duration_ps == whole.duration_ps
 
 
 def test_channel_out_of_range_names_file_and_needed_count(sample):
