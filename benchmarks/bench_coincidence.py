@@ -17,6 +17,11 @@ The *equal timestamps* rows feed one million tags at one time on two channels
 the pair count must come from positions in per-channel order, never a pair walk
 (target: under 1 s of kernel time), with the numpy searchsorted count as baseline.
 
+The *file* row writes a tag file of ``QNET_BENCH_FILE_TAGS`` tags (default 5e8, the
+same 8-channel stream; npz written in pieces to a temporary folder) and counts it
+as ``qnet analyze`` does, on one core and on all cores, in one run (target >= 1.8x
+on 2 cores). The counts of both runs must agree.
+
 The *floor* row times a loop that does only what any single-pass hashed counter must
 do per tag (read the tag, count the single, shift by the channel delay, probe two
 slots of a 2048-slot ring and file the tag) and no pair logic: it bounds what this
@@ -26,13 +31,25 @@ dependent multiply-xor steps (4 cycles each on x86-64) to turn ns per tag into c
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+import zipfile
+from pathlib import Path
 
 import numba
 import numpy as np
 
 from benchmarks._harness import Row, best_of
-from coincidence import CoincidenceCounter, CorrelationHistogram, TagBatch, generate_pairs
+from coincidence import (
+    CoincidenceCounter,
+    CorrelationHistogram,
+    TagBatch,
+    generate_pairs,
+)
+
+FILE_TAGS = int(float(os.environ.get("QNET_BENCH_FILE_TAGS", "5e8")))
+"""Tags in the file of the parallel file row (a parameter: 5e8 takes minutes to write)."""
 
 DURATION_PS = 10**12
 BATCH_PS = 10**11
@@ -98,6 +115,79 @@ def _numpy_baseline(batch: TagBatch) -> np.ndarray:
             hi = np.searchsorted(shifted[j], shifted[i] + h, side="right")
             m[i, j] = m[j, i] = int((hi - lo).sum())
     return m
+
+
+def _write_big_npz(path: Path, n_tags: int) -> int:
+    """Write ``n_tags`` tags of the bench stream as an npz, piece by piece; returns its tags."""
+    per = 4_500_000  # tags per piece: the first of ~5 M in 0.5 s of the ~10 Mtags/s stream
+    pieces = max(1, -(-n_tags // per))
+    span = BATCH_PS * 5
+    total = pieces * per
+    raw_ch = path.with_suffix(".channels")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("timestamps.npy", "w", force_zip64=True) as f, open(raw_ch, "wb") as fc:
+            header = {"descr": "<i8", "fortran_order": False, "shape": (total,)}
+            np.lib.format.write_array_header_2_0(f, header)
+            for k in range(pieces):
+                b = generate_pairs(
+                    duration_ps=span, pair_rate_hz=1e6, noise_rate_hz=1e6, n_channels=8,
+                    pair_channels=[(0, 4), (1, 5), (2, 6), (3, 7)], delays_ps=DELAYS_PS,
+                    jitter_ps=100.0, seed=100 + k, begin_ps=k * span,
+                )  # fmt: skip
+                assert len(b) >= per, "piece too short: raise the rates or the span"
+                f.write(b.timestamps[:per].tobytes())
+                fc.write(b.channels[:per].tobytes())
+        with zf.open("channels.npy", "w", force_zip64=True) as f, open(raw_ch, "rb") as fc:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (total,)}
+            np.lib.format.write_array_header_2_0(f, header)
+            while block := fc.read(1 << 24):
+                f.write(block)
+        for name, value in (("begin_ps", 0), ("end_ps", pieces * span)):
+            with zf.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, np.int64(value))
+    raw_ch.unlink()
+    return total
+
+
+def file_rows(n_tags: int = FILE_TAGS) -> list[Row]:
+    """One core vs all cores on a tag file of ``n_tags`` tags, counted as qnet analyze does."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    with tempfile.TemporaryDirectory(prefix="qnet-bench-") as tmp:
+        path = Path(tmp) / "big.npz"
+        t0 = time.perf_counter()
+        n = _write_big_npz(path, n_tags)
+        t_write = time.perf_counter() - t0
+
+        def count(workers: int) -> tuple[float, np.ndarray]:
+            from controller._cli_analyze import count_file
+
+            t = time.perf_counter()
+            rep = count_file(str(path), window_ps=WINDOW_PS, delays_ps=DELAYS_PS, n_channels=8,
+                             workers=workers)  # fmt: skip
+            return time.perf_counter() - t, rep.coincidences
+
+        count(1)  # page the file in and warm the kernels
+        t_one, m_one = count(1)
+        t_all, m_all = count(cores)
+        t_one2, _ = count(1)  # the machine is shared: one core before and after
+    t_one = min(t_one, t_one2)
+    speedup = t_one / t_all
+    agree = bool(np.array_equal(m_one, m_all))
+    return [
+        Row(
+            f"qnet analyze file counting, {n:.3g} tags: all {cores} cores vs one",
+            speedup,
+            "x",
+            target=">= 1.8 on 2 cores",
+            ok=speedup >= 1.8 and agree,
+            notes=(
+                f"one core {n / t_one:.3g} tags/s ({t_one:.1f} s), all cores "
+                f"{n / t_all:.3g} tags/s ({t_all:.1f} s); counts agree: {agree}; "
+                f"file written in {t_write:.0f} s"
+            ),
+            extra={"tags": n, "cores": cores, "one_core_s": t_one, "all_cores_s": t_all},
+        )
+    ]
 
 
 def _equal_timestamps_rows() -> list[Row]:
@@ -264,4 +354,5 @@ def run() -> list[Row]:
             notes=f"{n} tags",
         ),
         *_equal_timestamps_rows(),
+        *file_rows(),
     ]

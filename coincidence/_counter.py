@@ -35,7 +35,7 @@ are processed in chunks of ``CHUNK_TAGS`` tags that stay in cache.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -678,11 +678,12 @@ class _Segment:
     pairs: np.ndarray
     singles: np.ndarray
     duration_ps: int
+    end_ps: int
     head: TagBatch  # tags before begin + horizon
     tail: TagBatch  # tags at or after end - horizon
 
 
-def _edge_batch(batches: list[TagBatch], lo_ps: int, hi_ps: int) -> TagBatch:
+def _edge_batch(batches: Iterable[TagBatch], lo_ps: int, hi_ps: int) -> TagBatch:
     """The tags of ``batches`` with ``lo_ps <= t < hi_ps``, as one batch."""
     ts: list[np.ndarray] = []
     ch: list[np.ndarray] = []
@@ -699,51 +700,111 @@ def _edge_batch(batches: list[TagBatch], lo_ps: int, hi_ps: int) -> TagBatch:
     return TagBatch(t, np.concatenate(ch), int(t[0]), int(t[-1]) + 1)
 
 
-def _count_segment(
-    batches: list[TagBatch], n_channels: int, window_ps: int, delays_ps: np.ndarray
-) -> _Segment:
+def _count_source(
+    batches: Iterable[TagBatch], n_channels: int, window_ps: int, delays_ps: np.ndarray
+) -> _Segment | None:
+    """Count one time range with its own counter, keeping its first and last horizon."""
     counter = CoincidenceCounter(n_channels, window_ps, delays_ps)
+    hz = counter.horizon_ps
+    head: list[TagBatch] = []
+    tail: list[TagBatch] = []
+    begin: int | None = None
+    end = 0
     for b in batches:
         counter.process(b)
+        if begin is None:
+            begin = b.begin_ps
+        if b.begin_ps <= begin + hz:
+            head.append(b)
+        end = b.end_ps
+        tail.append(b)
+        while len(tail) > 1 and tail[0].end_ps < end - hz - 1:
+            tail.pop(0)
+    if begin is None:
+        return None
     rep = counter.result()
-    begin, end, hz = batches[0].begin_ps, batches[-1].end_ps, counter.horizon_ps
     return _Segment(
         np.triu(rep.coincidences),
         rep.singles,
         rep.duration_ps,
-        _edge_batch(batches, begin, begin + hz + 1),
-        _edge_batch(batches, end - hz - 1, end),
+        end,
+        _edge_batch(head, begin, begin + hz + 1),
+        _edge_batch(tail, end - hz - 1, end),
     )
 
 
-def _cross_pairs(
-    tail: TagBatch, head: TagBatch, n_channels: int, window_ps: int, delays_ps: np.ndarray
-) -> np.ndarray:
-    """Pairs of one tag of ``tail`` and one of ``head`` (all tail tags are earlier)."""
-
-    def pairs(*parts: TagBatch) -> np.ndarray:
-        counter = CoincidenceCounter(n_channels, window_ps, delays_ps)
-        t = np.concatenate([p.timestamps for p in parts])
-        c = np.concatenate([p.channels for p in parts])
-        if t.size:
-            counter.process(TagBatch(t, c, int(t[0]), int(t[-1]) + 1))
-        return np.triu(counter.result().coincidences)
-
-    return pairs(tail, head) - pairs(tail) - pairs(head)
+def _pairs_of(parts: Sequence[TagBatch], n: int, w: int, d: np.ndarray) -> np.ndarray:
+    """Upper-triangle pair counts among the tags of ``parts`` (in time order)."""
+    counter = CoincidenceCounter(n, w, d)
+    t = np.concatenate([p.timestamps for p in parts])
+    c = np.concatenate([p.channels for p in parts])
+    if t.size:
+        counter.process(TagBatch(t, c, int(t[0]), int(t[-1]) + 1))
+    return np.triu(counter.result().coincidences)
 
 
-def _segments(batches: Iterable[TagBatch], min_tags: int, min_ps: int) -> Iterator[list[TagBatch]]:
-    """Group consecutive batches into ranges of >= ``min_tags`` tags spanning > ``min_ps``."""
+def _stitch(
+    segments: Sequence[_Segment], n: int, window_ps: int, d: np.ndarray, horizon_ps: int
+) -> CoincidenceReport:
+    """Sum ranges counted alone and add the pairs across their boundaries, exactly.
+
+    ``carry`` holds every tag of the ranges so far within ``horizon_ps`` of their end
+    (several ranges' worth if they are short); a pair across a boundary has its
+    earlier tag there and its later one in the next range's head, and is counted as
+    ``C(carry + head) - C(carry) - C(head)``.
+    """
+    pairs = np.zeros((n, n), np.int64)
+    singles = np.zeros(n, np.int64)
+    duration = 0
+    carry = TagBatch.empty(0, 0)
+    for seg in segments:
+        pairs += seg.pairs
+        singles += seg.singles
+        duration += seg.duration_ps
+        if len(carry) and len(seg.head):
+            pairs += (
+                _pairs_of([carry, seg.head], n, window_ps, d)
+                - _pairs_of([carry], n, window_ps, d)
+                - _pairs_of([seg.head], n, window_ps, d)
+            )
+        carry = _edge_batch([carry, seg.tail], seg.end_ps - horizon_ps - 1, seg.end_ps)
+    m = pairs + pairs.T
+    np.fill_diagonal(m, 0)
+    acc = accidentals_matrix(singles, window_ps, duration)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        car = np.where(acc > 0, m / np.where(acc > 0, acc, 1.0), np.nan)
+    return CoincidenceReport(
+        n_channels=n,
+        window_ps=window_ps,
+        delays_ps=d.copy(),
+        duration_ps=int(duration),
+        singles=singles,
+        coincidences=m,
+        accidentals=acc,
+        car=car,
+    )
+
+
+def _segments(batches: Iterable[TagBatch], min_tags: int) -> Iterator[list[TagBatch]]:
+    """Group consecutive batches into ranges of at least ``min_tags`` tags."""
     group: list[TagBatch] = []
     n = 0
     for b in batches:
         group.append(b)
         n += len(b)
-        if n >= min_tags and group[-1].end_ps - group[0].begin_ps > min_ps:
+        if n >= min_tags:
             yield group
             group, n = [], 0
     if group:
         yield group
+
+
+def _default_workers(workers: int | None, where: str) -> int:
+    if workers is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise CoincidenceError(f"{where}: workers must be an integer >= 1, got {workers!r}")
+    return workers
 
 
 def count_parallel(
@@ -757,69 +818,75 @@ def count_parallel(
 ) -> CoincidenceReport:
     """Count a stream of batches with ``workers`` threads: the report of one counter.
 
-    The stream is cut into time ranges of about ``segment_tags`` tags, each longer
-    than the counter's horizon, counted by independent counters in a thread pool (the
-    kernels release the GIL) while this thread keeps reading. Stitching is exact: a
-    pair can only straddle two neighbouring ranges (each is longer than the horizon),
-    and those are counted as ``C(tail + head) - C(tail) - C(head)`` on the last and
-    first ``horizon_ps`` of the two ranges. Memory: at most ``workers + 1`` ranges in
-    flight. ``workers`` defaults to the CPUs this process may use; 1 counts in this
-    thread with one counter.
+    The stream is cut into time ranges of about ``segment_tags`` tags, counted by
+    independent counters in a thread pool (the kernels release the GIL) while this
+    thread keeps reading; the ranges are stitched exactly (see :func:`_stitch`).
+    Memory: at most ``workers + 1`` ranges in flight. ``workers`` defaults to the
+    CPUs this process may use; 1 counts in this thread with one counter.
     """
     proto = CoincidenceCounter(n_channels, window_ps, delays_ps)  # validates the arguments
     d = proto.delays_ps
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise CoincidenceError(f"count_parallel: workers must be an integer >= 1, got {workers!r}")
+    workers = _default_workers(workers, "count_parallel")
     if isinstance(segment_tags, bool) or not isinstance(segment_tags, int) or segment_tags < 1:
         raise CoincidenceError(f"count_parallel: segment_tags must be >= 1, got {segment_tags!r}")
     if workers == 1:
         for b in batches:
             proto.process(b)
         return proto.result()
-    results: list[_Segment] = []
-    pending: list[Future[_Segment]] = []
+    results: list[_Segment | None] = []
+    pending: list[Future[_Segment | None]] = []
     last_end: int | None = None
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qnet-count") as pool:
-        for group in _segments(batches, segment_tags, proto.horizon_ps):
-            if last_end is not None and group[0].begin_ps < last_end:
-                raise TagBatchError(
-                    f"count_parallel: batch begins at {group[0].begin_ps} ps, before the "
-                    f"previous batch's end {last_end} ps: batches must not overlap in time"
-                )
+        for group in _segments(batches, segment_tags):
             for b in group:
                 if not isinstance(b, TagBatch):
                     raise TagBatchError(
                         f"count_parallel: expected TagBatch items, got {type(b).__name__}"
                     )
                 b.check_channels(n_channels, "count_parallel")
+            if last_end is not None and group[0].begin_ps < last_end:
+                raise TagBatchError(
+                    f"count_parallel: batch begins at {group[0].begin_ps} ps, before the "
+                    f"previous batch's end {last_end} ps: batches must not overlap in time"
+                )
             last_end = group[-1].end_ps
-            pending.append(pool.submit(_count_segment, group, n_channels, window_ps, d))
+            pending.append(pool.submit(_count_source, group, n_channels, window_ps, d))
             while len(pending) > workers:
                 results.append(pending.pop(0).result())
         results += [f.result() for f in pending]
-    pairs = np.zeros((n_channels, n_channels), np.int64)
-    singles = np.zeros(n_channels, np.int64)
-    duration = 0
-    for k, seg in enumerate(results):
-        pairs += seg.pairs
-        singles += seg.singles
-        duration += seg.duration_ps
-        if k:
-            pairs += _cross_pairs(results[k - 1].tail, seg.head, n_channels, window_ps, d)
-    m = pairs + pairs.T
-    np.fill_diagonal(m, 0)
-    acc = accidentals_matrix(singles, window_ps, duration)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        car = np.where(acc > 0, m / np.where(acc > 0, acc, 1.0), np.nan)
-    return CoincidenceReport(
-        n_channels=n_channels,
-        window_ps=proto.window_ps,
-        delays_ps=d.copy(),
-        duration_ps=int(duration),
-        singles=singles,
-        coincidences=m,
-        accidentals=acc,
-        car=car,
-    )
+    segs = [r for r in results if r is not None]
+    return _stitch(segs, n_channels, proto.window_ps, d, proto.horizon_ps)
+
+
+def count_ranges_parallel(
+    sources: Sequence[Callable[[], Iterable[TagBatch]]],
+    n_channels: int,
+    window_ps: int,
+    delays_ps: Sequence[int] | np.ndarray | None = None,
+    *,
+    workers: int | None = None,
+) -> CoincidenceReport:
+    """Count consecutive time ranges, each read *and* counted by a worker thread.
+
+    ``sources[k]()`` yields the batches of range ``k`` (e.g. one part of a file from
+    ``split_npz``); range ``k + 1`` must begin at or after range ``k`` ends. Reading
+    runs in the workers too, so a file is read on every core. The result is the one
+    counter's over all ranges in order (exact stitching, any range lengths).
+    """
+    proto = CoincidenceCounter(n_channels, window_ps, delays_ps)
+    d = proto.delays_ps
+    workers = _default_workers(workers, "count_ranges_parallel")
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qnet-range") as pool:
+        futures = [
+            pool.submit(lambda src=src: _count_source(src(), n_channels, window_ps, d))
+            for src in sources
+        ]
+        results = [f.result() for f in futures]
+    segs = [r for r in results if r is not None]
+    for k in range(1, len(segs)):
+        if segs[k].head.begin_ps < segs[k - 1].end_ps and len(segs[k].head):
+            raise TagBatchError(
+                f"count_ranges_parallel: range {k} has a tag at {segs[k].head.begin_ps} ps, "
+                f"before the previous range's end {segs[k - 1].end_ps} ps"
+            )
+    return _stitch(segs, n_channels, proto.window_ps, d, proto.horizon_ps)

@@ -748,6 +748,36 @@ class _NpyMember:
         return np.frombuffer(data, dtype=self.dtype)
 
 
+def _stored_member(path: str, zf: zipfile.ZipFile, name: str) -> np.ndarray | None:
+    """A read-only memory map of an uncompressed npz member, or None if it is compressed."""
+    info = zf.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise TagFileError(f"{path}: corrupt zip entry {name!r}")
+        n_name, n_extra = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + n_name + n_extra)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except ValueError as e:
+            raise TagFileError(f"{path}: array {name!r} is not a valid .npy member: {e}") from e
+        offset = f.tell()
+    if len(shape) != 1 or dtype.kind not in "iu":
+        raise TagFileError(f"{path}: array {name!r} must be a 1-D integer array")
+    if shape[0] == 0:
+        return np.empty(0, dtype)
+    if offset + shape[0] * dtype.itemsize > os.path.getsize(path):
+        raise TagFileError(f"{path}: truncated npz: array {name!r} ends early")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(int(shape[0]),))
+
+
 def _open_npz(path: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
@@ -815,20 +845,101 @@ def _npz_locator(start: int) -> Locator:
     return lambda k: f"tag index {start + k}"
 
 
-def _npz_batches(
-    p: str, chunk_records: int, progress: ProgressCallback | None
+@dataclass(frozen=True)
+class NpzRange:
+    """Tags ``start .. stop - 1`` of an npz file, covering ``[begin_ps, end_ps)``.
+
+    ``begin_ps`` None: the whole file, read in one pass (its own interval).
+    """
+
+    path: str
+    start: int
+    stop: int
+    begin_ps: int | None
+    end_ps: int | None
+
+
+def split_npz(path: str | os.PathLike[str], n_ranges: int) -> list[NpzRange]:
+    """Cut an npz tag file into up to ``n_ranges`` consecutive time ranges of similar size.
+
+    Cuts fall at tag times (all tags of one time stay in one range), found by binary
+    search in the memory-mapped file, so only a few pages are read. Each range is read
+    with :func:`iter_npz_range`; together they cover the file's interval exactly. A
+    compressed npz cannot be mapped: one range, the whole file, comes back.
+    """
+    p = str(path)
+    if n_ranges < 1:
+        raise TagFileError(f"n_ranges must be >= 1, got {n_ranges}")
+    zf, tsm, _ = _npz_members(p)
+    with zf:
+        begin = _npz_scalar(zf, "begin_ps", p)
+        end = _npz_scalar(zf, "end_ps", p)
+        ts = _stored_member(p, zf, "timestamps.npy")
+        ch = _stored_member(p, zf, "channels.npy")
+        n = tsm.n
+    if ts is None or ch is None:  # compressed: read in one pass
+        return [NpzRange(p, 0, n, None, None)]
+    if n == 0:
+        b = begin if begin is not None else 0
+        return [NpzRange(p, 0, 0, b, end if end is not None else b)]
+    begin = int(ts[0]) if begin is None else begin
+    end = int(ts[-1]) + 1 if end is None else end
+    starts, times = [0], [begin]
+    for k in range(1, n_ranges):
+        t = int(ts[k * n // n_ranges])
+        lo = int(np.searchsorted(ts, t, side="left"))  # all tags of time t in one range
+        if lo > starts[-1] and t > times[-1]:
+            starts.append(lo)
+            times.append(t)
+    starts.append(n)
+    times.append(end)
+    return [NpzRange(p, starts[k], starts[k + 1], times[k], times[k + 1])
+            for k in range(len(starts) - 1)]  # fmt: skip
+
+
+def iter_npz_range(
+    r: NpzRange,
+    *,
+    chunk_records: int = DEFAULT_CHUNK_RECORDS,
+    progress: ProgressCallback | None = None,
 ) -> Iterator[TagBatch]:
-    """The generator behind :func:`iter_npz`."""
+    """Stream one range of :func:`split_npz` as contiguous TagBatches."""
+    if chunk_records < 1:
+        raise TagFileError(f"chunk_records must be >= 1, got {chunk_records}")
+    return _npz_batches(r.path, chunk_records, progress, r)
+
+
+def _npz_batches(
+    p: str, chunk_records: int, progress: ProgressCallback | None, part: NpzRange | None = None
+) -> Iterator[TagBatch]:
+    """The generator behind :func:`iter_npz` (``part``: one range of it)."""
     zf, tsm, chm = _npz_members(p)
     with zf:
         begin = _npz_scalar(zf, "begin_ps", p)
         end = _npz_scalar(zf, "end_ps", p)
+        done, stop = 0, tsm.n
+        read_ts, read_ch = tsm.read, chm.read
+        if part is not None and part.begin_ps is not None and part.end_ps is not None:
+            begin, end, done, stop = part.begin_ps, part.end_ps, part.start, part.stop
+            mts = _stored_member(p, zf, "timestamps.npy")
+            mch = _stored_member(p, zf, "channels.npy")
+            if mts is None or mch is None:
+                raise TagFileError(f"{p}: a compressed npz cannot be read in ranges")
+            pos = [done, done]
+
+            def read_ts(k: int) -> np.ndarray:
+                pos[0] += k
+                return np.array(mts[pos[0] - k : pos[0]])
+
+            def read_ch(k: int) -> np.ndarray:
+                pos[1] += k
+                return np.array(mch[pos[1] - k : pos[1]])
+
         chunker: _Chunker | None = None
-        done = 0
-        while done < tsm.n:
-            n = min(chunk_records, tsm.n - done)
-            ts = tsm.read(n)
-            ch = chm.read(n)
+        while done < stop:
+            n = min(chunk_records, stop - done)
+            ts = read_ts(n)
+            ch = read_ch(n)
             if ch.size and (int(ch.min()) < 0 or int(ch.max()) >= MAX_CHANNELS):
                 bad = int(np.argmax((ch < 0) | (ch >= MAX_CHANNELS)))
                 raise TagFileError(
@@ -849,14 +960,14 @@ def _npz_batches(
             if b is not None:
                 yield b
             if progress is not None:
-                progress(done, tsm.n)
+                progress(done, stop)
         if chunker is None:
             chunker = _Chunker(p, begin if begin is not None else 0)
         last_ps = chunker.last_tag_ps
         if end is not None and last_ps is not None and end <= last_ps:
             raise TagFileError(
                 f"{p}: end_ps {end} is not after the last tag at {last_ps} ps (tag index "
-                f"{tsm.n - 1}): the measured interval [begin_ps, end_ps) must contain every tag"
+                f"{stop - 1}): the measured interval [begin_ps, end_ps) must contain every tag"
             )
         if end is not None and end < chunker.prev_end:  # no tags: prev_end is the begin
             start = f"begin_ps {begin}" if begin is not None else "0 (no tags, no begin_ps)"

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -236,6 +238,10 @@ class DelayedProgress:
 
 # ----------------------------------------------------------------------------- the work
 
+#: Time ranges per worker thread when a file is counted in parallel (load balance).
+RANGES_PER_WORKER = 4
+#: Fewest tags per time range worth a range of its own (smaller files: one pass).
+MIN_RANGE_TAGS = 1 << 20
 #: Coincidence window when neither ``--window-ps`` nor the file gives one, ps.
 DEFAULT_WINDOW_PS = 1000
 #: Mean QBER above which an analysis without delays says the delays are probably missing.
@@ -324,29 +330,35 @@ def count_file(
     chunk_records: int | None = None,
     workers: int | None = None,
     segment_tags: int | None = None,
+    min_range_tags: int = MIN_RANGE_TAGS,
 ) -> CoincidenceReport:
     """Stream a tag file through the coincidence counter; UsageError on bad input.
 
-    ``workers`` threads count time ranges of about ``segment_tags`` tags in parallel
-    (default: every CPU this process may use; 1 = one counter in this thread); the
-    result is the same.
+    ``workers`` threads count time ranges in parallel (default: every CPU this
+    process may use); the result is the same as one counter's. An (uncompressed) npz
+    of at least ``2 * min_range_tags`` tags is cut into time ranges that each worker
+    reads (memory-mapped) and counts itself; other files are read in this thread
+    and counted in ranges of about ``segment_tags`` tags by the workers.
 
     Without ``n_channels``, one pass: a PTU header's channel count when it has one,
     else a counter as wide as the format allows, its report then cut to the channels
     that saw tags (or the delay list, if longer), as a separate scan would give.
     """
-    import numpy as np
-
     from coincidence import (
         DEFAULT_CHUNK_RECORDS,
         DEFAULT_SEGMENT_TAGS,
         ChannelError,
         CoincidenceCounter,
         CoincidenceError,
+        NpzRange,
         TagBatch,
         channel_capacity,
         count_parallel,
+        count_ranges_parallel,
+        count_records,
+        iter_npz_range,
         iter_tag_file,
+        split_npz,
     )
 
     n_delays = len(delays_ps) if delays_ps is not None else 0
@@ -380,6 +392,34 @@ def count_file(
                 yield batch
 
         with DelayedProgress(f"reading {Path(path).name}") as bar:
+            n_workers = workers or len(os.sched_getaffinity(0))
+            n_tags = count_records(path) if is_npz(path) else 0
+            n_ranges = min(RANGES_PER_WORKER * n_workers, n_tags // max(1, min_range_tags))
+            ranges = split_npz(path, n_ranges) if n_ranges > 1 else []
+            if len(ranges) > 1:
+                # every worker reads and counts its own time ranges of the file
+                total = sum(r.stop - r.start for r in ranges)
+                lock = threading.Lock()
+                done = [0]
+
+                def source(r: NpzRange) -> Iterator[TagBatch]:
+                    last = [0]
+
+                    def step(k: int, _n: int) -> None:
+                        with lock:
+                            done[0] += k - last[0]
+                            last[0] = k
+                            bar(done[0], total)
+
+                    part = iter_npz_range(r, chunk_records=chunk_records or DEFAULT_CHUNK_RECORDS,
+                                          progress=lambda k, n: step(k - r.start, n))  # fmt: skip
+                    return checked(part)
+
+                return_report = count_ranges_parallel(
+                    [lambda r=r: source(r) for r in ranges],
+                    n_channels, window_ps, counter_delays, workers=n_workers,
+                )  # fmt: skip
+                return _trimmed(return_report, trim, delays_ps, n_delays)
             batches = iter_tag_file(
                 path,
                 chunk_records=chunk_records or DEFAULT_CHUNK_RECORDS,
@@ -392,6 +432,20 @@ def count_file(
             )  # fmt: skip
     except CoincidenceError as e:
         raise UsageError(str(e)) from None
+    return _trimmed(report, trim, delays_ps, n_delays)
+
+
+def is_npz(path: str) -> bool:
+    """True for an ``.npz`` tag file (by suffix, as the readers decide)."""
+    return Path(path).suffix.lower() == ".npz"
+
+
+def _trimmed(
+    report: CoincidenceReport, trim: bool, delays_ps: Sequence[int] | None, n_delays: int
+) -> CoincidenceReport:
+    """Cut a report as wide as the format allows to the channels that saw tags."""
+    import numpy as np
+
     if trim:
         used = int(np.flatnonzero(report.singles)[-1]) + 1 if report.singles.any() else 0
         n_used = max(used, n_delays, 1)

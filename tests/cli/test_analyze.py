@@ -291,6 +291,17 @@ def test_chunked_file_counts_equal_whole(sample):
         np.testing.assert_array_equal(par.coincidences, whole.coincidences)
         np.testing.assert_array_equal(par.singles, whole.singles)
         assert par.duration_ps == whole.duration_ps
+    # an npz is split into time ranges that the workers read and count themselves
+    _, _, _, npz = sample
+    one = count_file(str(npz), workers=1, **kw)
+    assert one.duration_ps == DURATION_PS
+    np.testing.assert_array_equal(one.coincidences, whole.coincidences)
+    for workers in (1, 2, 3):
+        par = count_file(str(npz), workers=workers, chunk_records=1_001, min_range_tags=5_000,
+                         **kw)  # fmt: skip
+        np.testing.assert_array_equal(par.coincidences, one.coincidences)
+        np.testing.assert_array_equal(par.singles, one.singles)
+        assert par.duration_ps == one.duration_ps
 
 
 def test_channel_out_of_range_names_file_and_needed_count(sample):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +18,11 @@ from coincidence import (
     TagBatch,
     TagBatchError,
     count_parallel,
+    count_ranges_parallel,
     generate_pairs,
+    iter_npz_range,
+    split_npz,
+    write_npz,
 )
 
 
@@ -75,3 +81,42 @@ def test_bad_input_is_named() -> None:
                        segment_tags=1)  # fmt: skip
     with pytest.raises(CoincidenceError, match="workers must be an integer >= 1"):
         count_parallel([b], 4, 100, workers=0)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.integers(1, 3))
+def test_ranges_read_and_counted_by_workers_stitch_exactly(case, workers: int) -> None:
+    # random cuts make ranges of any length, some shorter than the horizon or empty
+    batch, n, window, delays, cuts = case
+    parts = batch.split_at(cuts)
+    got = count_ranges_parallel([lambda p=p: [p] for p in parts], n, window, delays,
+                                workers=workers)  # fmt: skip
+    singles, m = reference(batch, n, window, delays)
+    assert np.array_equal(got.coincidences, m)
+    assert np.array_equal(got.singles, singles)
+    assert got.duration_ps == batch.duration_ps
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bursty_streams(), st.integers(1, 7))
+def test_an_npz_split_in_time_ranges_counts_like_one_pass(case, n_ranges: int) -> None:
+    import tempfile
+    from pathlib import Path
+
+    batch, n, window, delays, _, chunk = case
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.npz"
+        write_npz(path, batch)
+        ranges = split_npz(path, n_ranges)
+        assert ranges[0].begin_ps == batch.begin_ps and ranges[-1].end_ps == batch.end_ps
+        assert sum(r.stop - r.start for r in ranges) == len(batch)
+        for a, b in itertools.pairwise(ranges):
+            assert a.end_ps == b.begin_ps and a.stop == b.start
+        got = count_ranges_parallel(
+            [lambda r=r: iter_npz_range(r, chunk_records=chunk) for r in ranges],
+            n, window, delays, workers=2,
+        )  # fmt: skip
+    singles, m = reference(batch, n, window, delays)
+    assert np.array_equal(got.coincidences, m)
+    assert np.array_equal(got.singles, singles)
+    assert got.duration_ps == batch.duration_ps
