@@ -34,11 +34,13 @@ from ._files import DEFAULT_CHUNK_RECORDS as DEFAULT_CHUNK_RECORDS
 from ._files import MAX_TAGS_AT_ONE_TIME as MAX_TAGS_AT_ONE_TIME
 from ._files import NpzRange as NpzRange
 from ._files import PtuHeader as PtuHeader
+from ._files import PtuRange as PtuRange
 from ._files import channel_capacity as channel_capacity
 from ._files import count_records as count_records
 from ._files import iter_npz as iter_npz
 from ._files import iter_npz_range as iter_npz_range
 from ._files import iter_ptu as iter_ptu
+from ._files import iter_ptu_range as iter_ptu_range
 from ._files import iter_tag_file as iter_tag_file
 from ._files import n_channels_hint as n_channels_hint
 from ._files import read_npz as read_npz
@@ -48,6 +50,7 @@ from ._files import read_ptu_header as read_ptu_header
 from ._files import read_ptu_markers as read_ptu_markers
 from ._files import read_tag_file as read_tag_file
 from ._files import split_npz as split_npz
+from ._files import split_ptu as split_ptu
 from ._files import write_npz as write_npz
 
 # isort: split

@@ -450,16 +450,21 @@ class _PtuChunk:
 
 
 def _iter_ptu_raw(
-    h: PtuHeader, chunk_records: int, sync_ch: int, progress: ProgressCallback | None
+    h: PtuHeader,
+    chunk_records: int,
+    sync_ch: int,
+    progress: ProgressCallback | None,
+    part: PtuRange | None = None,
 ) -> Iterator[_PtuChunk]:
-    """Decode the records chunk by chunk."""
+    """Decode the records chunk by chunk (``part``: only records ``start .. stop - 1``)."""
     state = np.zeros(4, np.int64)
-    ofl = 0
-    done = 0
+    ofl = 0 if part is None else part.overflow_ticks
+    done = 0 if part is None else part.start
+    stop = h.n_records if part is None else part.stop
     with open(h.path, "rb") as f:
-        f.seek(h.data_offset)
-        while done < h.n_records:
-            n = min(chunk_records, h.n_records - done)
+        f.seek(h.data_offset + 4 * done)
+        while done < stop:
+            n = min(chunk_records, stop - done)
             offset = h.data_offset + 4 * done
             recs = np.fromfile(f, dtype="<u4", count=n)
             if recs.size != n:
@@ -502,7 +507,109 @@ def _iter_ptu_raw(
             )
             done += n
             if progress is not None:
-                progress(done, h.n_records)
+                progress(done, stop)
+
+
+@dataclass(frozen=True)
+class PtuRange:
+    """Records ``start .. stop - 1`` of a PTU file, covering ``[begin_ps, end_ps)``.
+
+    ``overflow_ticks``: the overflow time accumulated before ``start``; ``end_ps``
+    None for the last range (it ends as the whole file does).
+    """
+
+    path: str
+    sync_channel: int | str
+    start: int
+    stop: int
+    overflow_ticks: int
+    begin_ps: int
+    end_ps: int | None
+
+
+@numba.njit(cache=True, nogil=True)
+def _overflow_cuts(
+    records: np.ndarray, layout: int, period: int, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each target index, the record after the first overflow at or after it.
+
+    Returns (cut index, overflow ticks accumulated up to the cut); -1 where no overflow
+    follows. Every record before a cut is earlier than every record after it (an
+    overflow closes its period), so cutting there splits the file in time. Scans the
+    records once, up to the last cut.
+    """
+    m = targets.shape[0]
+    cuts = np.full(m, -1, np.int64)
+    ofls = np.zeros(m, np.int64)
+    ofl = 0
+    k = 0
+    for i in range(records.shape[0]):
+        if k >= m:
+            break
+        r = np.int64(records[i])
+        step = 0
+        if layout == 0:
+            if (r >> 28) & 0xF == 0xF and r & 0xF == 0:
+                step = period
+        elif (r >> 31) & 1 == 1 and (r >> 25) & 0x3F == 0x3F:
+            tt = r & 0x1FFFFFF
+            step = period if (layout == 1 or tt == 0) else period * tt
+        if step:
+            ofl += step
+            while k < m and targets[k] <= i:
+                cuts[k] = i + 1
+                ofls[k] = ofl
+                k += 1
+    return cuts, ofls
+
+
+def split_ptu(
+    path: str | os.PathLike[str], n_ranges: int, *, sync_channel: int | str = "auto"
+) -> list[PtuRange]:
+    """Cut a PTU T2 file into up to ``n_ranges`` consecutive time ranges of similar size.
+
+    Cuts fall just after overflow records (found in one light scan of the records,
+    memory-mapped), so every tag of a range is earlier than every tag of the next.
+    Each range is decoded by :func:`iter_ptu_range`; together they give the tags and
+    the measured time of :func:`iter_ptu`. A file without overflows stays one range.
+    """
+    h = read_ptu_header(path)
+    _resolve_sync_channel(h, sync_channel)
+    _check_ptu_size(h)
+    if n_ranges < 1:
+        raise TagFileError(f"n_ranges must be >= 1, got {n_ranges}")
+    n = h.n_records
+    starts, ofls, begins = [0], [0], [0]
+    if n_ranges > 1 and n > 0:
+        recs = np.memmap(h.path, dtype="<u4", mode="r", offset=h.data_offset, shape=(n,))
+        targets = np.array([k * n // n_ranges for k in range(1, n_ranges)], np.int64)
+        cuts, o = _overflow_cuts(recs, h.layout, h.overflow_period, targets)
+        del recs
+        for c, t in zip(cuts.tolist(), o.tolist(), strict=True):
+            if starts[-1] < c < n:
+                starts.append(c)
+                ofls.append(t)
+                begins.append(t * h.resolution_ps)
+    ends: list[int | None] = [*begins[1:], None]
+    stops = [*starts[1:], n]
+    return [
+        PtuRange(h.path, sync_channel, starts[k], stops[k], ofls[k], begins[k], ends[k])
+        for k in range(len(starts))
+    ]
+
+
+def iter_ptu_range(
+    r: PtuRange,
+    *,
+    chunk_records: int = DEFAULT_CHUNK_RECORDS,
+    progress: ProgressCallback | None = None,
+) -> Iterator[TagBatch]:
+    """Stream one range of :func:`split_ptu` as contiguous TagBatches."""
+    h = read_ptu_header(r.path)
+    sync_ch = _resolve_sync_channel(h, r.sync_channel)
+    if chunk_records < 1:
+        raise TagFileError(f"chunk_records must be >= 1, got {chunk_records}")
+    return _ptu_batches(h, chunk_records, sync_ch, progress, r)
 
 
 class _Chunker:
@@ -618,15 +725,27 @@ def iter_ptu(
 
 
 def _ptu_batches(
-    h: PtuHeader, chunk_records: int, sync_ch: int, progress: ProgressCallback | None
+    h: PtuHeader,
+    chunk_records: int,
+    sync_ch: int,
+    progress: ProgressCallback | None,
+    part: PtuRange | None = None,
 ) -> Iterator[TagBatch]:
-    """The generator behind :func:`iter_ptu`."""
-    chunker = _Chunker(h.path, 0)
-    for c in _iter_ptu_raw(h, chunk_records, sync_ch, progress):
+    """The generator behind :func:`iter_ptu` (``part``: one range of it)."""
+    chunker = _Chunker(h.path, 0 if part is None else part.begin_ps)
+    for c in _iter_ptu_raw(h, chunk_records, sync_ch, progress, part):
         b = chunker.push(c.timestamps, c.channels, c.known_ps, c.locator(h, sync_ch))
         if b is not None:
             yield b
-    last = chunker.finish(h.acquisition_time_ps)
+    end = h.acquisition_time_ps if part is None or part.end_ps is None else part.end_ps
+    if part is not None and part.end_ps is not None:
+        last_ps = chunker.last_tag_ps
+        if last_ps is not None and last_ps >= part.end_ps:
+            raise TagFileError(
+                f"{h.path}: a tag at {last_ps} ps before record {part.stop} is not earlier "
+                f"than the overflow-proven time {part.end_ps} ps (corrupt records?)"
+            )
+    last = chunker.finish(end)
     if last is not None:
         yield last
 

@@ -335,10 +335,11 @@ def count_file(
     """Stream a tag file through the coincidence counter; UsageError on bad input.
 
     ``workers`` threads count time ranges in parallel (default: every CPU this
-    process may use); the result is the same as one counter's. An (uncompressed) npz
-    of at least ``2 * min_range_tags`` tags is cut into time ranges that each worker
-    reads (memory-mapped) and counts itself; other files are read in this thread
-    and counted in ranges of about ``segment_tags`` tags by the workers.
+    process may use); the result is the same as one counter's. A file of at least
+    ``2 * min_range_tags`` records is cut into time ranges (an uncompressed npz at tag
+    times, a PTU after overflow records) that each worker reads and counts itself;
+    smaller or unsplittable files are read in this thread and counted in ranges of
+    about ``segment_tags`` tags by the workers.
 
     Without ``n_channels``, one pass: a PTU header's channel count when it has one,
     else a counter as wide as the format allows, its report then cut to the channels
@@ -351,14 +352,17 @@ def count_file(
         CoincidenceCounter,
         CoincidenceError,
         NpzRange,
+        PtuRange,
         TagBatch,
         channel_capacity,
         count_parallel,
         count_ranges_parallel,
         count_records,
         iter_npz_range,
+        iter_ptu_range,
         iter_tag_file,
         split_npz,
+        split_ptu,
     )
 
     n_delays = len(delays_ps) if delays_ps is not None else 0
@@ -393,17 +397,24 @@ def count_file(
 
         with DelayedProgress(f"reading {Path(path).name}") as bar:
             n_workers = workers or len(os.sched_getaffinity(0))
-            n_tags = count_records(path) if is_npz(path) else 0
+            n_tags = count_records(path)
             n_ranges = min(RANGES_PER_WORKER * n_workers, n_tags // max(1, min_range_tags))
-            ranges = split_npz(path, n_ranges) if n_ranges > 1 else []
+            ranges: Sequence[NpzRange | PtuRange] = []
+            if n_ranges > 1:
+                ranges = (
+                    split_npz(path, n_ranges)
+                    if is_npz(path)
+                    else split_ptu(path, n_ranges, sync_channel=sync_channel)
+                )
             if len(ranges) > 1:
-                # every worker reads and counts its own time ranges of the file
+                # every worker reads (decodes) and counts its own time ranges of the file
                 total = sum(r.stop - r.start for r in ranges)
                 lock = threading.Lock()
                 done = [0]
+                chunk = chunk_records or DEFAULT_CHUNK_RECORDS
 
-                def source(r: NpzRange) -> Iterator[TagBatch]:
-                    last = [0]
+                def source(r: NpzRange | PtuRange) -> Iterator[TagBatch]:
+                    last = [r.start]
 
                     def step(k: int, _n: int) -> None:
                         with lock:
@@ -411,9 +422,9 @@ def count_file(
                             last[0] = k
                             bar(done[0], total)
 
-                    part = iter_npz_range(r, chunk_records=chunk_records or DEFAULT_CHUNK_RECORDS,
-                                          progress=lambda k, n: step(k - r.start, n))  # fmt: skip
-                    return checked(part)
+                    if isinstance(r, NpzRange):
+                        return checked(iter_npz_range(r, chunk_records=chunk, progress=step))
+                    return checked(iter_ptu_range(r, chunk_records=chunk, progress=step))
 
                 return_report = count_ranges_parallel(
                     [lambda r=r: source(r) for r in ranges],
