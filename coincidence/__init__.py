@@ -27,6 +27,7 @@ from ._counter import count_ranges_parallel as count_ranges_parallel
 from ._counter import window_lags as window_lags
 from ._histogram import CorrelationHistogram as CorrelationHistogram
 from ._histogram import HistogramReport as HistogramReport
+from ._histogram import difference_histogram as difference_histogram
 from ._synthetic import generate_pairs as generate_pairs
 
 # isort: split

@@ -154,3 +154,36 @@ def test_histogram_of_a_million_equal_timestamps_is_exact() -> None:
     hist.process(batch)
     counts = hist.result().counts
     assert counts[100] == n * n // 4 and counts.sum() == n * n // 4
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.integers(0, 5_000), max_size=40),
+    st.lists(st.integers(0, 5_000), max_size=40),
+    st.integers(-3_000, 3_000),
+    st.integers(1, 500),
+    st.integers(1, 30),
+    st.integers(0, 2**62 - 10_000),
+)
+def test_difference_histogram_matches_brute_force(
+    a: list[int], b: list[int], lo: int, bin_ps: int, n_bins: int, offset: int
+) -> None:
+    from coincidence import difference_histogram
+
+    ta = np.sort(np.array(a, np.int64)) + offset  # large times: the prefix sums wrap
+    tb = np.sort(np.array(b, np.int64)) + offset
+    d = (tb[None, :] - ta[:, None]).ravel() - lo
+    d = d[(d >= 0) & (d < n_bins * bin_ps)]
+    counts, sums = difference_histogram(ta, tb, lo, bin_ps, n_bins)
+    assert np.array_equal(counts, np.bincount(d // bin_ps, minlength=n_bins))
+    want = np.bincount(d // bin_ps, weights=d, minlength=n_bins)
+    assert np.array_equal(sums, want)
+
+
+def test_difference_histogram_of_a_million_equal_timestamps() -> None:
+    from coincidence import difference_histogram
+
+    t = np.full(500_000, 10**12, np.int64)
+    counts, sums = difference_histogram(t, t, -1_000, 100, 20)
+    assert counts[10] == 500_000**2 and counts.sum() == 500_000**2
+    assert sums[10] == 1_000 * 500_000**2
