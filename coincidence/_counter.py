@@ -11,9 +11,11 @@ Streaming. The counter counts a pair when the later of its two tags (in the
 order the tags arrive) is processed. Its partner then lies at most ``L = h +
 max(delays) - min(delays)`` picoseconds earlier in raw time, so the counter
 keeps only the tags of the last ``L`` picoseconds before the end of the last
-batch (the *tail*) and nothing else. Pairs of a new batch with the tail are
-counted by a small sort-based kernel on the tail and the new batch's first
-``L`` picoseconds; pairs inside the new batch by the fast kernel below. So
+batch (the *tail*, tags of equal time and channel merged into one weighted
+entry) and nothing else. Pairs of a new batch with the tail are counted by
+position in per-channel order (two pointers per channel pair over the tail and
+the new batch's first ``L`` picoseconds); pairs inside the new batch by the
+fast kernel below. So
 every pair is counted exactly once whatever way the stream is cut into
 batches, and :meth:`CoincidenceCounter.result` is complete at any time.
 
@@ -30,6 +32,11 @@ only hits are scanned (in a second loop, from the latest filed index back).
 The first loop has no data-dependent branch. Every candidate is checked with
 the integer rule, so the result is exact for any delays up to +-1 ms; batches
 are processed in chunks of ``CHUNK_TAGS`` tags that stay in cache.
+
+No input can make counting quadratic: the fast kernels walk candidate pairs and
+stop after a budget of steps proportional to the chunk; such a chunk (a burst of
+equal or nearly equal timestamps: a stuck tagger, a crafted file) is counted by
+position instead, O(tags x occupied channels) however many pairs it holds.
 """
 
 from __future__ import annotations
@@ -476,8 +483,9 @@ class CoincidenceCounter:
     gaps are allowed and are not counted as measured time. The result does not
     depend on how the stream is cut into batches. Memory: the tags of the last
     ``horizon_ps = window_ps // 2 + max(delays) - min(delays)`` picoseconds (the
-    tail, :attr:`held_back_tags`), a bucket ring of at most 2**17 slots and two
-    int64 work arrays of one chunk (``chunk_tags``); no copy of a batch is kept.
+    tail, :attr:`held_back_tags`; equal time and channel share one entry,
+    :attr:`held_back_entries`), a bucket ring of at most 2**17 slots and int64 work
+    arrays of one chunk (``chunk_tags``); no copy of a batch is kept.
     """
 
     def __init__(
