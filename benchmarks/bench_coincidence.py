@@ -12,6 +12,16 @@ shifted times, ``searchsorted`` for the window bounds; timed on the first
 tag, no Python per batch), the correlation histogram's throughput and the
 synthetic generator's time for the ~10 M tags.
 
+The *equal timestamps* rows feed one million tags at one time on two channels
+(n^2/4 = 2.5e11 pairs, a stuck tagger's burst) to the counter and the histogram:
+the pair count must come from positions in per-channel order, never a pair walk
+(target: under 1 s of kernel time), with the numpy searchsorted count as baseline.
+
+The *file* row writes a tag file of ``QNET_BENCH_FILE_TAGS`` tags (default 5e8, the
+same 8-channel stream; npz written in pieces to a temporary folder) and counts it
+as ``qnet analyze`` does, on one core and on all cores, in one run (target >= 1.8x
+on 2 cores). The counts of both runs must agree.
+
 The *floor* row times a loop that does only what any single-pass hashed counter must
 do per tag (read the tag, count the single, shift by the channel delay, probe two
 slots of a 2048-slot ring and file the tag) and no pair logic: it bounds what this
@@ -21,13 +31,25 @@ dependent multiply-xor steps (4 cycles each on x86-64) to turn ns per tag into c
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+import zipfile
+from pathlib import Path
 
 import numba
 import numpy as np
 
 from benchmarks._harness import Row, best_of
-from coincidence import CoincidenceCounter, CorrelationHistogram, TagBatch, generate_pairs
+from coincidence import (
+    CoincidenceCounter,
+    CorrelationHistogram,
+    TagBatch,
+    generate_pairs,
+)
+
+FILE_TAGS = int(float(os.environ.get("QNET_BENCH_FILE_TAGS", "5e8")))
+"""Tags in the file of the parallel file row (a parameter: 5e8 takes minutes to write)."""
 
 DURATION_PS = 10**12
 BATCH_PS = 10**11
@@ -93,6 +115,159 @@ def _numpy_baseline(batch: TagBatch) -> np.ndarray:
             hi = np.searchsorted(shifted[j], shifted[i] + h, side="right")
             m[i, j] = m[j, i] = int((hi - lo).sum())
     return m
+
+
+def _write_big_npz(path: Path, n_tags: int) -> int:
+    """Write ``n_tags`` tags of the bench stream as an npz, piece by piece; returns its tags."""
+    per = 4_500_000  # tags per piece: the first of ~5 M in 0.5 s of the ~10 Mtags/s stream
+    pieces = max(1, -(-n_tags // per))
+    span = BATCH_PS * 5
+    total = pieces * per
+    raw_ch = path.with_suffix(".channels")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("timestamps.npy", "w", force_zip64=True) as f, open(raw_ch, "wb") as fc:
+            header = {"descr": "<i8", "fortran_order": False, "shape": (total,)}
+            np.lib.format.write_array_header_2_0(f, header)
+            for k in range(pieces):
+                b = generate_pairs(
+                    duration_ps=span, pair_rate_hz=1e6, noise_rate_hz=1e6, n_channels=8,
+                    pair_channels=[(0, 4), (1, 5), (2, 6), (3, 7)], delays_ps=DELAYS_PS,
+                    jitter_ps=100.0, seed=100 + k, begin_ps=k * span,
+                )  # fmt: skip
+                assert len(b) >= per, "piece too short: raise the rates or the span"
+                f.write(b.timestamps[:per].tobytes())
+                fc.write(b.channels[:per].tobytes())
+        with zf.open("channels.npy", "w", force_zip64=True) as f, open(raw_ch, "rb") as fc:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (total,)}
+            np.lib.format.write_array_header_2_0(f, header)
+            while block := fc.read(1 << 24):
+                f.write(block)
+        for name, value in (("begin_ps", 0), ("end_ps", pieces * span)):
+            with zf.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, np.int64(value))
+    raw_ch.unlink()
+    return total
+
+
+def _machine_parallelism(threads: int) -> float:
+    """Speedup of ``threads`` threads of a nogil compute loop over one: the cores we got."""
+    import threading
+
+    steps = 50_000_000
+    _clock_chain(10, 1)
+
+    def timed(k: int) -> float:
+        workers = [threading.Thread(target=_clock_chain, args=(steps, 3)) for _ in range(k)]
+        t = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return time.perf_counter() - t
+
+    one = min(timed(1) for _ in range(3))
+    return threads * one / min(timed(threads) for _ in range(3))
+
+
+def file_rows(n_tags: int = FILE_TAGS) -> list[Row]:
+    """One core vs all cores on a tag file of ``n_tags`` tags, counted as qnet analyze does."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    with tempfile.TemporaryDirectory(prefix="qnet-bench-") as tmp:
+        path = Path(tmp) / "big.npz"
+        t0 = time.perf_counter()
+        n = _write_big_npz(path, n_tags)
+        t_write = time.perf_counter() - t0
+
+        def count(workers: int) -> tuple[float, np.ndarray]:
+            from controller._cli_analyze import count_file
+
+            t = time.perf_counter()
+            rep = count_file(str(path), window_ps=WINDOW_PS, delays_ps=DELAYS_PS, n_channels=8,
+                             workers=workers)  # fmt: skip
+            return time.perf_counter() - t, rep.coincidences
+
+        count(1)  # page the file in and warm the kernels
+        ones, alls = [], []
+        for _ in range(3):  # interleaved: the machine is shared, take the best of each
+            t, m_one = count(1)
+            ones.append(t)
+            t, m_all = count(cores)
+            alls.append(t)
+    t_one, t_all = min(ones), min(alls)
+    speedup = t_one / t_all
+    machine = _machine_parallelism(cores)
+    agree = bool(np.array_equal(m_one, m_all))
+    return [
+        Row(
+            f"qnet analyze file counting, {n:.3g} tags: all {cores} cores vs one",
+            speedup,
+            "x",
+            target=">= 1.8 on 2 cores",
+            ok=speedup >= 1.8 and agree,
+            baseline=machine,
+            baseline_name=f"{cores} threads of a pure compute loop vs one (what the machine gave)",
+            notes=(
+                f"one core {n / t_one:.3g} tags/s ({t_one:.1f} s), all cores "
+                f"{n / t_all:.3g} tags/s ({t_all:.1f} s); counts agree: {agree}; "
+                f"file written in {t_write:.0f} s"
+            ),
+            extra={"tags": n, "cores": cores, "one_core_s": t_one, "all_cores_s": t_all},
+        )
+    ]
+
+
+def _equal_timestamps_rows() -> list[Row]:
+    n = 1_000_000
+    ts = np.full(n, 5_000, np.int64)
+    ch = (np.arange(n) % 2).astype(np.uint8)
+    batch = TagBatch(ts, ch, 0, 10_000)
+    counter = CoincidenceCounter(2, WINDOW_PS)
+    counter.process(batch)  # compile
+    exact = int(counter.result().coincidences[0, 1]) == n * n // 4
+    t_kernel = best_of(lambda: counter._count_inside(ts, ch), repeat=3)
+
+    def whole() -> None:
+        counter.reset()
+        counter.process(batch)
+
+    t_whole = best_of(whole, repeat=3)
+
+    def numpy_count() -> int:
+        a, b = ts[ch == 0], ts[ch == 1]
+        lo = np.searchsorted(b, a - WINDOW_PS // 2, side="left")
+        hi = np.searchsorted(b, a + WINDOW_PS // 2, side="right")
+        return int((hi - lo).sum())
+
+    t_np = best_of(numpy_count, repeat=3)
+    hist = CorrelationHistogram(0, 1, 100, 10_000)
+
+    def histogram() -> None:
+        hist.reset()
+        hist.process(batch)
+
+    histogram()
+    hist_exact = int(hist.result().counts.sum()) == n * n // 4
+    t_hist = best_of(histogram, repeat=3)
+    return [
+        Row(
+            "1e6 equal timestamps on 2 channels: counting kernel time",
+            t_kernel,
+            "s",
+            target="< 1",
+            ok=t_kernel < 1.0 and exact,
+            baseline=t_np,
+            baseline_name="numpy searchsorted count",
+            notes=f"2.5e11 pairs counted exactly: {exact}; process() {t_whole:.3g} s",
+        ),
+        Row(
+            "1e6 equal timestamps on 2 channels: correlation histogram",
+            t_hist,
+            "s",
+            target="< 1",
+            ok=t_hist < 1.0 and hist_exact,
+            notes=f"+-10 ns, 100 ps bins; exact: {hist_exact}",
+        ),
+    ]
 
 
 def run() -> list[Row]:
@@ -204,4 +379,6 @@ def run() -> list[Row]:
             ok=gen_s < 2.0,
             notes=f"{n} tags",
         ),
+        *_equal_timestamps_rows(),
+        *file_rows(),
     ]

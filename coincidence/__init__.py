@@ -12,32 +12,46 @@ from ._errors import TagBatchError as TagBatchError
 from ._errors import TagFileError as TagFileError
 from ._errors import TagOrderError as TagOrderError
 from ._tags import MAX_CHANNELS as MAX_CHANNELS
+from ._tags import MAX_TIMESTAMP_PS as MAX_TIMESTAMP_PS
 from ._tags import TagBatch as TagBatch
 
 # -- re-exports of the other modules go below, one block per module --
 # isort: split
+from ._counter import DEFAULT_SEGMENT_TAGS as DEFAULT_SEGMENT_TAGS
 from ._counter import MAX_DELAY_PS as MAX_DELAY_PS
 from ._counter import CoincidenceCounter as CoincidenceCounter
 from ._counter import CoincidenceReport as CoincidenceReport
 from ._counter import accidentals_matrix as accidentals_matrix
+from ._counter import count_parallel as count_parallel
+from ._counter import count_ranges_parallel as count_ranges_parallel
+from ._counter import window_lags as window_lags
 from ._histogram import CorrelationHistogram as CorrelationHistogram
 from ._histogram import HistogramReport as HistogramReport
+from ._histogram import difference_histogram as difference_histogram
 from ._synthetic import generate_pairs as generate_pairs
 
 # isort: split
 from ._files import DEFAULT_CHUNK_RECORDS as DEFAULT_CHUNK_RECORDS
+from ._files import MAX_TAGS_AT_ONE_TIME as MAX_TAGS_AT_ONE_TIME
+from ._files import NpzRange as NpzRange
 from ._files import PtuHeader as PtuHeader
+from ._files import PtuRange as PtuRange
 from ._files import channel_capacity as channel_capacity
 from ._files import count_records as count_records
 from ._files import iter_npz as iter_npz
+from ._files import iter_npz_range as iter_npz_range
 from ._files import iter_ptu as iter_ptu
+from ._files import iter_ptu_range as iter_ptu_range
 from ._files import iter_tag_file as iter_tag_file
 from ._files import n_channels_hint as n_channels_hint
 from ._files import read_npz as read_npz
+from ._files import read_npz_metadata as read_npz_metadata
 from ._files import read_ptu as read_ptu
 from ._files import read_ptu_header as read_ptu_header
 from ._files import read_ptu_markers as read_ptu_markers
 from ._files import read_tag_file as read_tag_file
+from ._files import split_npz as split_npz
+from ._files import split_ptu as split_ptu
 from ._files import write_npz as write_npz
 
 # isort: split
@@ -62,3 +76,12 @@ from ._qkd import h2 as h2
 from ._qkd import max_distance_km as max_distance_km
 from ._qkd import phase_error_upper_bound as phase_error_upper_bound
 from ._qkd import qber_from_matrix as qber_from_matrix
+
+# isort: split
+from ._histogram import G2Curve as G2Curve
+from ._histogram import G2Zero as G2Zero
+from ._histogram import HeraldedG2Counter as HeraldedG2Counter
+from ._histogram import g2_zero as g2_zero
+from ._histogram import heralded_g2_zero as heralded_g2_zero
+from ._synthetic import generate_poisson_light as generate_poisson_light
+from ._synthetic import generate_pulsed_source as generate_pulsed_source

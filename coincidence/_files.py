@@ -41,7 +41,11 @@ returned by :func:`read_ptu_markers`.
 Chunk boundaries: each batch covers ``[previous end, cut)`` where ``cut`` is the
 chunk's last tag time (tags at exactly that time are carried into the next batch
 so equal timestamps never straddle a boundary) or, when the chunk ends in
-overflow records, the time the overflows prove has passed. The first batch
+overflow records, the time the overflows prove has passed. More than
+``MAX_TAGS_AT_ONE_TIME`` tags at one time are refused (TagFileError): a tagger
+records at most one event per channel per time bin (dead time), so such a run
+is a corrupt or zero-filled file, and carrying it would cost memory without
+bound. The first batch
 begins at 0 (the start of the acquisition); the last ends at
 ``MeasDesc_AcquisitionTime`` (ms) if the header has it and it is later than the
 last tag, else at the last tag + 1.
@@ -49,11 +53,12 @@ last tag, else at the last tag + 1.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -66,6 +71,11 @@ from ._tags import MAX_CHANNELS, TagBatch
 
 #: Records (or tags) decoded per chunk by default: 8 MB of PTU records.
 DEFAULT_CHUNK_RECORDS = 1 << 21
+
+#: Most tags a file may hold at one timestamp. A real tagger gives at most one per
+#: channel (256); the margin admits synthetic files, the bound keeps the carried
+#: run of equal tags (see Chunk boundaries) within memory.
+MAX_TAGS_AT_ONE_TIME = 1 << 20
 
 PTU_MAGIC = b"PQTTTR\0\0"
 
@@ -440,16 +450,21 @@ class _PtuChunk:
 
 
 def _iter_ptu_raw(
-    h: PtuHeader, chunk_records: int, sync_ch: int, progress: ProgressCallback | None
+    h: PtuHeader,
+    chunk_records: int,
+    sync_ch: int,
+    progress: ProgressCallback | None,
+    part: PtuRange | None = None,
 ) -> Iterator[_PtuChunk]:
-    """Decode the records chunk by chunk."""
+    """Decode the records chunk by chunk (``part``: only records ``start .. stop - 1``)."""
     state = np.zeros(4, np.int64)
-    ofl = 0
-    done = 0
+    ofl = 0 if part is None else part.overflow_ticks
+    done = 0 if part is None else part.start
+    stop = h.n_records if part is None else part.stop
     with open(h.path, "rb") as f:
-        f.seek(h.data_offset)
-        while done < h.n_records:
-            n = min(chunk_records, h.n_records - done)
+        f.seek(h.data_offset + 4 * done)
+        while done < stop:
+            n = min(chunk_records, stop - done)
             offset = h.data_offset + 4 * done
             recs = np.fromfile(f, dtype="<u4", count=n)
             if recs.size != n:
@@ -492,7 +507,109 @@ def _iter_ptu_raw(
             )
             done += n
             if progress is not None:
-                progress(done, h.n_records)
+                progress(done, stop)
+
+
+@dataclass(frozen=True)
+class PtuRange:
+    """Records ``start .. stop - 1`` of a PTU file, covering ``[begin_ps, end_ps)``.
+
+    ``overflow_ticks``: the overflow time accumulated before ``start``; ``end_ps``
+    None for the last range (it ends as the whole file does).
+    """
+
+    path: str
+    sync_channel: int | str
+    start: int
+    stop: int
+    overflow_ticks: int
+    begin_ps: int
+    end_ps: int | None
+
+
+@numba.njit(cache=True, nogil=True)
+def _overflow_cuts(
+    records: np.ndarray, layout: int, period: int, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each target index, the record after the first overflow at or after it.
+
+    Returns (cut index, overflow ticks accumulated up to the cut); -1 where no overflow
+    follows. Every record before a cut is earlier than every record after it (an
+    overflow closes its period), so cutting there splits the file in time. Scans the
+    records once, up to the last cut.
+    """
+    m = targets.shape[0]
+    cuts = np.full(m, -1, np.int64)
+    ofls = np.zeros(m, np.int64)
+    ofl = 0
+    k = 0
+    for i in range(records.shape[0]):
+        if k >= m:
+            break
+        r = np.int64(records[i])
+        step = 0
+        if layout == 0:
+            if (r >> 28) & 0xF == 0xF and r & 0xF == 0:
+                step = period
+        elif (r >> 31) & 1 == 1 and (r >> 25) & 0x3F == 0x3F:
+            tt = r & 0x1FFFFFF
+            step = period if (layout == 1 or tt == 0) else period * tt
+        if step:
+            ofl += step
+            while k < m and targets[k] <= i:
+                cuts[k] = i + 1
+                ofls[k] = ofl
+                k += 1
+    return cuts, ofls
+
+
+def split_ptu(
+    path: str | os.PathLike[str], n_ranges: int, *, sync_channel: int | str = "auto"
+) -> list[PtuRange]:
+    """Cut a PTU T2 file into up to ``n_ranges`` consecutive time ranges of similar size.
+
+    Cuts fall just after overflow records (found in one light scan of the records,
+    memory-mapped), so every tag of a range is earlier than every tag of the next.
+    Each range is decoded by :func:`iter_ptu_range`; together they give the tags and
+    the measured time of :func:`iter_ptu`. A file without overflows stays one range.
+    """
+    h = read_ptu_header(path)
+    _resolve_sync_channel(h, sync_channel)
+    _check_ptu_size(h)
+    if n_ranges < 1:
+        raise TagFileError(f"n_ranges must be >= 1, got {n_ranges}")
+    n = h.n_records
+    starts, ofls, begins = [0], [0], [0]
+    if n_ranges > 1 and n > 0:
+        recs = np.memmap(h.path, dtype="<u4", mode="r", offset=h.data_offset, shape=(n,))
+        targets = np.array([k * n // n_ranges for k in range(1, n_ranges)], np.int64)
+        cuts, o = _overflow_cuts(recs, h.layout, h.overflow_period, targets)
+        del recs
+        for c, t in zip(cuts.tolist(), o.tolist(), strict=True):
+            if starts[-1] < c < n:
+                starts.append(c)
+                ofls.append(t)
+                begins.append(t * h.resolution_ps)
+    ends: list[int | None] = [*begins[1:], None]
+    stops = [*starts[1:], n]
+    return [
+        PtuRange(h.path, sync_channel, starts[k], stops[k], ofls[k], begins[k], ends[k])
+        for k in range(len(starts))
+    ]
+
+
+def iter_ptu_range(
+    r: PtuRange,
+    *,
+    chunk_records: int = DEFAULT_CHUNK_RECORDS,
+    progress: ProgressCallback | None = None,
+) -> Iterator[TagBatch]:
+    """Stream one range of :func:`split_ptu` as contiguous TagBatches."""
+    h = read_ptu_header(r.path)
+    sync_ch = _resolve_sync_channel(h, r.sync_channel)
+    if chunk_records < 1:
+        raise TagFileError(f"chunk_records must be >= 1, got {chunk_records}")
+    return _ptu_batches(h, chunk_records, sync_ch, progress, r)
 
 
 class _Chunker:
@@ -546,6 +663,13 @@ class _Chunker:
             # sorted <=> ts[:k] sorted and < last (TagBatch checks), ts[k:] all == last
             if last < self.prev_end or not bool(np.all(ts[k:] == last)):
                 self._refuse(ts, ch, n_carry, locate)
+            if ts.size - k > MAX_TAGS_AT_ONE_TIME:
+                raise TagFileError(
+                    f"{self.path}: {ts.size - k} tags at the same time {last} ps, up to "
+                    f"{locate(ts.size - 1 - n_carry)}: more than {MAX_TAGS_AT_ONE_TIME} "
+                    "events at one time is no measurement (a tagger records at most one per "
+                    "channel); the file is corrupt or zero-filled"
+                )
             self.carry_t, self.carry_c = ts[k:], ch[k:]
             if last == self.prev_end:
                 return None  # k == 0 here: every tag is at the carried time
@@ -601,15 +725,27 @@ def iter_ptu(
 
 
 def _ptu_batches(
-    h: PtuHeader, chunk_records: int, sync_ch: int, progress: ProgressCallback | None
+    h: PtuHeader,
+    chunk_records: int,
+    sync_ch: int,
+    progress: ProgressCallback | None,
+    part: PtuRange | None = None,
 ) -> Iterator[TagBatch]:
-    """The generator behind :func:`iter_ptu`."""
-    chunker = _Chunker(h.path, 0)
-    for c in _iter_ptu_raw(h, chunk_records, sync_ch, progress):
+    """The generator behind :func:`iter_ptu` (``part``: one range of it)."""
+    chunker = _Chunker(h.path, 0 if part is None else part.begin_ps)
+    for c in _iter_ptu_raw(h, chunk_records, sync_ch, progress, part):
         b = chunker.push(c.timestamps, c.channels, c.known_ps, c.locator(h, sync_ch))
         if b is not None:
             yield b
-    last = chunker.finish(h.acquisition_time_ps)
+    end = h.acquisition_time_ps if part is None or part.end_ps is None else part.end_ps
+    if part is not None and part.end_ps is not None:
+        last_ps = chunker.last_tag_ps
+        if last_ps is not None and last_ps >= part.end_ps:
+            raise TagFileError(
+                f"{h.path}: a tag at {last_ps} ps before record {part.stop} is not earlier "
+                f"than the overflow-proven time {part.end_ps} ps (corrupt records?)"
+            )
+    last = chunker.finish(end)
     if last is not None:
         yield last
 
@@ -644,8 +780,28 @@ def read_ptu_markers(
 # ----------------------------------------------------------------------------- npz
 
 
-def write_npz(path: str | os.PathLike[str], batch: TagBatch) -> None:
-    """Write a batch as ``.npz`` with ``timestamps``, ``channels``, ``begin_ps``, ``end_ps``."""
+#: Largest metadata JSON accepted in an npz file (bytes): settings, not data.
+MAX_METADATA_BYTES = 1 << 20
+
+
+def write_npz(
+    path: str | os.PathLike[str],
+    batch: TagBatch,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a batch as ``.npz`` with ``timestamps``, ``channels``, ``begin_ps``, ``end_ps``.
+
+    ``metadata``: JSON-serialisable settings the file should carry so it analyses
+    without retyping them (e.g. ``roles``, ``delays_ps``, ``window_ps``), stored as
+    the UTF-8 JSON array ``metadata`` (read back with :func:`read_npz_metadata`).
+    """
+    extra: dict[str, np.ndarray] = {}
+    if metadata is not None:
+        try:
+            text = json.dumps(dict(metadata), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TagFileError(f"{path}: metadata is not JSON-serialisable: {e}") from e
+        extra["metadata"] = np.frombuffer(text.encode("utf-8"), np.uint8)
     with open(path, "wb") as f:
         np.savez(
             f,
@@ -653,7 +809,27 @@ def write_npz(path: str | os.PathLike[str], batch: TagBatch) -> None:
             channels=batch.channels,
             begin_ps=np.int64(batch.begin_ps),
             end_ps=np.int64(batch.end_ps),
+            **extra,
         )
+
+
+def read_npz_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata mapping :func:`write_npz` stored, ``{}`` if the file has none."""
+    p = str(path)
+    with _open_npz(p) as zf:
+        if "metadata.npy" not in zf.namelist():
+            return {}
+        if zf.getinfo("metadata.npy").file_size > MAX_METADATA_BYTES + 256:
+            raise TagFileError(f"{p}: metadata larger than {MAX_METADATA_BYTES} bytes")
+        try:
+            with zf.open("metadata.npy") as f:
+                raw = np.lib.format.read_array(f, allow_pickle=False)
+            data = json.loads(np.asarray(raw, np.uint8).tobytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+            raise TagFileError(f"{p}: unreadable metadata: {e}") from e
+    if not isinstance(data, dict):
+        raise TagFileError(f"{p}: metadata must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 class _NpyMember:
@@ -689,6 +865,36 @@ class _NpyMember:
                 f"({len(data)} of {nbytes} bytes of the next chunk)"
             )
         return np.frombuffer(data, dtype=self.dtype)
+
+
+def _stored_member(path: str, zf: zipfile.ZipFile, name: str) -> np.ndarray | None:
+    """A read-only memory map of an uncompressed npz member, or None if it is compressed."""
+    info = zf.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise TagFileError(f"{path}: corrupt zip entry {name!r}")
+        n_name, n_extra = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + n_name + n_extra)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except ValueError as e:
+            raise TagFileError(f"{path}: array {name!r} is not a valid .npy member: {e}") from e
+        offset = f.tell()
+    if len(shape) != 1 or dtype.kind not in "iu":
+        raise TagFileError(f"{path}: array {name!r} must be a 1-D integer array")
+    if shape[0] == 0:
+        return np.empty(0, dtype)
+    if offset + shape[0] * dtype.itemsize > os.path.getsize(path):
+        raise TagFileError(f"{path}: truncated npz: array {name!r} ends early")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(int(shape[0]),))
 
 
 def _open_npz(path: str) -> zipfile.ZipFile:
@@ -758,20 +964,101 @@ def _npz_locator(start: int) -> Locator:
     return lambda k: f"tag index {start + k}"
 
 
-def _npz_batches(
-    p: str, chunk_records: int, progress: ProgressCallback | None
+@dataclass(frozen=True)
+class NpzRange:
+    """Tags ``start .. stop - 1`` of an npz file, covering ``[begin_ps, end_ps)``.
+
+    ``begin_ps`` None: the whole file, read in one pass (its own interval).
+    """
+
+    path: str
+    start: int
+    stop: int
+    begin_ps: int | None
+    end_ps: int | None
+
+
+def split_npz(path: str | os.PathLike[str], n_ranges: int) -> list[NpzRange]:
+    """Cut an npz tag file into up to ``n_ranges`` consecutive time ranges of similar size.
+
+    Cuts fall at tag times (all tags of one time stay in one range), found by binary
+    search in the memory-mapped file, so only a few pages are read. Each range is read
+    with :func:`iter_npz_range`; together they cover the file's interval exactly. A
+    compressed npz cannot be mapped: one range, the whole file, comes back.
+    """
+    p = str(path)
+    if n_ranges < 1:
+        raise TagFileError(f"n_ranges must be >= 1, got {n_ranges}")
+    zf, tsm, _ = _npz_members(p)
+    with zf:
+        begin = _npz_scalar(zf, "begin_ps", p)
+        end = _npz_scalar(zf, "end_ps", p)
+        ts = _stored_member(p, zf, "timestamps.npy")
+        ch = _stored_member(p, zf, "channels.npy")
+        n = tsm.n
+    if ts is None or ch is None:  # compressed: read in one pass
+        return [NpzRange(p, 0, n, None, None)]
+    if n == 0:
+        b = begin if begin is not None else 0
+        return [NpzRange(p, 0, 0, b, end if end is not None else b)]
+    begin = int(ts[0]) if begin is None else begin
+    end = int(ts[-1]) + 1 if end is None else end
+    starts, times = [0], [begin]
+    for k in range(1, n_ranges):
+        t = int(ts[k * n // n_ranges])
+        lo = int(np.searchsorted(ts, t, side="left"))  # all tags of time t in one range
+        if lo > starts[-1] and t > times[-1]:
+            starts.append(lo)
+            times.append(t)
+    starts.append(n)
+    times.append(end)
+    return [NpzRange(p, starts[k], starts[k + 1], times[k], times[k + 1])
+            for k in range(len(starts) - 1)]  # fmt: skip
+
+
+def iter_npz_range(
+    r: NpzRange,
+    *,
+    chunk_records: int = DEFAULT_CHUNK_RECORDS,
+    progress: ProgressCallback | None = None,
 ) -> Iterator[TagBatch]:
-    """The generator behind :func:`iter_npz`."""
+    """Stream one range of :func:`split_npz` as contiguous TagBatches."""
+    if chunk_records < 1:
+        raise TagFileError(f"chunk_records must be >= 1, got {chunk_records}")
+    return _npz_batches(r.path, chunk_records, progress, r)
+
+
+def _npz_batches(
+    p: str, chunk_records: int, progress: ProgressCallback | None, part: NpzRange | None = None
+) -> Iterator[TagBatch]:
+    """The generator behind :func:`iter_npz` (``part``: one range of it)."""
     zf, tsm, chm = _npz_members(p)
     with zf:
         begin = _npz_scalar(zf, "begin_ps", p)
         end = _npz_scalar(zf, "end_ps", p)
+        done, stop = 0, tsm.n
+        read_ts, read_ch = tsm.read, chm.read
+        if part is not None and part.begin_ps is not None and part.end_ps is not None:
+            begin, end, done, stop = part.begin_ps, part.end_ps, part.start, part.stop
+            mts = _stored_member(p, zf, "timestamps.npy")
+            mch = _stored_member(p, zf, "channels.npy")
+            if mts is None or mch is None:
+                raise TagFileError(f"{p}: a compressed npz cannot be read in ranges")
+            pos = [done, done]
+
+            def read_ts(k: int) -> np.ndarray:
+                pos[0] += k
+                return np.array(mts[pos[0] - k : pos[0]])
+
+            def read_ch(k: int) -> np.ndarray:
+                pos[1] += k
+                return np.array(mch[pos[1] - k : pos[1]])
+
         chunker: _Chunker | None = None
-        done = 0
-        while done < tsm.n:
-            n = min(chunk_records, tsm.n - done)
-            ts = tsm.read(n)
-            ch = chm.read(n)
+        while done < stop:
+            n = min(chunk_records, stop - done)
+            ts = read_ts(n)
+            ch = read_ch(n)
             if ch.size and (int(ch.min()) < 0 or int(ch.max()) >= MAX_CHANNELS):
                 bad = int(np.argmax((ch < 0) | (ch >= MAX_CHANNELS)))
                 raise TagFileError(
@@ -792,14 +1079,14 @@ def _npz_batches(
             if b is not None:
                 yield b
             if progress is not None:
-                progress(done, tsm.n)
+                progress(done, stop)
         if chunker is None:
             chunker = _Chunker(p, begin if begin is not None else 0)
         last_ps = chunker.last_tag_ps
         if end is not None and last_ps is not None and end <= last_ps:
             raise TagFileError(
                 f"{p}: end_ps {end} is not after the last tag at {last_ps} ps (tag index "
-                f"{tsm.n - 1}): the measured interval [begin_ps, end_ps) must contain every tag"
+                f"{stop - 1}): the measured interval [begin_ps, end_ps) must contain every tag"
             )
         if end is not None and end < chunker.prev_end:  # no tags: prev_end is the begin
             start = f"begin_ps {begin}" if begin is not None else "0 (no tags, no begin_ps)"

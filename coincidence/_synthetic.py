@@ -1,4 +1,11 @@
-"""Synthetic tag streams with known pairs, for tests, benchmarks and the demo."""
+"""Synthetic tag streams with known pairs, for tests, benchmarks and the demo.
+
+Also two light sources for g2 checks: :func:`generate_poisson_light` (coherent
+light split over detectors: independent Poisson streams, g2 = 1 at every lag)
+and :func:`generate_pulsed_source` (a pulsed source with a trigger/herald
+channel and a beam splitter onto two detectors, Poisson or single-photon
+statistics per pulse: heralded g2(0) = 1 or 0).
+"""
 
 from __future__ import annotations
 
@@ -100,3 +107,113 @@ def generate_pairs(
         int(begin_ps),
         int(begin_ps) + int(duration_ps),
     )
+
+
+def _check_duration(where: str, duration_ps: object) -> int:
+    if isinstance(duration_ps, bool) or not isinstance(duration_ps, int | np.integer):
+        raise CoincidenceError(f"{where}: duration_ps must be an integer, got {duration_ps!r}")
+    if int(duration_ps) < 0:
+        raise CoincidenceError(f"{where}: duration_ps must be >= 0, got {int(duration_ps)}")
+    return int(duration_ps)
+
+
+def _batch(t: np.ndarray, c: np.ndarray, begin_ps: int, duration_ps: int) -> TagBatch:
+    keep = (t >= 0) & (t < duration_ps)
+    key = (t[keep] << 8) | c[keep]
+    key.sort()
+    return TagBatch(
+        (key >> 8) + int(begin_ps),
+        (key & 0xFF).astype(np.uint8),
+        int(begin_ps),
+        int(begin_ps) + duration_ps,
+    )
+
+
+def generate_poisson_light(
+    *,
+    duration_ps: int,
+    rates_hz: Sequence[float],
+    seed: int = 0,
+    begin_ps: int = 0,
+) -> TagBatch:
+    """Independent Poisson streams on channels ``0..len(rates_hz) - 1`` (coherent light).
+
+    A laser split over several detectors gives independent Poisson clicks: the
+    Poisson-normalised g2(tau) of any two channels is 1 at every lag.
+    """
+    dur = _check_duration("generate_poisson_light", duration_ps)
+    rates = [_check_rate(f"rates_hz[{k}]", r) for k, r in enumerate(rates_hz)]
+    if not 1 <= len(rates) <= MAX_CHANNELS:
+        raise CoincidenceError(f"generate_poisson_light: 1..256 rates needed, got {len(rates)}")
+    rng = np.random.default_rng(seed)
+    n = rng.poisson(np.asarray(rates) * dur * 1e-12)
+    t = rng.integers(0, max(dur, 1), int(n.sum()), dtype=np.int64)
+    c = np.repeat(np.arange(len(rates), dtype=np.int64), n)
+    return _batch(t, c, begin_ps, dur)
+
+
+def generate_pulsed_source(
+    *,
+    duration_ps: int,
+    period_ps: int,
+    mean_photons: float,
+    statistics: str = "single",
+    channels: tuple[int, int] = (1, 2),
+    trigger_channel: int | None = 0,
+    efficiency: float = 0.5,
+    jitter_ps: float = 50.0,
+    dark_rate_hz: float = 0.0,
+    seed: int = 0,
+    begin_ps: int = 0,
+) -> TagBatch:
+    """A pulsed source behind a 50/50 beam splitter onto two detectors (an HBT set-up).
+
+    Every ``period_ps`` a pulse holds ``n`` photons: ``statistics="poisson"`` draws
+    ``n`` from a Poisson law of mean ``mean_photons`` (an attenuated laser: heralded
+    g2(0) = 1), ``"single"`` gives one photon with probability ``mean_photons`` (an
+    ideal single-photon emitter: g2(0) = 0). Each photon goes to either detector
+    (``channels``) and is detected with ``efficiency``; a detector clicks at most once
+    per pulse (dead time). ``trigger_channel`` (None for none) gets a tag at every
+    pulse: the source's clock, the herald of the heralded g2(0).
+    Gaussian jitter ``jitter_ps`` rms on every click, Poisson dark counts at
+    ``dark_rate_hz`` per detector.
+    """
+    where = "generate_pulsed_source"
+    dur = _check_duration(where, duration_ps)
+    if isinstance(period_ps, bool) or not isinstance(period_ps, int) or period_ps <= 0:
+        raise CoincidenceError(f"{where}: period_ps must be a positive integer, got {period_ps}")
+    if statistics not in ("single", "poisson"):
+        raise CoincidenceError(f"{where}: statistics must be 'single' or 'poisson'")
+    mu = _check_rate("mean_photons", mean_photons)
+    if statistics == "single" and mu > 1:
+        raise CoincidenceError(f"{where}: a single-photon source needs mean_photons <= 1")
+    if not 0 <= efficiency <= 1:
+        raise CoincidenceError(f"{where}: efficiency must be in [0, 1], got {efficiency}")
+    used = [*channels, *([] if trigger_channel is None else [trigger_channel])]
+    if len(set(used)) != len(used) or not all(0 <= c < MAX_CHANNELS for c in used):
+        raise CoincidenceError(f"{where}: channels must differ and lie in 0..255, got {used}")
+    dark = _check_rate("dark_rate_hz", dark_rate_hz)
+    rng = np.random.default_rng(seed)
+    pulses = np.arange(0, dur, period_ps, dtype=np.int64)
+    if statistics == "poisson":
+        n = rng.poisson(mu, pulses.size)
+    else:
+        n = (rng.random(pulses.size) < mu).astype(np.int64)
+    # detected photons per output: binomial thinning of n by efficiency / 2 each
+    det = rng.binomial(n, efficiency)
+    to_a = rng.binomial(det, 0.5)
+    to_b = det - to_a
+    ts: list[np.ndarray] = []
+    cs: list[np.ndarray] = []
+    for ch, clicks in ((channels[0], to_a > 0), (channels[1], to_b > 0)):
+        t = pulses[clicks]
+        ts.append(t + np.rint(rng.normal(0.0, jitter_ps, t.size)).astype(np.int64))
+        cs.append(np.full(t.size, ch, np.int64))
+        nd = rng.poisson(dark * dur * 1e-12)
+        ts.append(rng.integers(0, max(dur, 1), nd, dtype=np.int64))
+        cs.append(np.full(nd, ch, np.int64))
+    if trigger_channel is not None:
+        t = pulses
+        ts.append(t + np.rint(rng.normal(0.0, jitter_ps, t.size)).astype(np.int64))
+        cs.append(np.full(t.size, trigger_channel, np.int64))
+    return _batch(np.concatenate(ts), np.concatenate(cs), begin_ps, dur)

@@ -4,6 +4,15 @@ Timestamps are int64 picoseconds, non-decreasing. Channels are small
 non-negative integers (uint8, so at most 256 channels). A batch covers the
 half-open interval ``[begin_ps, end_ps)``: quiet stretches with no tags still
 count as measured time.
+
+Representable time range: ``|t| <= MAX_TIMESTAMP_PS = 2**62`` ps (about 53
+days either side of zero; a tagger's clock starts at 0, and a stream mapped
+onto another tagger's clock may start slightly before it). The other half of
+int64 is headroom: the counters subtract delays (up to 1 ms) and add the
+coincidence horizon and histogram ranges to timestamps, and every such sum must
+stay exact in int64. Tags, ``begin_ps`` and ``end_ps - 1`` outside the range
+are refused with a :class:`TagBatchError` naming the value and its index
+(never wrapped: a uint64 timestamp ``>= 2**63`` would otherwise turn negative).
 """
 
 from __future__ import annotations
@@ -17,6 +26,28 @@ import numpy as np
 from ._errors import ChannelError, TagBatchError, TagOrderError
 
 MAX_CHANNELS = 256
+
+MAX_TIMESTAMP_PS = 2**62
+"""Largest ``|timestamp|`` accepted, ps; the rest of int64 is headroom for shifts."""
+
+
+def _check_time_range(ts: np.ndarray) -> None:
+    """Refuse timestamps outside ``[-MAX_TIMESTAMP_PS, MAX_TIMESTAMP_PS]`` before any cast."""
+    if ts.size == 0:
+        return
+    if ts.dtype.kind == "u":
+        over = ts > np.uint64(MAX_TIMESTAMP_PS)
+    else:
+        lo, hi = int(ts.min()), int(ts.max())
+        if lo >= -MAX_TIMESTAMP_PS and hi <= MAX_TIMESTAMP_PS:
+            return
+        over = (ts < -MAX_TIMESTAMP_PS) | (ts > MAX_TIMESTAMP_PS)
+    if over.any():
+        bad = int(np.argmax(over))
+        raise TagBatchError(
+            f"timestamp {int(ts[bad])} ps at index {bad} is outside the representable range "
+            f"+-{MAX_TIMESTAMP_PS} ps (2**62)"
+        )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -65,6 +96,8 @@ class TagBatch:
             raise TagBatchError(f"timestamps must be integer picoseconds, got dtype {ts.dtype}")
         if ch.dtype.kind not in "iu":
             raise TagBatchError(f"channels must be integers, got dtype {ch.dtype}")
+        if ts.dtype.kind == "u":
+            _check_time_range(ts)
         ts = ts.astype(np.int64, copy=False)
         if ch.size:
             lo, hi = int(ch.min()), int(ch.max())
@@ -84,6 +117,8 @@ class TagBatch:
                 f"{int(ts[bad])} ps (use TagBatch.sorted() to sort an unordered stream)",
                 bad,
             )
+        if ts.size and (ts[0] < -MAX_TIMESTAMP_PS or ts[-1] > MAX_TIMESTAMP_PS):
+            _check_time_range(ts)  # sorted: the ends decide, the scan names the index
         if begin_ps is None:
             begin_ps = int(ts[0]) if ts.size else 0
         if end_ps is None:
@@ -91,6 +126,15 @@ class TagBatch:
         begin_ps, end_ps = int(begin_ps), int(end_ps)
         if end_ps < begin_ps:
             raise TagBatchError(f"end_ps {end_ps} is before begin_ps {begin_ps}")
+        if not -MAX_TIMESTAMP_PS <= begin_ps <= MAX_TIMESTAMP_PS + 1:
+            raise TagBatchError(
+                f"begin_ps {begin_ps} is outside the representable range +-{MAX_TIMESTAMP_PS} ps"
+            )
+        if not -MAX_TIMESTAMP_PS <= end_ps <= MAX_TIMESTAMP_PS + 1:
+            raise TagBatchError(
+                f"end_ps {end_ps} is outside the representable range "
+                f"[-{MAX_TIMESTAMP_PS}, {MAX_TIMESTAMP_PS + 1}] ps"
+            )
         if ts.size and (ts[0] < begin_ps or ts[-1] >= end_ps):
             raise TagBatchError(
                 f"tags span [{int(ts[0])}, {int(ts[-1])}] ps, outside the batch interval "

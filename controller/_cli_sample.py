@@ -4,8 +4,9 @@ A quick offline check of the coincidence core (``qnet demo`` runs the whole
 daemon against the emulated testbed). It generates a BBM92-like 8-channel tag
 stream with known pairs (Alice H,V,D,A on channels 0-3, Bob's on 4-7, phi+
 state, ~3 % intrinsic QBER, known per-channel cable delays, detector jitter and
-dark counts), writes it to ``runs/sample-<UTC timestamp>/sample.npz``, finds
-every channel's delay from the tags alone (the daemon's calibration,
+dark counts), writes it to ``runs/sample-<UTC timestamp>/sample.npz`` (with the roles, the
+found delays and the window in its metadata, so ``qnet analyze sample.npz``
+needs no options), finds every channel's delay from the tags alone (the daemon's calibration,
 ``controller.calibration.find_channel_delays``), counts coincidences at those delays,
 prints the same tables as ``qnet analyze`` and saves ``analysis.json`` and a
 PNG of the Alice-H / Bob-H coincidence histogram at the found delay in the run
@@ -117,7 +118,6 @@ def sample(
         seed=seed,
     )
     sample = run / "sample.npz"
-    write_npz(sample, batch)
 
     try:
         cal = find_channel_delays(batch, roles, 8, max_delay_ps=100_000, resolution_ps=10)
@@ -129,6 +129,10 @@ def sample(
         typer.echo(f"qnet sample: no significant delay for channels {missing}", err=True)
         raise typer.Exit(1)
     delays = [int(d) for d in cal.delays_ps]
+    # the file carries its roles and delays: `qnet analyze sample.npz` needs no options
+    roles_meta = {"alice": roles.alice, "bob": roles.bob, "bell_state": roles.bell_state}
+    meta = {"roles": roles_meta, "delays_ps": delays, "window_ps": window_ps}
+    write_npz(sample, batch, metadata={**meta, "source": "qnet sample"})
 
     counter = CoincidenceCounter(8, window_ps, delays)
     counter.process(batch)

@@ -104,7 +104,8 @@ def test_json_equals_independent_numpy(sample):
     np.testing.assert_array_equal(d["singles"], singles)
     np.testing.assert_allclose(d["singles_rate_hz"], singles / T)
     np.testing.assert_array_equal(d["coincidences"], m)
-    acc = np.outer(singles, singles) * WINDOW * 1e-12 / T
+    lags = 2 * (WINDOW // 2) + 1  # integer lags of the closed window
+    acc = np.outer(singles, singles) * lags * 1e-12 / T
     np.fill_diagonal(acc, 0)
     np.testing.assert_allclose(d["accidentals"], acc, rtol=1e-9)
     car = np.asarray(d["car"], dtype=float)
@@ -284,6 +285,25 @@ def test_chunked_file_counts_equal_whole(sample):
     np.testing.assert_array_equal(parts.singles, whole.singles)
     assert parts.duration_ps == whole.duration_ps
     np.testing.assert_array_equal(whole.coincidences, ref_matrix(ts, ch, DELAYS, WINDOW))
+    # time ranges counted by parallel threads, stitched: the same counts (read here and
+    # counted in ranges, or each range decoded by its worker)
+    for workers, min_range in ((1, 10**9), (2, 10**9), (3, 10**9), (1, 5_000), (2, 7_000)):
+        par = count_file(str(ptu), chunk_records=997, workers=workers, segment_tags=3_000,
+                         min_range_tags=min_range, **kw)  # fmt: skip
+        np.testing.assert_array_equal(par.coincidences, whole.coincidences)
+        np.testing.assert_array_equal(par.singles, whole.singles)
+        assert par.duration_ps == whole.duration_ps
+    # an npz is split into time ranges that the workers read and count themselves
+    _, _, _, npz = sample
+    one = count_file(str(npz), workers=1, **kw)
+    assert one.duration_ps == DURATION_PS
+    np.testing.assert_array_equal(one.coincidences, whole.coincidences)
+    for workers in (1, 2, 3):
+        par = count_file(str(npz), workers=workers, chunk_records=1_001, min_range_tags=5_000,
+                         **kw)  # fmt: skip
+        np.testing.assert_array_equal(par.coincidences, one.coincidences)
+        np.testing.assert_array_equal(par.singles, one.singles)
+        assert par.duration_ps == one.duration_ps
 
 
 def test_channel_out_of_range_names_file_and_needed_count(sample):

@@ -161,9 +161,9 @@ def test_report_rates_accidentals_and_car_formula():
     assert rep.duration_s == pytest.approx(1e-6)
     assert rep.singles_rate_hz.tolist() == pytest.approx([2e6, 2e6])
     assert rep.coincidence_rate_hz[0, 1] == pytest.approx(1e6)
-    # R_i R_j w T = (2 / 1e6 ps) (2 / 1e6 ps) 1000 ps 1e6 ps = 0.004
-    assert rep.accidentals[0, 1] == pytest.approx(0.004)
-    assert rep.car[0, 1] == pytest.approx(1 / 0.004)
+    # R_i R_j L T = (2 / 1e6 ps) (2 / 1e6 ps) 1001 lags 1e6 ps = 0.004004
+    assert rep.accidentals[0, 1] == pytest.approx(0.004004)
+    assert rep.car[0, 1] == pytest.approx(1 / 0.004004)
     assert np.isnan(rep.car[0, 0])
 
 

@@ -29,6 +29,7 @@ from coincidence import (
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ptu_writer as w
+from test_counter import reference
 
 DEVICES = ["picoharp", "hydraharp1", "hydraharp2", "multiharp"]
 
@@ -504,3 +505,76 @@ def test_channel_capacity(tmp_path):
     z = tmp_path / "z.npz"
     write_npz(z, TagBatch(np.arange(3), np.asarray([0, 3, 1], np.uint8)))
     assert channel_capacity(z) == (256, False)
+
+
+def _zero_filled_ptu(path: Path, n_records: int) -> Path:
+    """A valid HydraHarp T2 header followed by zero records (channel 0 at time 0)."""
+    with open(path, "wb") as f:
+        f.write(w.header_bytes(w.RT_HYDRAHARP2_T2, 1e-12, n_records))
+        f.write(b"\0" * (4 * n_records))
+    return path
+
+
+def test_zero_filled_ptu_is_counted_in_linear_time(tmp_path: Path) -> None:
+    from coincidence import CoincidenceCounter
+
+    p = _zero_filled_ptu(tmp_path / "zeros.ptu", 300_000)
+    counter = CoincidenceCounter(5, 1_000)
+    for batch in iter_ptu(p, chunk_records=70_000):  # the equal run straddles every chunk
+        counter.process(batch)
+    rep = counter.result()
+    assert rep.singles.tolist() == [300_000, 0, 0, 0, 0]
+    assert rep.coincidences.sum() == 0
+
+
+def test_more_equal_tags_than_a_tagger_can_give_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coincidence._files as files
+
+    monkeypatch.setattr(files, "MAX_TAGS_AT_ONE_TIME", 1_000)
+    p = _zero_filled_ptu(tmp_path / "zeros.ptu", 5_000)
+    with pytest.raises(TagFileError, match=r"tags at the same time 0 ps, up to record \d+"):
+        list(iter_ptu(p, chunk_records=600))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from(DEVICES),
+    st.integers(0, 600),
+    st.integers(1, 9),
+    st.integers(0, 10_000),
+    st.booleans(),
+)
+def test_ptu_time_ranges_give_the_whole_file(
+    tmp_path_factory: pytest.TempPathFactory,
+    device: str,
+    n: int,
+    n_ranges: int,
+    seed: int,
+    acq: bool,
+) -> None:
+    from coincidence import count_ranges_parallel, iter_ptu_range, split_ptu
+
+    p = tmp_path_factory.mktemp("ranges") / "r.ptu"
+    ev = w.random_events(device, n, seed=seed, span_periods=20.0, n_markers=3)
+    w.write_ptu(
+        p, device, ev, acquisition_time_ms=10**4 if acq else None, multi_overflow=seed % 2 == 0
+    )
+    whole = list(iter_ptu(p, chunk_records=97))
+    ranges = split_ptu(p, n_ranges)
+    assert ranges[0].start == 0 and ranges[-1].stop == read_ptu_header(p).n_records
+    parts = [list(iter_ptu_range(r, chunk_records=53)) for r in ranges]
+    got = [b for part in parts for b in part]
+    ts = np.concatenate([b.timestamps for b in got]) if got else np.empty(0)
+    want = np.concatenate([b.timestamps for b in whole]) if whole else np.empty(0)
+    assert np.array_equal(ts, want)
+    assert sum(b.duration_ps for b in got) == sum(b.duration_ps for b in whole)
+    if whole:
+        assert got[0].begin_ps == whole[0].begin_ps and got[-1].end_ps == whole[-1].end_ps
+        full = TagBatch.concatenate(whole)
+        rep = count_ranges_parallel(
+            [lambda r=r: iter_ptu_range(r, chunk_records=53) for r in ranges], 5, 50_000,
+            workers=2,
+        )  # fmt: skip
+        assert np.array_equal(rep.coincidences, reference(full, 5, 50_000, [0] * 5)[1])
