@@ -58,8 +58,9 @@ class UsageError(Exception):
 
 def _fail(command: str, message: str) -> NoReturn:
     """Print one error line naming the problem and exit with code 2."""
-    typer.echo(f"qnet {command}: error: {message}", err=True)
-    raise typer.Exit(2)
+    from controller._cli_options import fail
+
+    fail(command, message)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -111,9 +112,9 @@ def parse_roles(text: str | None, bell_state: str | None) -> RoleMap | None:
             if path.suffix.lower() == ".json":
                 data = json.loads(raw)
             else:
-                import yaml
+                from configfile import load_mapping
 
-                data = yaml.safe_load(raw)
+                data = load_mapping(path, "role file").data
         except (OSError, ValueError) as e:
             raise UsageError(f"--roles: cannot read role file {text}: {e}") from None
         if isinstance(data, dict) and "roles" in data and "alice" not in data:

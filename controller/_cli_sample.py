@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from controller._runs import new_run_dir
 
 #: Alice's H,V,D,A detectors are channels 0-3, Bob's 4-7.
 ALICE = {"H": 0, "V": 1, "D": 2, "A": 3}
@@ -50,17 +51,6 @@ def bbm92_pair_channels() -> list[tuple[int, int]]:
                 weight = ERROR_WEIGHT
             out += [(a_ch, b_ch)] * weight
     return out
-
-
-def _run_dir(out: Path) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = out / f"sample-{stamp}"
-    k = 1
-    while path.exists():
-        k += 1
-        path = out / f"sample-{stamp}-{k}"
-    path.mkdir(parents=True)
-    return path
 
 
 def sample(
@@ -103,7 +93,7 @@ def sample(
     console = Console()
     t0 = time.monotonic()
     try:
-        run = _run_dir(out)
+        run = new_run_dir(out, "sample")
     except OSError as e:
         _fail("sample", f"cannot create a run folder in {out}: {e.strerror or e}")
     roles: RoleMap = RoleMap(alice=dict(ALICE), bob=dict(BOB), bell_state="phi+")
