@@ -34,7 +34,7 @@ import yaml
 
 from benchmarks._harness import Row
 from controller.command_server import _no_delay
-from tests import servers
+from controller.testing import servers
 
 NODE = "bench-cmd"
 WINDOW = 32

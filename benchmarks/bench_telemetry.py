@@ -25,15 +25,15 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from benchmarks._harness import Row
-from telemetry import Publisher, to_line
-from telemetry._schema import with_seq
-from tests import servers
-from tests.telemetry._pipeline import (
+from controller.testing import servers
+from controller.testing.pipeline import (
     BridgeProcess,
     bridge_config,
     publisher_settings,
     stream_record,
 )
+from telemetry import Publisher, to_line
+from telemetry._schema import with_seq
 
 N_INGEST = 300_000
 LINES_PER_MESSAGE = 500

@@ -36,15 +36,15 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from telemetry import Publisher
-from tests import servers
-from tests.telemetry._pipeline import (
+from controller.testing import servers
+from controller.testing.pipeline import (
     BridgeProcess,
     bridge_config,
     publisher_settings,
     stored_seqs,
     stream_record,
 )
+from telemetry import Publisher
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 BEGIN, END = "<!-- reliability:begin -->", "<!-- reliability:end -->"
@@ -505,12 +505,12 @@ def command_flood_scenario(tmp: Path, n: int = 10_000) -> dict[str, object]:
     """The command flood: ``n`` valid ``set`` requests as fast as mosquitto takes them.
 
     Against the in-process daemon and an emulated laser taking 30 ms per exchange, polled
-    every 0.2 s for an interlock (``tests/controller/_flood.py``). Figures: reply codes,
+    every 0.2 s for an interlock (``controller/testing/flood.py``). Figures: reply codes,
     requests answered zero or twice, device faults, the longest gap between interlock polls
     while the flood lasted, and aiomqtt's "pending publish calls" warnings. Healthy: no
     fault, every request answered once, no poll gap over 5 intervals, no warning.
     """
-    from tests.controller._flood import command_flood
+    from controller.testing.flood import command_flood
 
     r = command_flood(tmp / "command-flood", n=n, latency_s=0.03, poll_interval_s=0.2)
     r["ok"] = (

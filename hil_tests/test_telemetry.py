@@ -3,9 +3,10 @@
 rate) goes through the telemetry publisher -> MQTT broker -> bridge -> InfluxDB v2 write API
 and is read back.
 
-On the emulated testbed the check starts a real mosquitto and VictoriaMetrics (tests/servers.py)
-and an in-process bridge; on a real bench it uses ``hil.telemetry`` (the lab's broker and a
-VictoriaMetrics endpoint) and is skipped when that section names none.
+On the emulated testbed the check starts a real mosquitto and VictoriaMetrics
+(controller/testing/servers.py) and an in-process bridge; on a real bench it uses
+``hil.telemetry`` (the lab's broker and a VictoriaMetrics endpoint) and is skipped when
+that section names none.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ def telemetry_target(bench, tmp_path):
         yield t.mqtt_host, t.mqtt_port, t.influx_url
         return
     try:
-        from tests import servers
+        from controller.testing import servers
     except ImportError:
-        pytest.skip("tests/servers.py (starts mosquitto / VictoriaMetrics) is not available")
+        pytest.skip(
+            "controller/testing/servers.py (starts mosquitto / VictoriaMetrics) is not available"
+        )
     for name in ("mosquitto", "victoria-metrics"):
         servers.require(name)  # skips with the reason (fails under CI=true)
     mq = servers.start_mosquitto(tmp_path / "mosquitto")

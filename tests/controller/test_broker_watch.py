@@ -10,8 +10,8 @@ import yaml
 
 from controller._daemon_config import load_daemon_config
 from controller.daemon import Daemon
+from controller.testing import servers
 from drivers.sim import free_port
-from tests import servers
 
 pytestmark = pytest.mark.slow
 

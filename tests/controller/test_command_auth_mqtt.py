@@ -25,8 +25,8 @@ from controller._daemon_config import load_daemon_config
 from controller._remote import request
 from controller.commands import sign_request
 from controller.daemon import Daemon
+from controller.testing import servers
 from telemetry import BrokerSettings, command_topic, reply_topic
-from tests import servers
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(120)]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests import servers
-from tests.controller._flood import command_flood
+from controller.testing import servers
+from controller.testing.flood import command_flood
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(300)]
 

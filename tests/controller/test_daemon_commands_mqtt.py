@@ -20,8 +20,8 @@ import yaml
 from controller._daemon_config import load_daemon_config
 from controller._remote import broker_from, request
 from controller.daemon import Daemon
+from controller.testing import servers
 from telemetry import command_topic, reply_topic
-from tests import servers
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(60)]
 

@@ -25,8 +25,8 @@ import pytest
 
 from controller._remote import request
 from controller.simnode import make_sim_node
+from controller.testing import servers
 from telemetry import BrokerSettings, command_topic, reply_topic
-from tests import servers
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(400)]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests import servers
-from tests.telemetry._pipeline import BridgeProcess, bridge_config
+from controller.testing import servers
+from controller.testing.pipeline import BridgeProcess, bridge_config
 
 
 @pytest.fixture

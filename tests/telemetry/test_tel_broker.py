@@ -14,9 +14,9 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
+from controller.testing import servers
+from controller.testing.pipeline import REPO, publisher_settings, stored_seqs, stream_record
 from telemetry import Bridge, BridgeSettings, Publisher, status_topic
-from tests import servers
-from tests.telemetry._pipeline import REPO, publisher_settings, stored_seqs, stream_record
 
 pytestmark = [pytest.mark.servers]
 
@@ -209,8 +209,8 @@ def test_death_certificate_when_publisher_is_killed(secure_broker, tmp_path):
     """SIGKILL a publisher process: the broker publishes its retained will (offline)."""
     code = f"""
 import asyncio, os
-from tests.telemetry._pipeline import publisher_settings
-from tests import servers
+from controller.testing.pipeline import publisher_settings
+from controller.testing import servers
 from telemetry import Publisher
 from pathlib import Path
 os.environ["PW"] = {USERS["alice"]!r}

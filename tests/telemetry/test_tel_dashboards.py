@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.telemetry._pipeline import REPO
+from controller.testing.pipeline import REPO
 from tests.telemetry._testbed_run import run_testbed
 
 pytestmark = [pytest.mark.servers]

@@ -128,7 +128,7 @@ def test_secret_needs_a_source():
 
 
 def test_shipped_bridge_example_config_loads():
-    from tests.telemetry._pipeline import REPO
+    from controller.testing.pipeline import REPO
 
     s = load_bridge_settings(REPO / "configs/bridge.yaml")
     assert s.broker.client_id and s.broker.password.env == "QNET_BRIDGE_MQTT_PASSWORD"
@@ -136,7 +136,7 @@ def test_shipped_bridge_example_config_loads():
 
 
 def test_require_skips_locally_and_fails_under_ci(monkeypatch):
-    from tests import servers
+    from controller.testing import servers
 
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="not installed"):

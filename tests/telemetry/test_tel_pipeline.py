@@ -10,9 +10,8 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from telemetry import Publisher, Record, to_line
-from tests import servers
-from tests.telemetry._pipeline import (
+from controller.testing import servers
+from controller.testing.pipeline import (
     BridgeProcess,
     bridge_config,
     publish_stream,
@@ -21,6 +20,7 @@ from tests.telemetry._pipeline import (
     stream_record,
     wait_for_count,
 )
+from telemetry import Publisher, Record, to_line
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from controller.testing.pipeline import REPO, publisher_settings, stream_record
 from telemetry import (
     OutboxError,
     OutboxSettings,
@@ -29,7 +30,6 @@ from telemetry.testing import (
     resize,
     small_filesystem,
 )
-from tests.telemetry._pipeline import REPO, publisher_settings, stream_record
 
 pytestmark = [pytest.mark.servers]
 

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from controller.testing import servers
+from controller.testing.pipeline import publisher_settings, stored_seqs, stream_record
 from telemetry import Bridge, BridgeSettings, Publisher
-from tests import servers
-from tests.telemetry._pipeline import publisher_settings, stored_seqs, stream_record
 
 pytestmark = [pytest.mark.servers]
 

@@ -194,7 +194,7 @@ def start_mosquitto(
     persistence: bool = True,
     extra_config: str = "",
 ) -> Server:
-    """mosquitto on a free port; anonymous allowed unless a password file is given."""
+    """Mosquitto on a free port; anonymous allowed unless a password file is given."""
     exe = binary("mosquitto")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -13,17 +13,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from telemetry import Publisher, PublisherSettings, singles
-from tests import servers
+from controller.testing import servers
+from telemetry import Publisher, PublisherSettings, Record, singles
 
 REPO = Path(__file__).resolve().parents[2]
 T0_NS = 1_700_000_000_000_000_000
 
 
-def stream_record(node: str, i: int, t0_ns: int = T0_NS):
+def stream_record(node: str, i: int, t0_ns: int = T0_NS) -> Record:
     """The i-th point (0-based) of a numbered stream: one distinct millisecond per point."""
     return singles(
         node=node, channel=1 + i % 4, counts=i, rate_hz=float(i % 1000), time_ns=t0_ns + i * 10**6
@@ -31,7 +32,7 @@ def stream_record(node: str, i: int, t0_ns: int = T0_NS):
 
 
 def publisher_settings(
-    tmp: Path, mq: servers.Server, node: str = "alice", **broker
+    tmp: Path, mq: servers.Server, node: str = "alice", **broker: Any
 ) -> PublisherSettings:
     return PublisherSettings.model_validate(
         {
@@ -48,7 +49,7 @@ def publisher_settings(
     )
 
 
-def bridge_config(tmp: Path, mq: servers.Server, vm: servers.Server, **extra) -> Path:
+def bridge_config(tmp: Path, mq: servers.Server, vm: servers.Server, **extra: Any) -> Path:
     cfg = {
         "broker": {
             "host": "127.0.0.1",
@@ -156,7 +157,7 @@ async def publish_stream(
         await asyncio.sleep(max(0.0, due - time.monotonic()))
 
 
-def simulated_run(t0_ns: int, seconds: int, link: str = "alice-bob"):
+def simulated_run(t0_ns: int, seconds: int, link: str = "alice-bob") -> list[Record]:
     """Plausible records of a short two-node QKD run, one sample per second, via the helpers."""
     import math
     import random

@@ -26,7 +26,7 @@ from typing import Any
 import aiomqtt
 import yaml
 
-from tests import servers
+from controller.testing import servers
 
 NODE = "flood-node"
 
