@@ -614,6 +614,17 @@ class ClockDrift:
         window_times_ps: A-clock midpoints of the windows the fit used.
         window_offsets_ps: the offset found in each of those windows.
         residual_rms_ps: rms of the windows' offsets about the fitted line.
+        offset0_uncertainty_ps: 1-sigma uncertainty of ``offset0_ps`` (nan if unknown).
+        drift_uncertainty_ppm: 1-sigma uncertainty of ``drift_ppm`` (nan if unknown).
+        window_uncertainties_ps: 1-sigma uncertainty of each window's offset (nan
+            where unknown); empty when no window had one.
+
+    The uncertainties come from the covariance of the weighted least-squares
+    fit (weights ``1 / sigma_i^2`` from the windows' delay uncertainties),
+    scaled up by the Birge ratio ``sqrt(chi2 / dof)`` when the windows scatter
+    more than their uncertainties say (phase noise, a non-linear drift); see
+    e.g. Bevington & Robinson, *Data Reduction and Error Analysis*, ch. 6.
+    Without per-window uncertainties they come from the residual scatter.
     """
 
     offset0_ps: float
@@ -621,6 +632,9 @@ class ClockDrift:
     window_times_ps: np.ndarray = field(repr=False)
     window_offsets_ps: np.ndarray = field(repr=False)
     residual_rms_ps: float
+    offset0_uncertainty_ps: float = math.nan
+    drift_uncertainty_ppm: float = math.nan
+    window_uncertainties_ps: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def offset_at(self, t_a_ps: float | np.ndarray) -> float | np.ndarray:
         """Offset ``t_b - t_a`` (ps) at A-clock time(s) ``t_a_ps``."""
@@ -642,7 +656,8 @@ class ClockDrift:
 
         With ``B' = self.to_clock_a(B)`` and ``B' - A = o2 + k2 A``:
         ``B - A = o1 + (1 + k1) o2 + ((1 + k1)(1 + k2) - 1) A``; ``second``'s window
-        offsets are carried onto B's raw clock the same way.
+        offsets are carried onto B's raw clock the same way. ``self`` is a known map
+        applied to the data, so the uncertainties are ``second``'s, times ``1 + k1``.
         """
         k1, k2 = self.drift_ppm * 1e-6, second.drift_ppm * 1e-6
         t = second.window_times_ps
@@ -652,30 +667,57 @@ class ClockDrift:
             window_times_ps=t,
             window_offsets_ps=self.offset0_ps + k1 * t + (1.0 + k1) * second.window_offsets_ps,
             residual_rms_ps=second.residual_rms_ps,
+            offset0_uncertainty_ps=(1.0 + k1) * second.offset0_uncertainty_ps,
+            drift_uncertainty_ppm=(1.0 + k1) * second.drift_uncertainty_ppm,
+            window_uncertainties_ps=(1.0 + k1) * second.window_uncertainties_ps,
         )
 
     @classmethod
     def identity(cls) -> ClockDrift:
         """The relation of a clock to itself (no offset, no drift, no windows)."""
-        return cls(0.0, 0.0, np.zeros(0), np.zeros(0), 0.0)
+        return cls(0.0, 0.0, np.zeros(0), np.zeros(0), 0.0, 0.0, 0.0)
 
 
-def _fit_line(times_ps: np.ndarray, offsets_ps: np.ndarray) -> ClockDrift:
-    """Least-squares line ``offset = offset0 + drift * t`` through (time, offset) points."""
+def _fit_line(
+    times_ps: np.ndarray, offsets_ps: np.ndarray, sigmas_ps: np.ndarray | None = None
+) -> ClockDrift:
+    """Least-squares line ``offset = offset0 + drift * t`` through (time, offset) points.
+
+    Weighted by ``1 / sigmas_ps^2`` when every point has a finite positive
+    uncertainty; the parameter covariance is ``(X^T W X)^-1`` times
+    ``max(1, chi2 / dof)`` (see ``ClockDrift``). Otherwise unweighted, with the
+    covariance from the residual variance ``RSS / (n - 2)`` (nan for two points).
+    """
     t = np.asarray(times_ps, np.float64)
     y = np.asarray(offsets_ps, np.float64)
-    tc = t.mean()
+    sig = None if sigmas_ps is None else np.asarray(sigmas_ps, np.float64)
+    weighted = sig is not None and sig.size == t.size and bool(np.all(np.isfinite(sig) & (sig > 0)))
+    w = 1.0 / sig**2 if weighted and sig is not None else np.ones_like(t)
+    sw = float(w.sum())
+    tc = float((w * t).sum() / sw)
     dt = t - tc
-    den = float((dt * dt).sum())
-    slope = float((dt * (y - y.mean())).sum() / den) if den > 0 else 0.0
-    at_tc = float(y.mean())
+    den = float((w * dt * dt).sum())
+    at_tc = float((w * y).sum() / sw)
+    slope = float((w * dt * (y - at_tc)).sum() / den) if den > 0 else 0.0
     resid = y - (at_tc + slope * dt)
+    dof = t.size - 2
+    if weighted:
+        chi2 = float((w * resid * resid).sum())
+        scale = max(1.0, chi2 / dof) if dof > 0 else 1.0
+    else:
+        scale = float((resid * resid).sum() / dof) if dof > 0 else math.nan
+    # centred at the weighted mean time, intercept and slope are uncorrelated
+    var_at_tc = scale / sw
+    var_slope = scale / den if den > 0 else math.nan
     return ClockDrift(
         offset0_ps=float(at_tc - slope * tc),
         drift_ppm=slope * 1e6,
         window_times_ps=t,
         window_offsets_ps=y,
         residual_rms_ps=float(np.sqrt(np.mean(resid * resid))),
+        offset0_uncertainty_ps=math.sqrt(var_at_tc + tc * tc * var_slope),
+        drift_uncertainty_ppm=math.sqrt(var_slope) * 1e6,
+        window_uncertainties_ps=sig if sig is not None else np.full(t.size, math.nan),
     )
 
 
@@ -711,6 +753,7 @@ class DriftTracker:
         self.max_windows = None if max_windows is None else int(max_windows)
         self._times: list[float] = []
         self._offsets: list[float] = []
+        self._sigmas: list[float] = []
         self.skipped_windows = 0
         self.added_offsets = 0
 
@@ -720,22 +763,32 @@ class DriftTracker:
     ) -> DriftTracker:
         """A tracker seeded with ``fit``'s window offsets (e.g. from ``track_drift``)."""
         tracker = cls(max_delay_ps=max_delay_ps, max_windows=max_windows)
-        for t, y in zip(fit.window_times_ps, fit.window_offsets_ps, strict=True):
-            tracker._append(float(t), float(y))
+        sig = fit.window_uncertainties_ps
+        if sig.size != fit.window_times_ps.size:
+            sig = np.full(fit.window_times_ps.size, math.nan)
+        for t, y, e in zip(fit.window_times_ps, fit.window_offsets_ps, sig, strict=True):
+            tracker._append(float(t), float(y), float(e))
         return tracker
 
-    def _append(self, t_a_ps: float, offset_ps: float) -> None:
+    def _append(self, t_a_ps: float, offset_ps: float, sigma_ps: float = math.nan) -> None:
         self._times.append(t_a_ps)
         self._offsets.append(offset_ps)
+        self._sigmas.append(sigma_ps)
         if self.max_windows is not None and len(self._times) > self.max_windows:
-            del self._times[: -self.max_windows], self._offsets[: -self.max_windows]
+            keep = -self.max_windows
+            del self._times[:keep], self._offsets[:keep], self._sigmas[:keep]
 
-    def add_offset(self, t_a_ps: float, offset_ps: float) -> ClockDrift | None:
+    def add_offset(
+        self, t_a_ps: float, offset_ps: float, uncertainty_ps: float | None = None
+    ) -> ClockDrift | None:
         """Add an offset ``t_b - t_a`` (ps) measured elsewhere at A-clock time ``t_a_ps``.
 
-        Returns the new fit (None while fewer than two windows are known).
+        ``uncertainty_ps`` is its 1-sigma uncertainty when known (the fit is
+        weighted only when every window has one). Returns the new fit (None
+        while fewer than two windows are known).
         """
-        self._append(float(t_a_ps), float(offset_ps))
+        sigma = math.nan if uncertainty_ps is None else float(uncertainty_ps)
+        self._append(float(t_a_ps), float(offset_ps), sigma)
         self.added_offsets += 1
         return self.fit() if len(self._times) >= 2 else None
 
@@ -763,7 +816,7 @@ class DriftTracker:
         except NoSignificantPeakError:
             self.skipped_windows += 1
             return None
-        self._append(mid, float(est.delay_ps))
+        self._append(mid, est.delay_fit_ps, est.delay_uncertainty_ps)
         return est
 
     @property
@@ -778,7 +831,9 @@ class DriftTracker:
                 f"need offsets from at least 2 windows to fit a drift, have {len(self._times)} "
                 f"({self.skipped_windows} windows had no significant peak)"
             )
-        return _fit_line(np.asarray(self._times), np.asarray(self._offsets))
+        return _fit_line(
+            np.asarray(self._times), np.asarray(self._offsets), np.asarray(self._sigmas)
+        )
 
     @property
     def drift_ppm(self) -> float:
