@@ -238,12 +238,25 @@ class _Coarse:
 
 
 def _coarse_direct(ta: np.ndarray, tb: np.ndarray, k_max: int, bin_ps: int) -> _Coarse:
-    """Direct histogram of all pair differences, bins centred on multiples of bin_ps."""
+    """Direct histogram of all pair differences, bins centred on multiples of bin_ps.
+
+    Two finite streams give fewer accidental pairs at large lags (a lag L pairs
+    only the overlap of ``[a0, a1]`` and ``[b0 - L, b1 - L]``): the counts are
+    divided by that overlap (relative to its mean over the lags) so that the
+    background is flat and a wide scan window does not take the slope for a peak.
+    """
     n = 2 * k_max + 1
     counts = np.zeros(n, np.int64)
     sums = np.zeros(n, np.float64)
     _difference_histogram(ta, tb, -k_max * bin_ps - bin_ps // 2, bin_ps, counts, sums)
-    return _Coarse(counts.astype(np.float64), bin_ps, "direct", f"direct histogram, {n} bins")
+    lags = (np.arange(n, dtype=np.float64) - k_max) * bin_ps
+    a0, a1 = float(ta[0]), float(ta[-1]) + 1.0
+    b0, b1 = float(tb[0]), float(tb[-1]) + 1.0
+    overlap = np.minimum(a1, b1 - lags) - np.maximum(a0, b0 - lags)
+    c = counts.astype(np.float64)
+    if np.all(overlap > 0):
+        c *= overlap.mean() / overlap
+    return _Coarse(c, bin_ps, "direct", f"direct histogram, {n} bins")
 
 
 def _coarse_fft(
