@@ -61,6 +61,8 @@ from ._errors import CoincidenceError, NoSignificantPeakError
 ACQUIRE_LEVELS = 1
 #: Largest FFT of the coarse correlation (bins); the bin grows to stay below it.
 ACQUIRE_FFT_MAX = 1 << 23
+#: Finest first frequency-grid step, ppm (its bin, ``step * T / 2``, keeps the FFT ~2^20).
+GRID_STEP_MIN_PPM = 2.0
 #: Windows ``track_drift`` refines the coarse lock with.
 REFINE_WINDOWS = 4
 #: The frequency grid zooms in until its bin is at most this (then ``track_drift`` takes over).
@@ -248,17 +250,22 @@ def acquire_clock(
             "twice it); feed a longer stretch or narrow max_offset_ps"
         )
     # stage 1: a coarse grid over the whole frequency range, step halved until a peak stands out
-    delta = max_ppm / 8.0
+    # grid step: an eighth of the range, but no finer than the bin a ~2^20-point FFT allows
+    delta = max(max_ppm / 8.0, GRID_STEP_MIN_PPM) if max_ppm > 0 else 0.0
     tried: list[str] = []
     found: _Level | None = None
     for _level in range(ACQUIRE_LEVELS + 1):
-        bin_ps = max(res, int(0.5 * delta * 1e-6 * span))
+        n_hyp = 2 * max(1, round(max_ppm / delta)) + 1 if delta > 0 else 1
+        grid = np.linspace(-max_ppm, max_ppm, n_hyp)
+        if n_hyp > 1:
+            delta = float(grid[1] - grid[0])
+            bin_ps = max(res, int(0.5 * delta * 1e-6 * span))
+        else:  # no frequency search: the bin is set by the FFT size alone
+            bin_ps = max(res, span // (1 << 20))
         k_max = -(-max_off // bin_ps)
         while _next_pow2(span // bin_ps + 2 * k_max + 4) > ACQUIRE_FFT_MAX:
             bin_ps *= 2
             k_max = -(-max_off // bin_ps)
-        n_hyp = 2 * round(max_ppm / delta) + 1 if delta > 0 else 1
-        grid = np.linspace(-max_ppm, max_ppm, n_hyp)
         lvl = _grid_level(ta, tb, t_ref, grid, 0.0, k_max, bin_ps, min_significance, false_alarm)
         if lvl is None:
             raise NoSignificantPeakError(
@@ -291,7 +298,7 @@ def acquire_clock(
         delta /= 4.0
         bin_ps = max(res, int(0.5 * delta * 1e-6 * span))
         k_max = max(MIN_ZOOM_BINS, -(-2 * max(1, prev.peak.width) * prev.bin_ps // bin_ps))
-        grid = prev.ppm + delta * np.arange(-2, 3)
+        grid = np.asarray(prev.ppm + delta * np.arange(-2, 3), np.float64)
         lvl = _grid_level(
             ta, tb, t_ref, grid, prev.lag_ps, k_max, bin_ps, min_significance, false_alarm
         )
