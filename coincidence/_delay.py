@@ -92,11 +92,11 @@ class DelayEstimate:
         delay_ps: ``t_b - t_a`` at the peak (add to a / subtract from b to align).
         significance: peak height above the coarse background, in background
             standard deviations.
-        peak_counts: correlation counts in the coarse peak bin.
+        peak_counts: correlation counts in the coarse peak window (``peak_window_bins`` bins).
         background_counts: mean background counts per coarse bin.
-        resolution_ps: fine bin width the delay was resolved with.
+        resolution_ps: the requested search grid (the delay itself is fitted, not binned).
         coarse_bin_ps: coarse bin width of the correlation the peak was found in.
-        background_std: standard deviation of the coarse background per bin.
+        background_std: standard deviation of the background summed over the peak window.
         n_a: number of tags of stream a used.
         n_b: number of tags of stream b used.
         method: ``"direct"`` or ``"fft"`` (how the coarse correlation was made).
@@ -615,7 +615,7 @@ def find_delay(
         delay_ps=round(mu) + expected,
         significance=float(best.sig),
         peak_counts=best.counts,
-        background_counts=best.mean,
+        background_counts=best.mean / best.width,
         resolution_ps=resolution_ps,
         coarse_bin_ps=bin_ps,
         background_std=best.std,
