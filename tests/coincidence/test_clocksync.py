@@ -133,3 +133,20 @@ def test_tracker_refuses_tags_out_of_order():
     tracker.feed(np.array([10, 20]), np.array([5, 30]))
     with pytest.raises(CoincidenceError, match="times_a_ps starts at 15 ps, before"):
         tracker.feed(np.array([15]), np.array([40]))
+
+
+@pytest.mark.parametrize("max_ppm", [0.0, 5.0])
+def test_narrow_frequency_range(max_ppm):
+    # a known-good frequency (max_ppm 0: offset only) or a narrow range keeps the FFTs small
+    ta, tb = generate_two_clocks(
+        duration_ps=5 * S,
+        singles_rate_hz=1e5,
+        heralding=0.05,
+        offset_ps=-2.5e8,
+        ppm=0.0,
+        jitter_ps=50.0,
+        seed=7,
+    )
+    lock = acquire_clock(ta, tb, max_offset_ps=1e9, max_ppm=max_ppm)
+    assert abs(lock.offset_ps + 2.5e8) <= 5 * lock.offset_uncertainty_ps
+    assert abs(lock.ppm) <= 5 * lock.ppm_uncertainty
