@@ -39,6 +39,7 @@ from .calibration import (
     CalibrationError,
     find_channel_delays,
     fit_clock,
+    format_with_uncertainty,
     no_light_error,
     pin_clock,
     track_shift,
@@ -184,6 +185,7 @@ class LinkUpkeep:
                         max_delay_ps=cal.max_delay_ps,
                         resolution_ps=cal.resolution_ps,
                         min_significance=cal.min_significance,
+                        pin_ps=self._clock_pin_ps if self._clock is not None else None,
                     )
                 result = await asyncio.to_thread(
                     find_channel_delays,
@@ -218,15 +220,13 @@ class LinkUpkeep:
                 self.calibration["clock"] = clock_summary(clock)
                 self._event("calibration", f"clock: {clock_summary(clock)}", None)
                 clock_text = "; " + clock_text_of(clock)
-            delays = list(map(int, result.delays_ps))
-            self._event("calibration", f"delays {delays} ps", None)
+            self._event("calibration", f"delays {result.describe()}", None)
             unresolved = f" (unresolved channels {list(result.unresolved)})" * bool(
                 result.unresolved
             )
             log.info(
-                "calibration done: delays %s ps%s%s%s",
-                delays,
-                _uncertainty_text(self.calibration),
+                "calibration done: delays %s%s%s",
+                result.describe(),
                 unresolved,
                 clock_text,
             )
@@ -386,26 +386,23 @@ def clock_summary(fit: Any) -> dict[str, float]:
     """JSON-friendly digest of a ``ClockDrift`` (Bob's tagger vs Alice's)."""
     return {
         "offset0_ps": round(float(fit.offset0_ps), 1),
+        "offset0_uncertainty_ps": finite_or_none(round(float(fit.offset0_uncertainty_ps), 1)),
         "drift_ppm": round(float(fit.drift_ppm), 6),
+        "drift_uncertainty_ppm": finite_or_none(round(float(fit.drift_uncertainty_ppm), 6)),
         "residual_rms_ps": round(float(fit.residual_rms_ps), 1),
     }
 
 
 def clock_text_of(fit: Any) -> str:
-    """``clock fit: Bob - Alice offset 1234.5 ps, drift +0.100000 ppm, residual 12.0 ps rms``."""
-    return (
-        f"clock fit: Bob - Alice offset {float(fit.offset0_ps):.1f} ps, drift "
-        f"{float(fit.drift_ppm):+.6f} ppm, residual {float(fit.residual_rms_ps):.1f} ps rms"
+    """``clock fit: Bob - Alice offset 1 234.5 +- 0.8 ps, drift +0.1000 +- 0.0003 ppm, ...``."""
+    offset = format_with_uncertainty(float(fit.offset0_ps), float(fit.offset0_uncertainty_ps))
+    drift = format_with_uncertainty(
+        float(fit.drift_ppm), float(fit.drift_uncertainty_ppm), unit="ppm"
     )
-
-
-def _uncertainty_text(summary: Mapping[str, Any]) -> str:
-    """`` +- [..] ps`` when the calibration reports per-channel uncertainties ("" otherwise)."""
-    for key in ("delay_uncertainties_ps", "uncertainties_ps", "delays_sigma_ps"):
-        sig = summary.get(key)
-        if sig:
-            return f" +- {[round(float(s), 1) for s in sig]} ps"
-    return ""
+    return (
+        f"clock fit: Bob - Alice offset {offset}, drift {drift}, "
+        f"residual {float(fit.residual_rms_ps):.1f} ps rms"
+    )
 
 
 def _pct(x: float) -> str:

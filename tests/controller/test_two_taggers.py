@@ -164,3 +164,47 @@ def test_daemon_tracks_two_taggers_with_offset_and_drift(tmp_path):
     # the tracker kept refining the clock fit while running
     assert tracked.get("updates", 0) >= 3, tracked
     assert tracked["drift_ppm"] == pytest.approx(DRIFT_PPM, abs=0.1)
+
+
+def test_a_recalibration_keeps_the_pin_so_the_delays_do_not_jump():
+    """Bob's delays must not move by the drift since the last calibration (-3 ppm x 20 s = 60 us,
+    beyond the +-50 us delay search): the recalibration keeps the installed map's pin."""
+    from coincidence import RoleMap, TagBatch, find_delay, generate_two_clocks
+    from controller.calibration import fit_clock, pin_clock
+
+    roles = RoleMap.from_dict(
+        {"alice": {"H": 0, "V": 1, "D": 2, "A": 3}, "bob": {"H": 4, "V": 5, "D": 6, "A": 7}}
+    )
+    off, ppm, dur = 12_300_000.0, -3.0, 2 * 10**12
+
+    def capture(begin_ps, installed):
+        ta, tb = generate_two_clocks(
+            duration_ps=dur,
+            singles_rate_hz=50e3,
+            heralding=0.3,
+            offset_ps=off + ppm * 1e-6 * begin_ps,
+            ppm=ppm,
+            jitter_ps=50.0,
+            seed=begin_ps % 997,
+            begin_ps=begin_ps,
+        )
+        if installed is not None:  # what the merger hands on: Bob's tags on the map
+            tb = installed.to_clock_a(tb)
+        tb = tb[(tb >= begin_ps) & (tb < begin_ps + dur)]
+        t = np.concatenate([ta, tb])
+        c = np.concatenate([np.zeros(ta.size, np.uint8), np.full(tb.size, 4, np.uint8)])
+        return TagBatch.sorted(t, c, begin_ps, begin_ps + dur)
+
+    fit1, pin1, _ = fit_clock(capture(0, None), roles, None, max_delay_ps=50_000_000)
+    installed = pin_clock(fit1, pin1)
+    fit2, pin2, fixed = fit_clock(
+        capture(20 * 10**12, installed), roles, installed, max_delay_ps=50_000_000, pin_ps=pin1
+    )
+    assert pin2 == pin1
+    assert fit2.drift_ppm == pytest.approx(ppm, abs=0.05)
+    lag = find_delay(
+        fixed.timestamps[fixed.channels == 0],
+        fixed.timestamps[fixed.channels == 4],
+        max_delay_ps=50_000_000,
+    ).delay_ps
+    assert abs(lag - pin1) < 1000, (lag, pin1)
