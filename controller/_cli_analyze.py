@@ -811,20 +811,23 @@ def print_analysis(console: Console, d: dict[str, Any], *, max_pairs: int = 40) 
 
 
 def print_delay(console: Console, est: DelayEstimate, ch_a: int, ch_b: int) -> None:
-    """Render a DelayEstimate as a small table."""
+    """Render a DelayEstimate as a small table (the delay with its 1-sigma uncertainty)."""
     from rich.table import Table
 
+    from controller.calibration import format_with_uncertainty
+
+    delay = format_with_uncertainty(est.delay_fit_ps, est.delay_uncertainty_ps)
     console.print(
-        f"Delay of channel {ch_b} relative to channel {ch_a} (t_b - t_a): "
-        f"[bold]{est.delay_ps} ps[/]",
+        f"Delay of channel {ch_b} relative to channel {ch_a} (t_b - t_a): [bold]{delay}[/]",
         soft_wrap=True,
     )
     t = Table()
     t.add_column("quantity")
     t.add_column("value", justify="right")
-    t.add_row("delay", f"{est.delay_ps} ps")
+    t.add_row("delay", delay)
+    t.add_row("peak width (sigma)", f"{est.peak_sigma_ps:.1f} ps")
     t.add_row("significance", f"{est.significance:.1f} sigma")
-    t.add_row("peak counts", _fmt(est.peak_counts))
+    t.add_row(f"peak counts (window of {est.peak_window_bins} bins)", _fmt(est.peak_counts))
     t.add_row("background per bin", _fmt(est.background_counts))
     t.add_row("resolution", f"{est.resolution_ps} ps")
     console.print(t)
@@ -999,6 +1002,8 @@ def analyze(
                                 "channel_a": ch_a,
                                 "channel_b": ch_b,
                                 "delay_ps": est.delay_ps,
+                                "delay_uncertainty_ps": est.delay_uncertainty_ps,
+                                "peak_sigma_ps": est.peak_sigma_ps,
                                 "significance": est.significance,
                                 "peak_counts": est.peak_counts,
                                 "background_counts": est.background_counts,
