@@ -38,3 +38,17 @@ def test_kme_refuses_a_bad_config_with_the_key_named(tmp_path):
     assert res.returncode == 2
     assert "qnet kme: error:" in res.stderr and "site_index" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_shipped_kme_configs_are_valid_and_complementary():
+    from pathlib import Path
+
+    from configfile import load_mapping
+    from kms import KmeConfig
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    a = KmeConfig.model_validate(load_mapping(configs / "kme-a.yaml").data["kme"])
+    b = KmeConfig.model_validate(load_mapping(configs / "kme-b.yaml").data["kme"])
+    assert {a.site_index, b.site_index} == {0, 1}
+    assert (a.kme_id, a.peer_kme_id) == (b.peer_kme_id, b.kme_id)
+    assert a.pairs == b.pairs
