@@ -16,3 +16,5 @@ from ._engine import FrameRecord as FrameRecord
 from ._engine import LinkReport as LinkReport
 from ._engine import SenderLink as SenderLink
 from ._pairing import pair_indices as pair_indices
+from ._runner import LinkPump as LinkPump
+from ._runner import run_link as run_link

@@ -63,7 +63,8 @@ def two_site_tags(
 ) -> TwoSiteTags:
     """Both sites' tags of ``duration_s`` of a phi+ source with channels H0 V1 D2 A3.
 
-    Alice's clock is the true time; Bob's reads ``offset_ps + t (1 + ppm 1e-6)``.
+    Alice's clock reads the true time ``t``, Bob's ``offset_ps + t (1 + ppm 1e-6)`` (both
+    shifted by ``-offset_ps`` when the offset is negative, so no tag is negative).
     Each pair is detected at Alice with probability ``eta_a``, at Bob with
     ``eta_b``; each side draws its basis at random; in equal bases Bob's outcome
     is Alice's flipped with probability ``qber``; each side has ``noise_hz`` of
@@ -103,13 +104,15 @@ def two_site_tags(
     # flip_alice must not change any time: Alice's jitter and noise come from their own stream
     ta, cha = site(da, ca, np.random.default_rng(seed + 1000))
     tb_true, chb = site(db, cb, np.random.default_rng(seed + 2000))
-    tb = (offset_ps + tb_true * (1.0 + ppm * 1e-6)).astype(np.int64)
+    base = max(0, -int(offset_ps))  # a common shift keeps both clocks' tags non-negative
+    ta = ta + base
+    tb = (base + offset_ps + tb_true * (1.0 + ppm * 1e-6)).astype(np.int64)
     order = np.argsort(tb, kind="stable")
     tb, chb = tb[order], chb[order]
     step = int(batch_s * 1e12)
-    alice = _batches(ta, cha, 0, t_ps, step)
-    b0 = int(offset_ps)
-    b1 = int(offset_ps + t_ps * (1.0 + ppm * 1e-6))
+    alice = _batches(ta, cha, base, base + t_ps, step)
+    b0 = int(base + offset_ps)
+    b1 = int(base + offset_ps + t_ps * (1.0 + ppm * 1e-6))
     bob = _batches(tb, chb, b0, b1, int(step * (1.0 + ppm * 1e-6)))
     r_a = ta.size / duration_s
     r_b = tb.size / duration_s
