@@ -131,6 +131,7 @@ class LinkReport:
     epochs: int
     epochs_answered: int
     epochs_unanswered: int
+    epochs_without_lock: int
     pairs: int
     sifted_bits: int
     data_s: float
@@ -197,6 +198,7 @@ class _LinkSide:
         self.stored_blocks: dict[int, bytes] = {}
         self.epochs_answered = 0
         self.epochs_unanswered = 0
+        self.epochs_without_lock = 0
         self.pairs = 0
         self.sifted_bits = 0
         self.data_ps = 0
@@ -345,6 +347,7 @@ class _LinkSide:
             epochs=self._epochs(),
             epochs_answered=self.epochs_answered,
             epochs_unanswered=self.epochs_unanswered,
+            epochs_without_lock=self.epochs_without_lock,
             pairs=self.pairs,
             sifted_bits=self.sifted_bits,
             data_s=data_s,
@@ -625,11 +628,10 @@ class AnalyserLink(_LinkSide):
             self._t, self._ch = self._t[cut:], self._ch[cut:]
         smsg, key = ds.sift_analysing(ep.epoch, ib, ia, local_b, ep.bases, local_o)
         out.append(PairReply(ep.epoch, n, smsg.peer_indices, smsg.bases))
+        self.epochs_answered += 1
+        self.data_ps += int(ep.end_ps - ep.begin_ps)
         if lock is None:
-            self.epochs_unanswered += 1
-        else:
-            self.epochs_answered += 1
-            self.data_ps += int(ep.end_ps - ep.begin_ps)
+            self.epochs_without_lock += 1
         self.pairs += int(ia.size)
         for fid in self._add_sifted(ep.epoch, key):
             self._start_frame(fid, out)
