@@ -174,3 +174,28 @@ def test_bad_settings_are_named() -> None:
         LinkConfig(detectors={"H": 1, "V": 1})
     with pytest.raises(LinkConfigError, match="bell_state"):
         LinkConfig(bell_state="phi")
+
+
+def test_link_records_for_telemetry(run) -> None:
+    import telemetry
+    from controller.qkd_link import link_record
+    from telemetry import parse_lines, to_line
+
+    _, alice, bob, _, sa, sb = run
+    for side, store in ((alice, sa), (bob, sb)):
+        rec = link_record(
+            side.report(),
+            node=side.role,
+            counters={"bytes_sent_per_s": 10.0, "bytes_received_per_s": 5.0, "connected": 1},
+            store_stats=store.stats(),
+            time_ns=1_700_000_000_000_000_000,
+        )
+        assert rec.measurement == "link" and rec.tags["role"] == side.role
+        assert rec.fields["blocks_stored"] == len(side.stored_blocks)
+        assert rec.fields["store_blocks"] == len(side.stored_blocks)
+        assert parse_lines(to_line(rec)) == [rec]
+        assert isinstance(rec, telemetry.Record)
+    rec = link_record(bob.report(), node="bob")
+    assert rec.fields["lock_state"] == "locked" and abs(rec.fields["ppm"] - 40.0) < 0.01
+    assert "qber_z_low" in rec.fields
+    assert "offset_ps" not in link_record(alice.report(), node="alice").fields  # NaN dropped
