@@ -52,20 +52,25 @@ def test_link_over_the_wan_emulator_then_keys_through_014(tmp_path: Path) -> Non
     alice = SenderLink(_cfg(), store_a, record_sifted=True)
     bob = AnalyserLink(_cfg(), store_b, record_sifted=True)
     rep = run_link_over_wan(tags, alice, bob, tmp_path / "keys", outage_s=2.0)
-    # no epoch lost silently, none sifted twice: the last epoch waits for tags Bob never got
-    assert rep.epochs_sent == len(tags.alice) // 2
-    assert alice.unanswered() == [alice.epochs_sent - 1]
+    # no epoch lost silently, none sifted twice
+    assert rep.epochs_sent == len(tags.alice) // 2 - 1
+    first = alice.first_epoch
+    assert first == 1  # the first whole epoch after Alice's clock read 0.3 s
+    last = first + alice.epochs_sent - 1
+    # only the last epoch may wait: it needs Bob's tags past the end of his data
+    assert alice.unanswered() in ([], [last])
+    answered = list(range(first, last + 1 - len(alice.unanswered())))
     assert rep.epochs_lost == rep.epochs_twice == 0
     ra, rb = alice.report(), bob.report()
     assert ra.epochs_unanswered == 0 and rb.epochs_without_lock == 0
     ea = [e for e, _ in alice.sifted_log]
-    assert ea == [e for e, _ in bob.sifted_log] == list(range(alice.epochs_sent - 1))
+    assert ea == [e for e, _ in bob.sifted_log] == answered
     assert [b.size for _, b in alice.sifted_log] == [b.size for _, b in bob.sifted_log]
     assert rb.lock_state == "locked" and abs(rb.ppm - 40.0) < 0.01
     assert rep.channel_a["bytes_sent"] > 0
     # identical blocks at both sites
     assert rep.keys_identical and rep.ok
-    assert len(alice.stored_blocks) >= 2 and 0 in alice.stored_blocks
+    assert len(alice.stored_blocks) >= 2 and any(f % 2 == 0 for f in alice.stored_blocks)
     assert alice.stored_blocks == bob.stored_blocks
     store_a.close()
     store_b.close()
