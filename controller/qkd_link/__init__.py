@@ -19,3 +19,5 @@ from ._pairing import pair_indices as pair_indices
 from ._records import link_record as link_record
 from ._runner import LinkPump as LinkPump
 from ._runner import run_link as run_link
+from ._service import LinkService as LinkService
+from ._service import QkdLinkConfig as QkdLinkConfig

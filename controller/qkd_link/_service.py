@@ -29,6 +29,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,6 +186,18 @@ class LinkService:
         data = yaml.safe_load(path.read_text())
         cfg = KmeConfig.model_validate(data.get("kme", data) if isinstance(data, dict) else data)
         self.kme = await start_kme(cfg)
+
+    async def report_loop(self, submit: Callable[[list[Any]], None] | None) -> None:
+        """Every ``report_interval_s``: refresh the status and hand the record to ``submit``."""
+        while not self._stop.is_set():
+            await asyncio.sleep(self.cfg.report_interval_s)
+            try:
+                recs = await asyncio.to_thread(self.records, time.time_ns())
+            except Exception as e:  # a report must never stop the link
+                self.error = f"link report failed: {e}"
+                continue
+            if submit is not None and recs:
+                submit(recs)
 
     def offer(self, batch: TagBatch) -> None:
         """A tag batch of this node's tagger (any thread); dropped while stopped."""
