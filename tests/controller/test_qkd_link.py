@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 
-import coincidence
 import distill as ds
 from channel import PairReply, TimeBasisEpoch, TypedPayload
 from controller.qkd_link import AnalyserLink, LinkConfig, LinkConfigError, SenderLink
@@ -20,11 +19,6 @@ from controller.qkd_link.testing import run_in_process, two_site_tags
 from kms import KeyStore
 
 QBER = 0.02
-
-# the reference-free clock tracker comes with the clock-sync work in coincidence/
-pytestmark = pytest.mark.skipif(
-    not hasattr(coincidence, "ClockTracker"), reason="coincidence.ClockTracker not available"
-)
 
 
 def _cfg() -> LinkConfig:
