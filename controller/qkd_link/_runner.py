@@ -79,7 +79,7 @@ class LinkPump:
         """The engine's report and the channel's counters with bytes per second since last call."""
         with self._lock:
             rep = self.engine.report()
-        counters = self.endpoint.counters()
+        counters: dict[str, Any] = dict(self.endpoint.counters())
         now = time.monotonic()
         t, sent, recv = self._last
         dt = max(now - t, 1e-9)
