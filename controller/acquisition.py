@@ -455,6 +455,7 @@ class Acquisition:
             source, a tagger that skipped time): the gap's span, never zero-count windows.
         read_timeout_s: how long one ``read`` may wait.
         backoff_s: (initial, max) wait between reopen attempts.
+        on_batch: called in the worker thread with every raw batch (the QKD link engine).
     """
 
     def __init__(
@@ -466,7 +467,9 @@ class Acquisition:
         read_timeout_s: float = 0.5,
         backoff_s: tuple[float, float] = (0.2, 5.0),
         on_gap: Callable[[Gap], None] | None = None,
+        on_batch: Callable[[TagBatch], None] | None = None,
     ) -> None:
+        self.on_batch = on_batch
         self.open_source = open_source
         self.on_gap = on_gap or (lambda g: None)
         self.windower = windower
@@ -576,6 +579,8 @@ class Acquisition:
                     if cap.collected_ps >= cap.duration_ps:
                         cap.done.set()
                 self._captures = [c for c in self._captures if not c.done.is_set()]
+            if self.on_batch is not None:
+                self.on_batch(batch)
             results = self.windower.feed(batch)
             for gap in self.windower.take_gaps():
                 try:

@@ -71,6 +71,7 @@ from .interlocks import ActionSpec, InterlockEngine, InterlockEvent
 from .link_upkeep import SHUTTING_DOWN, LinkUpkeep
 from .merge import MergedTagSource
 from .operating import light_hint, start_up_line
+from .qkd_link import LinkService
 from .status_view import describe_request, describe_value
 from .supervisor import (
     PRIORITY_COMMAND,
@@ -189,6 +190,7 @@ class Daemon:
         self._started_wall = time.time()
         self._broker_quiet = BrokerQuiet()
         self.stopped = asyncio.Event()
+        self.qkd_link: LinkService | None = None
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -218,6 +220,13 @@ class Daemon:
                 self._broker_quiet,
             )
             self._tasks.append(asyncio.create_task(watch, name="qnet-broker"))
+        if d.qkd_link is not None:  # the QKD link engine: its own module (controller.qkd_link)
+            self.qkd_link = LinkService(
+                d.qkd_link, node=self.node, link=d.link, base_dir=self.cfg.base_dir()
+            )
+            await self.qkd_link.start()
+            submit = self.publisher.submit if self.publisher is not None else None
+            self._tasks.append(asyncio.create_task(self.qkd_link.report_loop(submit)))
         self._tasks.append(asyncio.create_task(self._start_up(), name="qnet-start-up"))
         if d.acquisition is None or self.windower is None:
             return
@@ -228,6 +237,7 @@ class Daemon:
             self._on_acq_state_thread,
             read_timeout_s=d.acquisition.read_timeout_s,
             on_gap=self._on_gap_thread,
+            on_batch=self.qkd_link.offer if self.qkd_link is not None else None,
         )
         self.acquisition.start()
 
@@ -302,6 +312,8 @@ class Daemon:
                     log.debug("at shutdown: %s ended with %r", t.get_name(), t.exception())
         self._tasks.clear()
         closers = [asyncio.create_task(self.supervisor.close())]
+        if self.qkd_link is not None:
+            closers.append(asyncio.create_task(self.qkd_link.close()))
         if self.publisher is not None:
             with contextlib.suppress(Exception):
                 report["flushed"] = await self.publisher.wait_drained(
@@ -732,6 +744,7 @@ class Daemon:
             "events": list(self.events)[-20:],
             "requests": self.commands.counters(),
             "capture": self.acquisition.capture_progress() if self.acquisition else None,
+            "qkd_link": self.qkd_link.status() if self.qkd_link is not None else None,
         }
 
     # -- MQTT --

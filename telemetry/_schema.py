@@ -169,6 +169,46 @@ MEASUREMENTS: Mapping[str, Measurement] = MappingProxyType(
                 doc="interlock trip/clear events (shown as Grafana annotations)",
             ),
             _m(
+                "link",
+                ("node", "link", "role"),
+                {
+                    "lock_state": str,
+                    "offset_ps": float,
+                    "offset_uncertainty_ps": float,
+                    "ppm": float,
+                    "ppm_uncertainty": float,
+                    "lock_time_s": float,
+                    "epochs": int,
+                    "epochs_unanswered": int,
+                    "epochs_without_lock": int,
+                    "sifted_bits": int,
+                    "sifted_bps": float,
+                    "qber_z": float,
+                    "qber_z_low": float,
+                    "qber_z_high": float,
+                    "qber_x": float,
+                    "qber_x_low": float,
+                    "qber_x_high": float,
+                    "secret_bits": int,
+                    "secret_bps": float,
+                    "ec_efficiency": float,
+                    "blocks_stored": int,
+                    "blocks_discarded": int,
+                    "frames_aborted": int,
+                    "channel_tx_bytes_per_s": float,
+                    "channel_rx_bytes_per_s": float,
+                    "channel_connected": bool,
+                    "store_blocks": int,
+                    "store_issuable_bytes": int,
+                    "refused": int,
+                },
+                required=("lock_state",),
+                doc="one site of a QKD link (role sender | analyser): clock lock (offset and "
+                "ppm with 1-sigma uncertainties), epochs, sifted key, QBER per basis from the "
+                "disclosed sample with 1-sigma Wilson intervals, secret key, EC efficiency, "
+                "blocks stored/discarded, classical channel bytes/s, key store fill",
+            ),
+            _m(
                 "telemetry",
                 ("node",),
                 {
@@ -378,6 +418,23 @@ def key_rate(
         },
         time_ns,
     )
+
+
+def link(
+    *,
+    node: str,
+    link: str,
+    role: str,
+    lock_state: str,
+    time_ns: int,
+    **fields: float | int | bool | str | None,
+) -> Record:
+    """One site of a QKD link; ``fields`` among the ``link`` measurement's (NaN dropped)."""
+    clean = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()
+    }
+    clean["lock_state"] = lock_state
+    return make("link", {"node": node, "link": link, "role": role}, clean, time_ns)
 
 
 def laser(

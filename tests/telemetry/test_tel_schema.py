@@ -27,6 +27,19 @@ T = 1_700_000_000_123_456_789
 def one_of_each() -> list[Record]:
     n = "alice"
     return [
+        telemetry.link(
+            node=n,
+            link="ab",
+            role="analyser",
+            lock_state="locked",
+            offset_ps=3.0e11,
+            ppm=40.0,
+            epochs=12,
+            secret_bps=2048.0,
+            ec_efficiency=float("nan"),
+            channel_connected=True,
+            time_ns=T,
+        ),
         telemetry.singles(node=n, channel=3, counts=1200, rate_hz=1200.0, time_ns=T),
         telemetry.coincidences(
             node=n,
