@@ -85,14 +85,23 @@ class CalibrationResult:
         }
 
     def describe(self) -> str:
-        """One line per calibrated channel: ``channel 4: 9 793 455 +- 3 ps``."""
+        """``channel 0: 0 ps (reference); channel 4: 9 793 455 +- 3 ps; ...``.
+
+        Delays are whole picoseconds, so uncertainties below 1 ps are shown as 1 ps; the
+        reference channel (no uncertainty of its own) is named as such.
+        """
         chans = sorted(
             {c for pair in self.pairs for c in pair} - set(self.unresolved),
         )
-        return "; ".join(
-            f"channel {c}: {format_with_uncertainty(float(self.delays_ps[c]), self.uncertainty(c))}"
-            for c in chans
-        )
+        parts = []
+        for c in chans:
+            u = self.uncertainty(c)
+            if not math.isfinite(u) or u < 1e-3:
+                parts.append(f"channel {c}: {int(self.delays_ps[c])} ps (reference)")
+            else:
+                text = format_with_uncertainty(float(self.delays_ps[c]), max(u, 1.0))
+                parts.append(f"channel {c}: {text}")
+        return "; ".join(parts)
 
 
 def find_channel_delays(
