@@ -46,6 +46,7 @@ from configfile import ConfigFileError, load_mapping
 from .._resources import socket_address
 from .._tagsource import TagSource
 from . import physics as ph
+from .clocks import TaggerClock, common_shift_ps
 from .instruments import (
     EMULATORS,
     CLD1015Emulator,
@@ -290,6 +291,15 @@ class Testbed:
             np.array([d.afterpulse_probability for d in det]),
             np.array([d.afterpulse_delay_ps for d in det]),
         )
+        # the taggers' clocks (used in two_taggers mode), one common shift keeps readings >= 0
+        clocks = p.clocks
+        sites = (clocks.site("alice"), clocks.site("bob"))
+        self.clock_shift_ps = common_shift_ps(list(sites), self.step_ps)
+        self.clocks: dict[str, TaggerClock] = {
+            side: TaggerClock(site, self.clock_shift_ps, self.step_ps, config.seed * 2 + k)
+            for k, (side, site) in enumerate(zip(("alice", "bob"), sites, strict=True))
+        }
+        self._view_end: dict[str, tuple[int, int]] = {}
         self.emulators: dict[str, Any] = {}
         self._build_emulators()
 
@@ -706,8 +716,12 @@ class Testbed:
                 parts.append(TagBatch(ts, ch, b, e))
                 left -= d
             batch = parts[0] if len(parts) == 1 else TagBatch.concatenate(parts)
+            views: dict[str, TagBatch] = {}
             for sub in self._subs:
-                sub.push(self._view(batch, sub.side))
+                view = views.get(sub.side)
+                if view is None:
+                    view = views[sub.side] = self._view(batch, sub.side)
+                sub.push(view)
             return batch
 
     def _between_steps(self) -> None:
@@ -727,30 +741,55 @@ class Testbed:
                     "two_taggers mode has no shared 8-channel view; read 'alice' and 'bob'"
                 )
             return batch
-        if side == "alice":
-            keep = batch.channels < 4
-            return TagBatch(
-                batch.timestamps[keep], batch.channels[keep], batch.begin_ps, batch.end_ps
-            )
-        keep = batch.channels >= 4
+        keep = batch.channels < 4 if side == "alice" else batch.channels >= 4
         ts = batch.timestamps[keep]
-        ch = (batch.channels[keep] - 4).astype(np.uint8)
-        if self.params.clocks.mode == "two_taggers":
-            return TagBatch(
-                self.bob_clock(ts),
-                ch,
-                int(self.bob_clock(batch.begin_ps)),
-                int(self.bob_clock(batch.end_ps)),
-            )
-        return TagBatch(ts, ch, batch.begin_ps, batch.end_ps)
+        ch = batch.channels[keep]
+        if side == "bob":
+            ch = (ch - 4).astype(np.uint8)
+        if self.params.clocks.mode != "two_taggers":
+            return TagBatch(ts, ch, batch.begin_ps, batch.end_ps)
+        return self._on_clock(side, ts, ch, batch.begin_ps, batch.end_ps)
+
+    def _on_clock(
+        self, side: str, ts: np.ndarray, ch: np.ndarray, begin: int, end: int
+    ) -> TagBatch:
+        """One side's tags in its tagger's clock, contiguous with that side's previous view.
+
+        A clock slower than true time may map the last true picoseconds of a batch onto
+        one reading; the interval is widened to hold every tag and the next view begins
+        where this one ended, so the stream stays contiguous and sorted.
+        """
+        clock = self.clocks[side]
+        out = clock.read(ts)
+        prev = self._view_end.get(side)
+        b = prev[1] if prev is not None and prev[0] == begin else clock.read(begin)
+        e = max(clock.read(end), b)
+        if out.size:
+            b = min(b, int(out[0]))
+            e = max(e, int(out[-1]) + 1)
+        self._view_end[side] = (end, e)
+        return TagBatch(out, ch, b, e)
 
     def bob_clock(self, t_ps: Any) -> Any:
-        """Bob's tagger reading at true time ``t_ps``: ``offset + t * (1 + ppm * 1e-6)``."""
-        c = self.params.clocks
-        t = np.asarray(t_ps, dtype=np.int64)
-        drift = np.round(t.astype(np.float64) * (c.drift_ppm * 1e-6)).astype(np.int64)
-        out = t + np.int64(c.offset_ps) + drift
-        return out if out.ndim else int(out)
+        """Bob's tagger reading (ps) at true time ``t_ps`` (two_taggers mode)."""
+        return self.clocks["bob"].read(t_ps)
+
+    def alice_clock(self, t_ps: Any) -> Any:
+        """Alice's tagger reading (ps) at true time ``t_ps`` (two_taggers mode)."""
+        return self.clocks["alice"].read(t_ps)
+
+    def clock_truth(self, t_ps: int) -> dict[str, float]:
+        """What a clock sync should find at true time ``t_ps``.
+
+        Bob's reading minus Alice's (ps; the fiber delay comes on top for a photon
+        pair) and Bob's clock rate relative to Alice's (ppm).
+        """
+        a, b = self.clocks["alice"], self.clocks["bob"]
+        return {
+            "offset_ps": float(b.read(int(t_ps)) - a.read(int(t_ps))),
+            "ppm": ((1.0 + b.rate) / (1.0 + a.rate) - 1.0) * 1e6,
+            "fiber_delay_ps": float(ph.fiber_delay_ps(self.params.bob)),
+        }
 
     def subscribe(self, side: Side) -> _Subscriber:
         """A queue that receives this side's view of every batch generated from now on."""
