@@ -75,6 +75,23 @@ def one_of_each() -> list[Record]:
             reason="T > 310 K",
             time_ns=T,
         ),
+        telemetry.link(
+            node=n,
+            link="ab",
+            time_ns=T,
+            sifted_bps=2.5e3,
+            clock_locked=True,
+            clock_offset_ps=-7.3e11,
+            clock_offset_err_ps=120.0,
+            clock_ppm=-41.0,
+            clock_ppm_err=0.02,
+        ),
+        telemetry.link_qber(
+            node=n, link="ab", basis="z", qber=0.011, qber_lo=0.007, qber_hi=0.016, time_ns=T
+        ),
+        telemetry.link_key(
+            node=n, link="ab", time_ns=T, secret_bps=900.0, ec_efficiency=1.06, store_keys=3
+        ),
     ]
 
 
