@@ -183,7 +183,7 @@ MEASUREMENTS: Mapping[str, Measurement] = MappingProxyType(
             _m(
                 "link_qber",
                 ("node", "link", "basis"),
-                {"qber": float, "qber_lo": float, "qber_hi": float, "sample_bits": int},
+                {"qber": float, "qber_low": float, "qber_high": float, "sample_bits": int},
                 required=("qber",),
                 doc="QBER of one basis from the disclosed sample, with its confidence interval",
             ),
@@ -574,8 +574,8 @@ def link_qber(
     basis: str,
     qber: float,
     time_ns: int,
-    qber_lo: float | None = None,
-    qber_hi: float | None = None,
+    qber_low: float | None = None,
+    qber_high: float | None = None,
     sample_bits: int | None = None,
 ) -> Record:
     """QBER of one basis of a link with its confidence interval (ratios in [0, 1])."""
@@ -584,8 +584,8 @@ def link_qber(
         {"node": node, "link": link, "basis": basis},
         {
             "qber": _f(qber),
-            "qber_lo": _f(qber_lo),
-            "qber_hi": _f(qber_hi),
+            "qber_low": _f(qber_low),
+            "qber_high": _f(qber_high),
             "sample_bits": sample_bits,
         },
         time_ns,

@@ -62,8 +62,8 @@ def link_records(seconds: int = 60) -> list[telemetry.Record]:
                             link=LINK,
                             basis=basis,
                             qber=q,
-                            qber_lo=q - 0.004,
-                            qber_hi=q + 0.005,
+                            qber_low=q - 0.004,
+                            qber_high=q + 0.005,
                             sample_bits=1_000,
                             time_ns=t,
                         )

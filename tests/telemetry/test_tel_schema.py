@@ -87,7 +87,7 @@ def one_of_each() -> list[Record]:
             clock_ppm_err=0.02,
         ),
         telemetry.link_qber(
-            node=n, link="ab", basis="z", qber=0.011, qber_lo=0.007, qber_hi=0.016, time_ns=T
+            node=n, link="ab", basis="z", qber=0.011, qber_low=0.007, qber_high=0.016, time_ns=T
         ),
         telemetry.link_key(
             node=n, link="ab", time_ns=T, secret_bps=900.0, ec_efficiency=1.06, store_keys=3
