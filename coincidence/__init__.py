@@ -62,3 +62,4 @@ from ._qkd import h2 as h2
 from ._qkd import max_distance_km as max_distance_km
 from ._qkd import phase_error_upper_bound as phase_error_upper_bound
 from ._qkd import qber_from_matrix as qber_from_matrix
+from ._qkd import qber_interval as qber_interval

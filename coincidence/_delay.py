@@ -10,21 +10,35 @@ Two stages, as qcrypto's ``pfind`` does:
    correlated with ``numpy.fft.rfft``. Folding mixes accidental pairs from the
    whole segment into each lag bin (more background, same peak); the segments
    keep that penalty bounded.
-2. **Fine.** Direct pair differences ``t_b - t_a`` in a narrow range around the
-   coarse peak, histogrammed at ``resolution_ps``; the delay is the
-   background-subtracted centroid of the highest fine bin and its neighbours.
+2. **Fine.** Direct pair differences ``t_b - t_a`` in a window of +-12 peak
+   widths around the coarse peak, in bins of an eighth of the width (1 ps at
+   least, each keeping the mean of its differences), fitted by maximum
+   likelihood with a Gaussian on a flat background (EM, Dempster, Laird &
+   Rubin 1977), re-windowed until window and bin stop changing. The result
+   reaches the statistical limit (the Cramer-Rao bound, ``sigma_pair / sqrt(N)``
+   without background) whatever ``resolution_ps`` is: ``resolution_ps`` sets
+   the coarse search grid only. ``delay_uncertainty_ps`` is the bound
+   computed from the fitted model (expected Fisher information of the binned
+   Poisson counts).
 
 Sign convention: ``delay_ps`` is ``t_b - t_a`` at the peak, i.e. a photon
 detected on channel b arrives ``delay_ps`` later than its partner on a.
 Subtract it from b's timestamps (or add it to a's) to align the streams.
 
-The peak's ``significance`` is its height above the background of the coarse
-correlation in standard deviations of that background (mean and standard
-deviation taken over the searched lags, excluding the peak region; the
-deviation is floored at the Poisson value ``sqrt(mean)``). When the background
-is a few counts per bin, a Gaussian sigma overstates rare peaks, so the peak must
-also pass a Poisson look-elsewhere test (chance probability over all searched
-bins below ``false_alarm``). Failing either raises ``NoSignificantPeakError``.
+Significance: the coarse correlation is scanned with windows of 1, 2, 4, ...
+bins (a matched filter: a peak wider than a bin is judged by its sum over a
+window about its width). At each width, the background's mean and standard
+deviation come from the windows outside ``PEAK_EXCLUSION_BINS`` + 3 widths
+of the candidate (so the peak's tails never inflate them), the deviation
+floored at the Poisson value. The ``significance`` is the best window's
+height above that background in standard deviations. When the background is
+a few counts per window, a Gaussian sigma overstates rare peaks, so the peak
+must also pass a Poisson look-elsewhere test: its chance probability times
+the number of window positions searched at all widths must stay below
+``false_alarm``. A peak passing both (``min_significance`` sigma, 6 by
+default, and ``false_alarm``, 1e-3) is always accepted; failing raises
+``NoSignificantPeakError``. The searched range (``max_delay_ps``, and at least
+``MIN_HALF_BINS`` coarse bins each side) should span several peak widths.
 
 Clock drift: ``track_drift`` / ``DriftTracker`` find the offset in successive
 windows of two independently clocked taggers' streams and fit
@@ -50,12 +64,22 @@ DIRECT_PAIRS_MAX = 20_000_000
 FFT_BINS_MAX = 1 << 20
 #: Total FFT samples per stream over all segments (bounds the coarse stage's time).
 FFT_SAMPLES_BUDGET = 1 << 21
-#: Coarse bins either side of the peak left out of the background statistics.
+#: Coarse bins either side of the peak left out of the background statistics, on top
+#: of three window widths (the peak's own tails stay out of the background).
 PEAK_EXCLUSION_BINS = 8
-#: Fine bins either side of the coarse peak region in the fine histogram.
-FINE_MARGIN_BINS = 16
+#: Fewest background window positions the significance of a window width is judged on.
+MIN_BACKGROUND_WINDOWS = 16
 #: Coarse bins either side of zero lag computed at least (background statistics need them).
-MIN_HALF_BINS = 64
+MIN_HALF_BINS = 512
+#: Fine fit: bins per peak sigma, window half-width in sigmas, fewest bins, passes.
+FIT_BINS_PER_SIGMA = 8
+FIT_HALF_SIGMAS = 12.0
+FIT_MIN_BINS = 32
+FIT_MAX_PASSES = 8
+#: Fine fit: EM iterations at most per pass, and the narrowest peak sigma (tags are whole ps).
+EM_MAX_ITER = 2000
+SIGMA_MIN_PS = 0.5
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -74,6 +98,12 @@ class DelayEstimate:
         n_a: number of tags of stream a used.
         n_b: number of tags of stream b used.
         method: ``"direct"`` or ``"fft"`` (how the coarse correlation was made).
+        delay_uncertainty_ps: 1-sigma uncertainty of ``delay_fit_ps`` (Cramer-Rao
+            bound of the fine fit; ``delay_ps`` adds at most 0.5 ps of rounding).
+        delay_fit_ps: the fine fit's delay before rounding to whole picoseconds.
+        peak_sigma_ps: fitted Gaussian width (standard deviation) of the peak.
+        peak_pairs: fitted number of pairs in the peak.
+        peak_window_bins: width, in coarse bins, of the window the peak was judged in.
     """
 
     delay_ps: int
@@ -86,6 +116,11 @@ class DelayEstimate:
     n_a: int = 0
     n_b: int = 0
     method: str = ""
+    delay_uncertainty_ps: float = math.nan
+    delay_fit_ps: float = math.nan
+    peak_sigma_ps: float = math.nan
+    peak_pairs: float = 0.0
+    peak_window_bins: int = 1
 
 
 # ---------------------------------------------------------------- numba kernels
@@ -234,6 +269,203 @@ def _coarse_fft(
     return _Coarse(lin, bin_ps, "fft", f"folded FFT, {n_fft} bins x {n_seg} segments")
 
 
+@dataclass(frozen=True)
+class _Peak:
+    """The best peak of the coarse correlation at one window width (``width`` bins)."""
+
+    centre: float  # coarse-bin index of the window's centre
+    width: int
+    counts: float
+    mean: float  # expected background counts in a window of ``width`` bins
+    std: float  # background standard deviation of a window's sum
+    sig: float
+    p_one: float  # Poisson chance of a background window this high (one position)
+    positions: int  # window positions searched at this width
+
+
+def _scan_peak(c: np.ndarray, k_all: int, k_max: int) -> tuple[list[_Peak], int]:
+    """Best peak of ``c`` at each window width 1, 2, 4, ... bins; and the total positions.
+
+    A matched-filter scan: a peak much wider than one bin is judged by the sum
+    over a window about its width, not by its highest bin. At each width the
+    background statistics come from the windows outside ``PEAK_EXCLUSION_BINS +
+    3 * width`` bins of the candidate (a boxcar about 2.5 sigma wide leaves out
+    +-7.5 sigma of the peak, so its tails do not inflate the background
+    variance); the variance is floored at the Poisson value of the mean.
+    """
+    n = c.size
+    cs = np.concatenate(([0.0], np.cumsum(c)))
+    total = float(cs[-1])
+    out: list[_Peak] = []
+    n_pos = 0
+    w = 1
+    while w <= 2 * k_max + 1:
+        excl = PEAK_EXCLUSION_BINS + 3 * w
+        step = max(1, w // 2)
+        free = n - 2 * excl - w
+        if w > 1 and (free < n // 4 or free // step < MIN_BACKGROUND_WINDOWS):
+            break
+        starts = np.arange(0, n - w + 1, step)
+        sums = cs[starts + w] - cs[starts]
+        centre = starts + 0.5 * (w - 1)
+        inside = (centre >= k_all - k_max) & (centre <= k_all + k_max)
+        m = int(inside.sum())
+        if m == 0:
+            break
+        n_pos += m
+        j = int(np.flatnonzero(inside)[int(np.argmax(sums[inside]))])
+        cpk = float(centre[j])
+        r0 = max(0, math.floor(cpk - excl))
+        r1 = min(n, math.ceil(cpk + excl) + 1)
+        n_bg = n - (r1 - r0)
+        far = (starts + w <= r0) | (starts >= r1)
+        if n_bg < 8 or int(far.sum()) < 2:
+            if w == 1:  # too few bins for statistics: use them all
+                n_bg, far, r0, r1 = n, np.ones(starts.size, bool), 0, 0
+            else:
+                break
+        mean_bin = (total - float(cs[r1] - cs[r0])) / n_bg
+        bg = sums[far]
+        mean = w * mean_bin
+        var = float(bg.var())
+        # an empty background still means "below one count in all these bins", not zero
+        floor = w * max(mean_bin, 1.0 / n_bg)
+        std = math.sqrt(max(var, floor))
+        peak = float(sums[j])
+        sig = (peak - mean) / std
+        # Poisson chance of a window this high, with the background's over-dispersion
+        phi = max(1.0, var / mean) if mean > 0 else 1.0
+        lam = floor / phi
+        p_one = poisson_sf(math.floor(peak / phi), lam) if lam < 1e4 else 0.0
+        out.append(_Peak(cpk, w, peak, mean, std, sig, p_one, m))
+        w *= 2
+    return out, n_pos
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """Maximum-likelihood Gaussian-on-flat-background fit of the pair-difference peak."""
+
+    mu: float
+    sigma: float
+    mu_err: float
+    signal: float
+    background_per_ps: float
+
+
+def _em_gauss_flat(
+    x: np.ndarray, n: np.ndarray, length: float, mu: float, sigma: float
+) -> tuple[float, float, float]:
+    """EM for a Gaussian plus a flat density on a window of ``length`` ps; binned data.
+
+    ``x`` are the mean differences in each bin, ``n`` the counts. Returns
+    (mu, sigma, signal fraction). Dempster, Laird & Rubin, J. R. Stat. Soc. B 39,
+    1 (1977); the mixture updates as in McLachlan & Peel, *Finite Mixture
+    Models* (2000), ch. 2.
+    """
+    total = float(n.sum())
+    frac = 0.5
+    for _ in range(EM_MAX_ITER):
+        z = (x - mu) / sigma
+        g = frac * np.exp(-0.5 * z * z) / (_SQRT_2PI * sigma)
+        r = g / (g + (1.0 - frac) / length)
+        nr = n * r
+        s = float(nr.sum())
+        if s <= 0.0:
+            return mu, sigma, 0.0
+        mu_new = float((nr * x).sum() / s)
+        sigma_new = max(SIGMA_MIN_PS, math.sqrt(float((nr * (x - mu_new) ** 2).sum() / s)))
+        frac_new = s / total
+        done = (
+            abs(mu_new - mu) < 1e-7 * sigma
+            and abs(sigma_new - sigma) < 1e-6 * sigma
+            and abs(frac_new - frac) < 1e-7
+        )
+        mu, sigma, frac = mu_new, sigma_new, frac_new
+        if done:
+            break
+    return mu, sigma, frac
+
+
+def _fisher_mu_error(
+    centres: np.ndarray, h: float, mu: float, sigma: float, signal: float, bg_per_ps: float
+) -> float:
+    """1-sigma error of mu from the expected Fisher information of the binned model.
+
+    Parameters (mu, sigma, signal, background density), Poisson counts per bin
+    ``lam_k = h * (signal * phi(x_k) + b)``; ``I = sum_k grad(lam_k) grad(lam_k)^T / lam_k``
+    and the error is ``sqrt((I^-1)[0, 0])`` (Cramer-Rao; e.g. Barlow, *Statistics*,
+    Wiley 1989, ch. 5).
+    """
+    z = (centres - mu) / sigma
+    phi = np.exp(-0.5 * z * z) / (_SQRT_2PI * sigma)
+    lam = h * (signal * phi + bg_per_ps)
+    ok = lam > 0
+    grads = np.stack(
+        [
+            h * signal * phi * z / sigma,
+            h * signal * phi * (z * z - 1.0) / sigma,
+            h * phi,
+            np.full_like(phi, h),
+        ]
+    )[:, ok]
+    info = (grads / lam[ok]) @ grads.T
+    if bg_per_ps <= 0.0:  # background fixed at zero: drop its row
+        info = info[:3, :3]
+    try:
+        cov = np.linalg.inv(info)
+    except np.linalg.LinAlgError:
+        return sigma / math.sqrt(max(signal, 1.0))
+    v = float(cov[0, 0])
+    return math.sqrt(v) if v > 0 and math.isfinite(v) else sigma / math.sqrt(max(signal, 1.0))
+
+
+def _fit_peak(ta: np.ndarray, tb: np.ndarray, lag_ps: float, sigma_ps: float) -> _Fit | None:
+    """Fit the peak of ``t_b - t_a`` near ``lag_ps`` (width guess ``sigma_ps``) at full precision.
+
+    Passes of: histogram every pair difference within ``+-FIT_HALF_SIGMAS`` sigma
+    of the current centre in bins of ``sigma / FIT_BINS_PER_SIGMA`` (1 ps at
+    least: tags are whole ps; each bin keeps the mean of its differences, so
+    nothing is lost to binning), then the maximum-likelihood Gaussian on a flat
+    background by EM; until the window and the bin stop changing. The result is
+    efficient (reaches the Cramer-Rao bound ``sigma_pair / sqrt(N)`` without
+    background) whatever the coarse bin was. None if no peak is left in the window.
+    """
+    mu, sigma = float(lag_ps), max(float(sigma_ps), SIGMA_MIN_PS)
+    fit: _Fit | None = None
+    for _ in range(FIT_MAX_PASSES):
+        h = max(1, int(sigma / FIT_BINS_PER_SIGMA))
+        half = max(FIT_HALF_SIGMAS * sigma, FIT_MIN_BINS * h)
+        n_bins = int(-(-2 * half // h))
+        lo = math.floor(mu - 0.5 * n_bins * h)
+        counts = np.zeros(n_bins, np.int64)
+        sums = np.zeros(n_bins, np.float64)
+        _difference_histogram(ta, tb, lo, h, counts, sums)
+        total = int(counts.sum())
+        if total == 0:
+            return fit
+        n = counts.astype(np.float64)
+        centres = lo + np.arange(n_bins) * h + 0.5 * (h - 1)
+        x = np.where(counts > 0, lo + sums / np.maximum(n, 1.0), centres)
+        length = float(n_bins * h)
+        mu_new, sigma_new, frac = _em_gauss_flat(x, n, length, mu, sigma)
+        signal = frac * total
+        if not (signal >= 1.0 and math.isfinite(mu_new) and lo <= mu_new < lo + length):
+            return fit
+        bg = (1.0 - frac) * total / length
+        err = _fisher_mu_error(centres, float(h), mu_new, sigma_new, signal, bg)
+        fit = _Fit(mu_new, sigma_new, err, signal, bg)
+        stable = (
+            abs(mu_new - mu) < 0.5 * sigma_new
+            and abs(sigma_new - sigma) < 0.1 * sigma_new
+            and max(1, int(sigma_new / FIT_BINS_PER_SIGMA)) == h
+        )
+        mu, sigma = mu_new, sigma_new
+        if stable:
+            break
+    return fit
+
+
 def find_delay(
     times_a_ps: np.ndarray,
     times_b_ps: np.ndarray,
@@ -298,36 +530,23 @@ def find_delay(
         coarse = _coarse_fft(ta, tb, k_all, bin_ps, n_fft, span_ps, k_all * bin_ps)
 
     # the peak is searched within +-k_max; the background uses all k_all bins
-    c = coarse.counts
-    ipk = k_all - k_max + int(np.argmax(c[k_all - k_max : k_all + k_max + 1]))
-    keep = np.ones(c.size, bool)
-    keep[max(0, ipk - PEAK_EXCLUSION_BINS) : ipk + PEAK_EXCLUSION_BINS + 1] = False
-    bg = c[keep] if keep.sum() >= 8 else c
-    mean = float(bg.mean())
-    var = float(bg.var())
-    # an empty background still means "below one count in all these bins", not zero
-    floor = max(mean, 1.0 / bg.size)
-    std = math.sqrt(max(var, floor))
-    peak = float(c[ipk])
-    sig = (peak - mean) / std
-    lag_ps = (ipk - k_all) * bin_ps
-    # Poisson look-elsewhere test, with the background's over-dispersion
-    phi = max(1.0, var / mean) if mean > 0 else 1.0
-    lam = floor / phi
-    p_any = 0.0
-    if lam < 1e4:
-        p_one = poisson_sf(math.floor(peak / phi), lam)
-        p_any = min(1.0, p_one * (2 * k_max + 1))
-    if sig < min_significance or p_any > false_alarm:
+    peaks, n_pos = _scan_peak(coarse.counts, k_all, k_max)
+    p_any = {id(pk): min(1.0, pk.p_one * n_pos) for pk in peaks}
+    valid = [pk for pk in peaks if pk.sig >= min_significance and p_any[id(pk)] <= false_alarm]
+    best = max(valid or peaks, key=lambda pk: pk.sig)
+    lag_ps = (best.centre - k_all) * bin_ps
+    if not valid:
         span_s = span_ps * 1e-12
+        sig = best.sig
         why = (
-            f"the best peak, at {lag_ps + expected} ps, stands {sig:.1f} sigma above the "
-            f"background (threshold {min_significance:g} sigma)"
+            f"the best peak, at {round(lag_ps) + expected} ps, stands {sig:.1f} sigma above the "
+            f"background in a window of {best.width} bin(s) (threshold {min_significance:g} sigma)"
         )
         if sig >= min_significance:
             why += (
-                f" but a background bin this high is expected by chance with probability "
-                f"{p_any:.2g} over {2 * k_max + 1} bins (false_alarm threshold {false_alarm:g})"
+                f" but a background window this high is expected by chance with probability "
+                f"{p_any[id(best)]:.2g} over {n_pos} positions at {len(peaks)} window widths "
+                f"(false_alarm threshold {false_alarm:g})"
             )
         raise NoSignificantPeakError(
             f"no significant correlation peak: searched delays {expected - max_delay_ps} to "
@@ -337,41 +556,28 @@ def find_delay(
             "and the detectors"
         )
 
-    # fine stage: direct differences at resolution_ps around the coarse peak
-    r = resolution_ps
-    half = 2 * bin_ps + FINE_MARGIN_BINS * r
-    n_fine = -(-2 * half // r)
-    lo = lag_ps - half
-    counts = np.zeros(n_fine, np.int64)
-    sums = np.zeros(n_fine, np.float64)
-    _difference_histogram(ta, tb, lo, r, counts, sums)
-    centers = lo + (np.arange(n_fine) + 0.5) * r
-    core = np.abs(centers - lag_ps) <= 1.5 * bin_ps
-    if not core.any():
-        core[np.argmin(np.abs(centers - lag_ps))] = True
-    outside = counts[~core]
-    fbg = float(np.median(outside)) if outside.size else 0.0
-    idx = np.flatnonzero(core)
-    p = int(idx[np.argmax(counts[idx])])
-    sel = slice(max(0, p - 1), min(n_fine, p + 2))
-    n_sig = float(counts[sel].sum()) - fbg * (sel.stop - sel.start)
-    delay = float(centers[p])
-    if n_sig > 0:
-        # sums hold (d - lo); background pairs sit on average at their bin centres
-        s = float(sums[sel].sum()) - fbg * float((centers[sel] - lo).sum())
-        cen = lo + s / n_sig
-        delay = min(max(cen, centers[p] - r), centers[p] + r)
+    # fine stage: maximum-likelihood fit of the direct differences around the coarse peak
+    fit = _fit_peak(ta, tb, lag_ps, best.width * bin_ps / 2.5)
+    if fit is None:  # nothing left to fit (should not happen after a significant peak)
+        mu, err, width, signal = lag_ps, bin_ps / math.sqrt(12.0), math.nan, best.counts
+    else:
+        mu, err, width, signal = fit.mu, fit.mu_err, fit.sigma, fit.signal
     return DelayEstimate(
-        delay_ps=round(delay) + expected,
-        significance=float(sig),
-        peak_counts=peak,
-        background_counts=mean,
-        resolution_ps=r,
+        delay_ps=round(mu) + expected,
+        significance=float(best.sig),
+        peak_counts=best.counts,
+        background_counts=best.mean,
+        resolution_ps=resolution_ps,
         coarse_bin_ps=bin_ps,
-        background_std=std,
+        background_std=best.std,
         n_a=int(ta.size),
         n_b=int(tb.size),
         method=coarse.method,
+        delay_uncertainty_ps=float(err),
+        delay_fit_ps=float(mu + expected),
+        peak_sigma_ps=float(width),
+        peak_pairs=float(signal),
+        peak_window_bins=best.width,
     )
 
 
@@ -408,6 +614,17 @@ class ClockDrift:
         window_times_ps: A-clock midpoints of the windows the fit used.
         window_offsets_ps: the offset found in each of those windows.
         residual_rms_ps: rms of the windows' offsets about the fitted line.
+        offset0_uncertainty_ps: 1-sigma uncertainty of ``offset0_ps`` (nan if unknown).
+        drift_uncertainty_ppm: 1-sigma uncertainty of ``drift_ppm`` (nan if unknown).
+        window_uncertainties_ps: 1-sigma uncertainty of each window's offset (nan
+            where unknown); empty when no window had one.
+
+    The uncertainties come from the covariance of the weighted least-squares
+    fit (weights ``1 / sigma_i^2`` from the windows' delay uncertainties),
+    scaled up by the Birge ratio ``sqrt(chi2 / dof)`` when the windows scatter
+    more than their uncertainties say (phase noise, a non-linear drift); see
+    e.g. Bevington & Robinson, *Data Reduction and Error Analysis*, ch. 6.
+    Without per-window uncertainties they come from the residual scatter.
     """
 
     offset0_ps: float
@@ -415,6 +632,9 @@ class ClockDrift:
     window_times_ps: np.ndarray = field(repr=False)
     window_offsets_ps: np.ndarray = field(repr=False)
     residual_rms_ps: float
+    offset0_uncertainty_ps: float = math.nan
+    drift_uncertainty_ppm: float = math.nan
+    window_uncertainties_ps: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def offset_at(self, t_a_ps: float | np.ndarray) -> float | np.ndarray:
         """Offset ``t_b - t_a`` (ps) at A-clock time(s) ``t_a_ps``."""
@@ -436,7 +656,8 @@ class ClockDrift:
 
         With ``B' = self.to_clock_a(B)`` and ``B' - A = o2 + k2 A``:
         ``B - A = o1 + (1 + k1) o2 + ((1 + k1)(1 + k2) - 1) A``; ``second``'s window
-        offsets are carried onto B's raw clock the same way.
+        offsets are carried onto B's raw clock the same way. ``self`` is a known map
+        applied to the data, so the uncertainties are ``second``'s, times ``1 + k1``.
         """
         k1, k2 = self.drift_ppm * 1e-6, second.drift_ppm * 1e-6
         t = second.window_times_ps
@@ -446,30 +667,57 @@ class ClockDrift:
             window_times_ps=t,
             window_offsets_ps=self.offset0_ps + k1 * t + (1.0 + k1) * second.window_offsets_ps,
             residual_rms_ps=second.residual_rms_ps,
+            offset0_uncertainty_ps=(1.0 + k1) * second.offset0_uncertainty_ps,
+            drift_uncertainty_ppm=(1.0 + k1) * second.drift_uncertainty_ppm,
+            window_uncertainties_ps=(1.0 + k1) * second.window_uncertainties_ps,
         )
 
     @classmethod
     def identity(cls) -> ClockDrift:
         """The relation of a clock to itself (no offset, no drift, no windows)."""
-        return cls(0.0, 0.0, np.zeros(0), np.zeros(0), 0.0)
+        return cls(0.0, 0.0, np.zeros(0), np.zeros(0), 0.0, 0.0, 0.0)
 
 
-def _fit_line(times_ps: np.ndarray, offsets_ps: np.ndarray) -> ClockDrift:
-    """Least-squares line ``offset = offset0 + drift * t`` through (time, offset) points."""
+def _fit_line(
+    times_ps: np.ndarray, offsets_ps: np.ndarray, sigmas_ps: np.ndarray | None = None
+) -> ClockDrift:
+    """Least-squares line ``offset = offset0 + drift * t`` through (time, offset) points.
+
+    Weighted by ``1 / sigmas_ps^2`` when every point has a finite positive
+    uncertainty; the parameter covariance is ``(X^T W X)^-1`` times
+    ``max(1, chi2 / dof)`` (see ``ClockDrift``). Otherwise unweighted, with the
+    covariance from the residual variance ``RSS / (n - 2)`` (nan for two points).
+    """
     t = np.asarray(times_ps, np.float64)
     y = np.asarray(offsets_ps, np.float64)
-    tc = t.mean()
+    sig = None if sigmas_ps is None else np.asarray(sigmas_ps, np.float64)
+    weighted = sig is not None and sig.size == t.size and bool(np.all(np.isfinite(sig) & (sig > 0)))
+    w = 1.0 / sig**2 if weighted and sig is not None else np.ones_like(t)
+    sw = float(w.sum())
+    tc = float((w * t).sum() / sw)
     dt = t - tc
-    den = float((dt * dt).sum())
-    slope = float((dt * (y - y.mean())).sum() / den) if den > 0 else 0.0
-    at_tc = float(y.mean())
+    den = float((w * dt * dt).sum())
+    at_tc = float((w * y).sum() / sw)
+    slope = float((w * dt * (y - at_tc)).sum() / den) if den > 0 else 0.0
     resid = y - (at_tc + slope * dt)
+    dof = t.size - 2
+    if weighted:
+        chi2 = float((w * resid * resid).sum())
+        scale = max(1.0, chi2 / dof) if dof > 0 else 1.0
+    else:
+        scale = float((resid * resid).sum() / dof) if dof > 0 else math.nan
+    # centred at the weighted mean time, intercept and slope are uncorrelated
+    var_at_tc = scale / sw
+    var_slope = scale / den if den > 0 else math.nan
     return ClockDrift(
         offset0_ps=float(at_tc - slope * tc),
         drift_ppm=slope * 1e6,
         window_times_ps=t,
         window_offsets_ps=y,
         residual_rms_ps=float(np.sqrt(np.mean(resid * resid))),
+        offset0_uncertainty_ps=math.sqrt(var_at_tc + tc * tc * var_slope),
+        drift_uncertainty_ppm=math.sqrt(var_slope) * 1e6,
+        window_uncertainties_ps=sig if sig is not None else np.full(t.size, math.nan),
     )
 
 
@@ -505,6 +753,7 @@ class DriftTracker:
         self.max_windows = None if max_windows is None else int(max_windows)
         self._times: list[float] = []
         self._offsets: list[float] = []
+        self._sigmas: list[float] = []
         self.skipped_windows = 0
         self.added_offsets = 0
 
@@ -514,22 +763,32 @@ class DriftTracker:
     ) -> DriftTracker:
         """A tracker seeded with ``fit``'s window offsets (e.g. from ``track_drift``)."""
         tracker = cls(max_delay_ps=max_delay_ps, max_windows=max_windows)
-        for t, y in zip(fit.window_times_ps, fit.window_offsets_ps, strict=True):
-            tracker._append(float(t), float(y))
+        sig = fit.window_uncertainties_ps
+        if sig.size != fit.window_times_ps.size:
+            sig = np.full(fit.window_times_ps.size, math.nan)
+        for t, y, e in zip(fit.window_times_ps, fit.window_offsets_ps, sig, strict=True):
+            tracker._append(float(t), float(y), float(e))
         return tracker
 
-    def _append(self, t_a_ps: float, offset_ps: float) -> None:
+    def _append(self, t_a_ps: float, offset_ps: float, sigma_ps: float = math.nan) -> None:
         self._times.append(t_a_ps)
         self._offsets.append(offset_ps)
+        self._sigmas.append(sigma_ps)
         if self.max_windows is not None and len(self._times) > self.max_windows:
-            del self._times[: -self.max_windows], self._offsets[: -self.max_windows]
+            keep = -self.max_windows
+            del self._times[:keep], self._offsets[:keep], self._sigmas[:keep]
 
-    def add_offset(self, t_a_ps: float, offset_ps: float) -> ClockDrift | None:
+    def add_offset(
+        self, t_a_ps: float, offset_ps: float, uncertainty_ps: float | None = None
+    ) -> ClockDrift | None:
         """Add an offset ``t_b - t_a`` (ps) measured elsewhere at A-clock time ``t_a_ps``.
 
-        Returns the new fit (None while fewer than two windows are known).
+        ``uncertainty_ps`` is its 1-sigma uncertainty when known (the fit is
+        weighted only when every window has one). Returns the new fit (None
+        while fewer than two windows are known).
         """
-        self._append(float(t_a_ps), float(offset_ps))
+        sigma = math.nan if uncertainty_ps is None else float(uncertainty_ps)
+        self._append(float(t_a_ps), float(offset_ps), sigma)
         self.added_offsets += 1
         return self.fit() if len(self._times) >= 2 else None
 
@@ -557,7 +816,7 @@ class DriftTracker:
         except NoSignificantPeakError:
             self.skipped_windows += 1
             return None
-        self._append(mid, float(est.delay_ps))
+        self._append(mid, est.delay_fit_ps, est.delay_uncertainty_ps)
         return est
 
     @property
@@ -572,7 +831,9 @@ class DriftTracker:
                 f"need offsets from at least 2 windows to fit a drift, have {len(self._times)} "
                 f"({self.skipped_windows} windows had no significant peak)"
             )
-        return _fit_line(np.asarray(self._times), np.asarray(self._offsets))
+        return _fit_line(
+            np.asarray(self._times), np.asarray(self._offsets), np.asarray(self._sigmas)
+        )
 
     @property
     def drift_ppm(self) -> float:

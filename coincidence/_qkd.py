@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -177,6 +178,8 @@ class BasisQber:
         errors: the wrong outcome pairs among them.
         qber: errors / sifted (nan if sifted == 0).
         sifted_rate_hz: sifted / duration.
+        qber_interval: (low, high) 68.27 % (1-sigma) Wilson score interval of the
+            QBER (see ``qber_interval``); (0, 1) when nothing was sifted.
     """
 
     basis: str
@@ -184,6 +187,7 @@ class BasisQber:
     errors: int
     qber: float
     sifted_rate_hz: float
+    qber_interval: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,16 @@ class QberReport:
     def qber_x(self) -> float:
         """QBER of the X (D/A) basis."""
         return self.x.qber
+
+    @property
+    def qber_z_interval(self) -> tuple[float, float]:
+        """1-sigma (68.27 %) Wilson interval of the Z-basis QBER."""
+        return self.z.qber_interval
+
+    @property
+    def qber_x_interval(self) -> tuple[float, float]:
+        """1-sigma (68.27 %) Wilson interval of the X-basis QBER."""
+        return self.x.qber_interval
 
     @property
     def sifted(self) -> int:
@@ -271,8 +285,45 @@ def qber_from_matrix(coincidences: np.ndarray, duration_s: float, roles: RoleMap
         sifted = same + opposite
         errors = opposite if roles.correlated(basis) else same
         qber = errors / sifted if sifted else math.nan
-        out[basis] = BasisQber(basis, sifted, errors, qber, sifted / duration_s)
+        out[basis] = BasisQber(
+            basis, sifted, errors, qber, sifted / duration_s, qber_interval(errors, sifted)
+        )
     return QberReport(z=out["Z"], x=out["X"], duration_s=float(duration_s))
+
+
+def qber_interval(errors: int, total: int, confidence: float = 0.6827) -> tuple[float, float]:
+    """Two-sided ``confidence`` interval (low, high) of an error rate ``errors / total``.
+
+    The Wilson score interval (E. B. Wilson, J. Am. Stat. Assoc. 22, 209 (1927);
+    recommended over the Wald and the conservative Clopper-Pearson intervals by
+    Brown, Cai & DasGupta, Stat. Sci. 16, 101 (2001)): the set of rates p whose
+    normal score test ``|errors - total p| <= z sqrt(total p (1 - p))`` passes,
+    ``z`` the two-sided normal quantile of ``confidence`` (1.0 at the default,
+    one sigma). It stays inside [0, 1], is not empty at 0 or ``total`` errors,
+    and is (0, 1) when ``total`` is 0.
+    """
+    if isinstance(errors, bool) or isinstance(total, bool):
+        raise QkdInputError(f"errors and total must be integers, got {errors!r} and {total!r}")
+    try:
+        k, n = int(errors), int(total)
+    except (TypeError, ValueError):
+        raise QkdInputError(
+            f"errors and total must be integers, got {errors!r} and {total!r}"
+        ) from None
+    if k != errors or n != total or n < 0 or not 0 <= k <= n:
+        raise QkdInputError(f"need integers 0 <= errors <= total, got {errors!r} and {total!r}")
+    if not (isinstance(confidence, int | float) and 0.0 < confidence < 1.0):
+        raise QkdInputError(f"confidence must be in (0, 1), got {confidence!r}")
+    if n == 0:
+        return (0.0, 1.0)
+    z = NormalDist().inv_cdf(0.5 + 0.5 * float(confidence))
+    p = k / n
+    z2n = z * z / n
+    centre = (p + 0.5 * z2n) / (1.0 + z2n)
+    half = z * math.sqrt(p * (1.0 - p) / n + 0.25 * z2n / n) / (1.0 + z2n)
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return (low, high)
 
 
 # ---------------------------------------------------------------- entropy and checks

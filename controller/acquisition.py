@@ -161,6 +161,8 @@ def window_records(result: WindowResult, node: str, link: str, roles: RoleMap) -
                         qber=basis.qber,
                         errors=basis.errors,
                         sifted=basis.sifted,
+                        qber_low=basis.qber_interval[0],
+                        qber_high=basis.qber_interval[1],
                         time_ns=t,
                     )
                 )

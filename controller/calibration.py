@@ -19,6 +19,7 @@ the core's ``DriftTracker`` refits the line as later captures measure the residu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,24 +40,59 @@ class CalibrationError(RuntimeError):
     """No usable correlation peak: the message says what was searched and found."""
 
 
+def format_with_uncertainty(value: float, uncertainty: float, unit: str = "ps") -> str:
+    """``9 793 455 +- 3 ps``: value rounded to its uncertainty's first digit, grouped by 3."""
+    if not math.isfinite(value):
+        return f"{value} {unit}"
+    if not (math.isfinite(uncertainty) and uncertainty > 0):
+        return f"{value:,.0f} {unit}".replace(",", " ")
+    decimals = max(0, -math.floor(math.log10(uncertainty)))
+    v = f"{value:,.{decimals}f}".replace(",", " ")
+    return f"{v} +- {uncertainty:.{decimals}f} {unit}"
+
+
 @dataclass(frozen=True)
 class CalibrationResult:
-    """Delays per channel (ps), the pairwise estimates used, and the channels left unchanged."""
+    """Delays per channel (ps), the pairwise estimates used, and the channels left unchanged.
+
+    ``uncertainties_ps`` are the delays' 1-sigma uncertainties relative to the
+    reference channel (0 for it; nan where unknown), from the covariance of the
+    weighted least-squares solution over the pairs' delay uncertainties.
+    """
 
     delays_ps: np.ndarray
     pairs: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
     unresolved: tuple[int, ...] = ()
+    uncertainties_ps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def uncertainty(self, channel: int) -> float:
+        """1-sigma uncertainty (ps) of ``channel``'s delay (nan if unknown)."""
+        u = self.uncertainties_ps
+        return float(u[channel]) if 0 <= channel < u.size else math.nan
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly digest for replies and logs."""
         return {
             "delays_ps": [int(x) for x in self.delays_ps],
+            "delay_uncertainties_ps": [
+                round(float(u), 2) if math.isfinite(u) else None for u in self.uncertainties_ps
+            ],
             "pairs": {
                 f"{a}-{b}": {k: round(v, 2) for k, v in info.items()}
                 for (a, b), info in self.pairs.items()
             },
             "unresolved": list(self.unresolved),
         }
+
+    def describe(self) -> str:
+        """One line per calibrated channel: ``channel 4: 9 793 455 +- 3 ps``."""
+        chans = sorted(
+            {c for pair in self.pairs for c in pair} - set(self.unresolved),
+        )
+        return "; ".join(
+            f"channel {c}: {format_with_uncertainty(float(self.delays_ps[c]), self.uncertainty(c))}"
+            for c in chans
+        )
 
 
 def find_channel_delays(
@@ -93,7 +129,11 @@ def find_channel_delays(
                 )
             except NoSignificantPeakError:
                 continue
-            pairs[(a, b)] = {"delay_ps": float(est.delay_ps), "significance": est.significance}
+            pairs[(a, b)] = {
+                "delay_ps": float(est.delay_ps),
+                "delay_uncertainty_ps": est.delay_uncertainty_ps,
+                "significance": est.significance,
+            }
     if not pairs:
         counts = {c: int(t.size) for c, t in times.items()}
         raise CalibrationError(
@@ -109,7 +149,8 @@ def find_channel_delays(
         r[col[b]], r[col[a]] = 1.0, -1.0
         rows.append(r)
         rhs.append(info["delay_ps"])
-        weights.append(max(1.0, info["significance"]))
+        # inverse variance (rounding to whole ps adds 1/12 ps^2)
+        weights.append(1.0 / (info["delay_uncertainty_ps"] ** 2 + 1.0 / 12.0))
     # connected component of the reference channel (first Alice channel with a pair)
     linked = {alice[0]} if any(a == alice[0] for a, _ in pairs) else {next(iter(pairs))[0]}
     changed = True
@@ -124,16 +165,21 @@ def find_channel_delays(
     anchor[col[ref]] = 1.0
     rows.append(anchor)
     rhs.append(0.0)
-    weights.append(1e6)
+    weights.append(1e12)
     w = np.sqrt(np.asarray(weights))
-    sol, *_ = np.linalg.lstsq(np.asarray(rows) * w[:, None], np.asarray(rhs) * w, rcond=None)
+    design = np.asarray(rows) * w[:, None]
+    sol, *_ = np.linalg.lstsq(design, np.asarray(rhs) * w, rcond=None)
+    # covariance of the solution; channels outside the reference's component are unknown
+    cov = np.linalg.pinv(design.T @ design)
+    unc = np.full(n_channels, math.nan)
     delays = prev.copy()
     for c in linked:
         delays[c] = round(float(sol[col[c]]))
+        unc[c] = math.sqrt(max(0.0, float(cov[col[c], col[c]])))
     # shift so that the reference keeps its previous delay (no jump in the time base)
     delays[list(linked)] += prev[ref] - delays[ref]
     unresolved = tuple(c for c in chans if c not in linked)
-    return CalibrationResult(delays, pairs, unresolved)
+    return CalibrationResult(delays, pairs, unresolved, unc)
 
 
 def track_shift(
@@ -188,6 +234,9 @@ def pin_clock(fit: ClockDrift, pin_ps: float) -> ClockDrift:
         fit.window_times_ps,
         fit.window_offsets_ps - pin_ps,
         fit.residual_rms_ps,
+        fit.offset0_uncertainty_ps,
+        fit.drift_uncertainty_ppm,
+        fit.window_uncertainties_ps,
     )
 
 

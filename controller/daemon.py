@@ -818,7 +818,7 @@ class Daemon:
                 merger.set_clock_map(1, pin_clock(clock, pin))
                 self.calibration["clock"] = _clock_summary(clock)
                 self._event("calibration", f"clock: {_clock_summary(clock)}", None)
-            self._event("calibration", f"delays {list(map(int, result.delays_ps))} ps", None)
+            self._event("calibration", f"delays {result.describe()}", None)
             return self.calibration
 
     async def _track_drift(self) -> None:
@@ -969,6 +969,8 @@ def _clock_summary(fit: Any) -> dict[str, float]:
     """JSON-friendly digest of a ``ClockDrift`` (Bob's tagger vs Alice's)."""
     return {
         "offset0_ps": round(float(fit.offset0_ps), 1),
+        "offset0_uncertainty_ps": finite_or_none(round(float(fit.offset0_uncertainty_ps), 1)),
         "drift_ppm": round(float(fit.drift_ppm), 6),
+        "drift_uncertainty_ppm": finite_or_none(round(float(fit.drift_uncertainty_ppm), 6)),
         "residual_rms_ps": round(float(fit.residual_rms_ps), 1),
     }

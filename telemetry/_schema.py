@@ -95,9 +95,16 @@ MEASUREMENTS: Mapping[str, Measurement] = MappingProxyType(
             _m(
                 "qber",
                 ("node", "link", "basis"),
-                {"qber": float, "errors": int, "sifted": int},
+                {
+                    "qber": float,
+                    "errors": int,
+                    "sifted": int,
+                    "qber_low": float,
+                    "qber_high": float,
+                },
                 required=("qber",),
-                doc="quantum bit error ratio per measurement basis (basis = z | x | ...)",
+                doc="quantum bit error ratio per measurement basis (basis = z | x | ...), "
+                "with its 1-sigma Wilson interval [qber_low, qber_high]",
             ),
             _m(
                 "key_rate",
@@ -367,12 +374,23 @@ def qber(
     time_ns: int,
     errors: int | None = None,
     sifted: int | None = None,
+    qber_low: float | None = None,
+    qber_high: float | None = None,
 ) -> Record:
-    """QBER of one basis of a link (``qber`` is a ratio in [0, 1])."""
+    """QBER of one basis of a link (``qber`` is a ratio in [0, 1]).
+
+    ``qber_low`` and ``qber_high`` bound its 1-sigma confidence interval.
+    """
     return make(
         "qber",
         {"node": node, "link": link, "basis": basis},
-        {"qber": _f(qber), "errors": errors, "sifted": sifted},
+        {
+            "qber": _f(qber),
+            "errors": errors,
+            "sifted": sifted,
+            "qber_low": _f(qber_low),
+            "qber_high": _f(qber_high),
+        },
         time_ns,
     )
 

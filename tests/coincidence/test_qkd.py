@@ -332,3 +332,59 @@ def test_decoy_key_rate_and_validation():
         y0=g.y0,
     )
     assert far.key_rate_per_pulse == 0.0 and far.raw_rate_per_pulse < 0
+
+
+def test_qber_interval_wilson_values():
+    from coincidence import qber_interval
+
+    # k = 0: Wilson's upper bound is z^2 / (n + z^2), with z = 1 at one sigma
+    lo, hi = qber_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1 / 11, rel=1e-3)
+    lo, hi = qber_interval(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(10 / 11, rel=1e-3)
+    assert qber_interval(0, 0) == (0.0, 1.0)
+    # large n: close to p +- sqrt(p (1 - p) / n); wider at 95 %
+    lo, hi = qber_interval(300, 10_000)
+    s = math.sqrt(0.03 * 0.97 / 10_000)
+    assert lo == pytest.approx(0.03 - s, rel=1e-2) and hi == pytest.approx(0.03 + s, rel=1e-2)
+    lo95, hi95 = qber_interval(300, 10_000, confidence=0.95)
+    assert hi95 - lo95 == pytest.approx(2 * 1.96 * s, rel=1e-2)
+
+
+@pytest.mark.parametrize(("p", "n"), [(0.03, 2000), (0.1, 300), (0.01, 5000)])
+def test_qber_interval_is_calibrated(p, n):
+    from coincidence import qber_interval
+
+    rng = np.random.default_rng(1)
+    pulls, covered = [], 0
+    for k in rng.binomial(n, p, 400):
+        lo, hi = qber_interval(int(k), n)
+        pulls.append((k / n - p) / (0.5 * (hi - lo)))
+        covered += lo <= p <= hi
+    assert 0.8 <= float(np.std(pulls)) <= 1.25
+    assert 0.62 <= covered / 400 <= 0.75  # 68 % coverage
+
+
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [((5, 3), "errors <= total"), ((-1, 3), "errors <= total"), ((1.5, 3), "integers")],
+)
+def test_qber_interval_refuses_bad_input(args, msg):
+    from coincidence import qber_interval
+
+    with pytest.raises(QkdInputError, match=msg):
+        qber_interval(*args)
+    with pytest.raises(QkdInputError, match="confidence"):
+        qber_interval(1, 3, confidence=1.0)
+
+
+def test_qber_report_carries_intervals():
+    roles = RoleMap.from_dict(
+        {"alice": {"H": 0, "V": 1, "D": 2, "A": 3}, "bob": {"H": 4, "V": 5, "D": 6, "A": 7}}
+    )
+    m = np.zeros((8, 8), np.int64)
+    m[0, 4], m[1, 5], m[0, 5] = 480, 490, 30
+    m[2, 6], m[3, 7], m[2, 7] = 100, 100, 0
+    rep = qber_from_matrix(m, 1.0, roles)
+    assert rep.qber_z_interval[0] < rep.qber_z < rep.qber_z_interval[1]
+    assert rep.qber_x_interval[0] == 0.0 and 0 < rep.qber_x_interval[1] < 0.01

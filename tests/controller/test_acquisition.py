@@ -293,3 +293,24 @@ def test_stopping_acquisition_hands_on_no_window_and_refuses_captures(testbed_ta
     assert len(got) == 1
     cap = acq.capture(0.1)
     assert cap.done.is_set() and cap.error == "acquisition stopped"
+
+
+def test_calibration_reports_uncertainties(testbed_tags):
+    from controller.calibration import format_with_uncertainty
+
+    batches, truth = testbed_tags
+    res = find_channel_delays(
+        TagBatch.concatenate(batches[:20]), ROLES, 8, max_delay_ps=50_000_000, resolution_ps=20
+    )
+    unc = res.uncertainties_ps
+    assert unc.shape == (8,) and unc[0] == pytest.approx(0.0, abs=1e-3)
+    assert np.all(np.isfinite(unc)) and np.all(unc[1:] > 0)
+    # the delays are whole ps: allow the rounding on top of the statistics
+    assert np.all(np.abs(res.delays_ps - truth) <= 5 * unc + 1), (res.delays_ps, truth, unc)
+    assert all(p["delay_uncertainty_ps"] > 0 for p in res.pairs.values())
+    summary = res.summary()
+    assert len(summary["delay_uncertainties_ps"]) == 8
+    assert "+-" in res.describe() and "channel 4:" in res.describe()
+    assert format_with_uncertainty(9_793_455.2, 3.1) == "9 793 455 +- 3 ps"
+    assert format_with_uncertainty(1234.567, 0.25) == "1 234.6 +- 0.2 ps"
+    assert format_with_uncertainty(5.0, float("nan")) == "5 ps"
