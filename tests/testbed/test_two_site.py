@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from coincidence import TagBatch
+from controller.simnode import make_link_sites
 from drivers import make_instrument
 from drivers.sim import free_port
 from drivers.sim.sitelink import SiteDownlink, SiteLinkError
@@ -21,22 +21,10 @@ from drivers.sim.testbed import Testbed, TestbedConfig, TestbedError
 
 from .conftest import REPO
 
-CONFIGS = REPO / "configs"
-
 
 def link_configs(tmp_path: Path, speed: float = 10.0) -> Path:
     """configs/testbed-link.yaml and its two node configs with free ports, in tmp_path."""
-    ports: dict[str, str] = {}
-
-    def sub(text: str) -> str:
-        return re.sub(r"\b152\d\d\b", lambda m: ports.setdefault(m[0], str(free_port())), text)
-
-    for name in ("alice-link.yaml", "bob-link.yaml"):
-        (tmp_path / name).write_text(sub((CONFIGS / name).read_text()))
-    text = sub((CONFIGS / "testbed-link.yaml").read_text())
-    text = re.sub(r"(?m)^speed: .*$", f"speed: {speed}", text)
-    (tmp_path / "testbed-link.yaml").write_text(text)
-    return tmp_path / "testbed-link.yaml"
+    return make_link_sites(tmp_path, speed=speed)
 
 
 def _stream(tb: Testbed, name: str):
