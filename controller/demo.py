@@ -234,6 +234,10 @@ def demo(
     live: Annotated[
         bool, typer.Option(help="live status view when on a terminal (off: a line every 5 s)")
     ] = True,
+    link: Annotated[bool, typer.Option("--link", help="the two-site QKD link demo")] = False,
+    keep_serving: Annotated[
+        bool, typer.Option("--keep-serving", help="--link: keep both KMEs up until Ctrl-C")
+    ] = False,
 ) -> None:
     """Run the emulated node end to end and watch it live; summary and plots in runs/demo-<stamp>/.
 
@@ -248,6 +252,10 @@ def demo(
     live = live and sys.stdout.isatty()
     if duration <= 5:
         raise typer.BadParameter("--duration must be more than 5 s")
+    if link or keep_serving:  # the two-site demo: controller/demo_link.py
+        from .demo_link import main as link_demo
+
+        raise typer.Exit(link_demo(duration, runs, keep_serving, link))
     addr = parse_host_port(broker) if broker else None
     code, out, summary = asyncio.run(run_demo(duration, drift_at, addr, runs, live))
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "shutdown"}, indent=2))
