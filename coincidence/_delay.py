@@ -76,6 +76,8 @@ FIT_BINS_PER_SIGMA = 8
 FIT_HALF_SIGMAS = 12.0
 FIT_MIN_BINS = 32
 FIT_MAX_PASSES = 8
+#: Fine fit: most accidental pair differences a window may hold (bounds its time).
+FIT_PAIRS_MAX = 20_000_000
 #: Fine fit: EM iterations at most per pass, and the narrowest peak sigma (tags are whole ps).
 EM_MAX_ITER = 2000
 SIGMA_MIN_PS = 0.5
@@ -253,11 +255,26 @@ def _coarse_fft(
     span_ps: int,
     max_delay_ps: int,
 ) -> _Coarse:
-    """Folded, segmented FFT cross-correlation: C[k] = sum_s sum_i a_s[i] b_s[i + k]."""
+    """Folded, segmented FFT cross-correlation: C[k] = sum_s sum_i a_s[i] b_s[i + k].
+
+    Each segment is a whole number of folding periods (``n_fft * bin_ps``), so
+    every folded bin holds the same stretch of time and the accidental
+    background is flat over the lags (a partial period would fold unevenly and
+    bend it); tags after the last whole period are left out. Data shorter than
+    one period are correlated unfolded.
+    """
     budget = max(1, FFT_SAMPLES_BUDGET // n_fft)
-    n_seg = int(max(1, min(budget, span_ps // max(1, 8 * max_delay_ps))))
-    seg_ps = -(-span_ps // n_seg)
+    period = n_fft * bin_ps
+    n_per = span_ps // period
     t0 = int(min(ta[0], tb[0]))
+    if n_per >= 1:
+        n_seg = int(max(1, min(budget, n_per // 4)))
+        seg_ps = (n_per // n_seg) * period
+        end = t0 + n_seg * seg_ps
+        ta = ta[: np.searchsorted(ta, end)]
+        tb = tb[: np.searchsorted(tb, end)]
+    else:
+        n_seg, seg_ps = 1, span_ps
     ha = np.zeros((n_seg, n_fft), np.float64)
     hb = np.zeros((n_seg, n_fft), np.float64)
     _fold_histogram(ta, t0, bin_ps, n_fft, seg_ps, ha)
@@ -340,6 +357,23 @@ def _scan_peak(c: np.ndarray, k_all: int, k_max: int) -> tuple[list[_Peak], int]
         out.append(_Peak(cpk, w, peak, mean, std, sig, p_one, m))
         w *= 2
     return out, n_pos
+
+
+def _judge(
+    peaks: list[_Peak], n_pos: int, min_significance: float, false_alarm: float
+) -> tuple[_Peak, float, bool]:
+    """The most significant peak that passes both tests, else the most significant one.
+
+    Returns (peak, its look-elsewhere chance probability over ``n_pos`` positions,
+    passed). ``peaks`` must not be empty.
+    """
+    best, p_best, ok = peaks[0], 1.0, False
+    for pk in peaks:
+        p_any = min(1.0, pk.p_one * n_pos)
+        passes = pk.sig >= min_significance and p_any <= false_alarm
+        if (passes, pk.sig) > (ok, best.sig):
+            best, p_best, ok = pk, p_any, passes
+    return best, p_best, ok
 
 
 @dataclass(frozen=True)
@@ -433,7 +467,11 @@ def _fit_peak(ta: np.ndarray, tb: np.ndarray, lag_ps: float, sigma_ps: float) ->
     """
     mu, sigma = float(lag_ps), max(float(sigma_ps), SIGMA_MIN_PS)
     fit: _Fit | None = None
+    span = max(1, int(max(ta[-1], tb[-1])) - int(min(ta[0], tb[0])))
+    # widest window whose accidental pair differences stay within the budget
+    half_max = max(1.0, 0.5 * FIT_PAIRS_MAX * span / max(1.0, float(ta.size) * float(tb.size)))
     for _ in range(FIT_MAX_PASSES):
+        sigma = min(sigma, half_max / FIT_HALF_SIGMAS)
         h = max(1, int(sigma / FIT_BINS_PER_SIGMA))
         half = max(FIT_HALF_SIGMAS * sigma, FIT_MIN_BINS * h)
         n_bins = int(-(-2 * half // h))
@@ -531,11 +569,9 @@ def find_delay(
 
     # the peak is searched within +-k_max; the background uses all k_all bins
     peaks, n_pos = _scan_peak(coarse.counts, k_all, k_max)
-    p_any = {id(pk): min(1.0, pk.p_one * n_pos) for pk in peaks}
-    valid = [pk for pk in peaks if pk.sig >= min_significance and p_any[id(pk)] <= false_alarm]
-    best = max(valid or peaks, key=lambda pk: pk.sig)
+    best, p_best, ok = _judge(peaks, n_pos, min_significance, false_alarm)
     lag_ps = (best.centre - k_all) * bin_ps
-    if not valid:
+    if not ok:
         span_s = span_ps * 1e-12
         sig = best.sig
         why = (
@@ -545,7 +581,7 @@ def find_delay(
         if sig >= min_significance:
             why += (
                 f" but a background window this high is expected by chance with probability "
-                f"{p_any[id(best)]:.2g} over {n_pos} positions at {len(peaks)} window widths "
+                f"{p_best:.2g} over {n_pos} positions at {len(peaks)} window widths "
                 f"(false_alarm threshold {false_alarm:g})"
             )
         raise NoSignificantPeakError(
