@@ -51,6 +51,8 @@ MAX_QBER = 0.11
 MAX_EC_EFFICIENCY = 1.25
 MAX_PPM_ERROR = 1.0
 KEY_BITS = 256
+#: Longest wait for the frames in flight after the tag streams stop, seconds.
+DRAIN_S = 30.0
 
 Echo = Callable[[str], None]
 
@@ -271,8 +273,9 @@ def judge(figures: dict[str, Any]) -> Verdict:
     v.add(
         "sifted positions",
         bool(eng.get("sifted_positions_identical")) and bool(na) and na == nb,
-        f"{grouped(int(na or 0))} bits at A, {grouped(int(nb or 0))} at B",
-        "identical positions, > 0",
+        f"A {grouped(int(na or 0))} bits, B {grouped(int(nb or 0))}; "
+        f"{percent(eng.get('sifted_bit_error_rate'))} differ",
+        "same positions, > 0",
     )
     for basis in ("z", "x"):
         q = eng.get(f"qber_{basis}")
@@ -413,6 +416,8 @@ def _run_for(
     )
     done = stop or threading.Event()
     done.wait(duration_s)
+    echo("stopping the tag streams; finishing the frames in flight")
+    engine.drain(DRAIN_S)
     figures["engine"] = engine.figures()
     engine.stop()
 

@@ -124,7 +124,7 @@ class SiteDownlink:
     is replaced, so the next request starts clean (ZeroMQ's "lazy pirate" pattern).
     """
 
-    def __init__(self, address: str, timeout_s: float = 2.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
         import zmq
 
         self.address = _loopback(address)

@@ -30,6 +30,7 @@ wall clock, so they are repeatable only statistically.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -57,8 +58,10 @@ from .instruments import (
     PM100Emulator,
 )
 from .server import FAULT_MODES, FaultConfig, InstrumentServer
-from .sitelink import SiteDownlink, SiteUplink
+from .sitelink import SiteDownlink, SiteLinkError, SiteUplink
 from .tags import TagGenerator
+
+_log = logging.getLogger("qnet.sim")
 
 Side = Literal["both", "alice", "bob"]
 Site = Literal["alice", "bob"]
@@ -865,7 +868,11 @@ class Testbed:
         """
         downlink = self._downlink
         if downlink is not None and side == "bob":
-            return downlink.take(int(duration_ps), self.site_state("bob"))
+            try:
+                return downlink.take(int(duration_ps), self.site_state("bob"))
+            except SiteLinkError as exc:  # the served stream drops; say why where it shows
+                _log.warning("%s: %s", name, exc)
+                raise
         with self._lock:
             sub = self._tagger_subs.get(name)
             if sub is None:
