@@ -238,6 +238,9 @@ class _Link:
             "report_bob": _plain(rb.as_dict()),
             "channel_alice": self.pumps["alice"].endpoint.counters(),
             "channel_bob": self.pumps["bob"].endpoint.counters(),
+            "channel_errors": {
+                s: repr(p.endpoint.error) for s, p in self.pumps.items() if p.endpoint.error
+            },
         }
 
     def stop(self) -> None:
