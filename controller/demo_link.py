@@ -33,6 +33,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.error
@@ -358,13 +359,15 @@ def run_link_demo(
     keys = run_dir / "keys"
     generate_keys("alice", keys)
     generate_keys("bob", keys)
-    echo(f"qnet demo --link: run folder {run_dir}")
+    echo("qnet demo --link: two sites, one QKD link, keys through ETSI GS QKD 014")
+    echo(f"run folder: {run_dir}")
     with contextlib.ExitStack() as stack:
         sites = stack.enter_context(sim_sites(testbed_yaml, run_dir))
         cfg = sites["config"]
         kme_a = stack.enter_context(KmeThread(cfg_a))
         kme_b = stack.enter_context(KmeThread(cfg_b))
-        echo(f"sites up: alice and bob sim processes; KMEs {kme_a.url} and {kme_b.url}")
+        echo("sites up: one `qnet sim --site` process per site, each tagger on its clock")
+        echo(f"KMEs: A {kme_a.url}, B {kme_b.url}")
         try:
             engine = _link_engine.start(
                 cfg=cfg,
@@ -377,7 +380,8 @@ def run_link_demo(
                 run_dir=run_dir,
             )
         except _link_engine.LinkEngineMissing as exc:
-            echo(f"cannot start the link: {exc}")
+            for line in textwrap.wrap(f"cannot start the link: {exc}", 80):
+                echo(line)
             figures["engine"] = {"error": str(exc)}
             engine = None
         if engine is not None:
@@ -412,9 +416,8 @@ def _run_for(
 ) -> None:
     """Let the link run for ``duration_s`` (or until ``stop``), then take its figures."""
     echo(
-        f"link engine running at both sites through the WAN emulator "
-        f"({si(WAN['latency_s'], 's')} one way, {si(WAN['bandwidth_bps'], 'bit/s')}, "
-        f"{percent(WAN['loss'])} loss) for {duration_s:g} s"
+        f"link running over the WAN emulator ({si(WAN['latency_s'], 's')} one way, "
+        f"{si(WAN['bandwidth_bps'], 'bit/s')}, {percent(WAN['loss'])} loss) for {duration_s:g} s"
     )
     done = stop or threading.Event()
     done.wait(duration_s)
