@@ -62,6 +62,7 @@ from .config import (
     validation_problems,
 )
 from .interlocks import ActionSpec, InterlockRule
+from .qkd_link._service import QkdLinkConfig
 
 #: What the daemon calls on a tagger named in ``acquisition.source.taggers``.
 _TAGGER_METHODS = ("set_streaming", "tag_source")
@@ -186,6 +187,9 @@ class DaemonSection(_Section):
     monitor: dict[str, list[str]] = Field(default_factory=dict)
     interlocks: dict[str, InterlockRule] = Field(default_factory=dict)
     compensation: CompensationConfig | None = None
+    qkd_link: QkdLinkConfig | None = Field(
+        None, description="this node's side of the QKD link engine (controller.qkd_link)"
+    )
     safe_state: list[ActionSpec] = Field(default_factory=list)
     telemetry: TelemetryConfig = TelemetryConfig()
     permissions: PermissionsConfig = PermissionsConfig()

@@ -384,6 +384,7 @@ class Acquisition:
         on_state: called with ``"running"`` / ``"faulted: reason"`` on transitions.
         read_timeout_s: how long one ``read`` may wait.
         backoff_s: (initial, max) wait between reopen attempts.
+        on_batch: called in the worker thread with every raw batch (the QKD link engine).
     """
 
     def __init__(
@@ -394,7 +395,9 @@ class Acquisition:
         on_state: Callable[[str], None] | None = None,
         read_timeout_s: float = 0.5,
         backoff_s: tuple[float, float] = (0.2, 5.0),
+        on_batch: Callable[[TagBatch], None] | None = None,
     ) -> None:
+        self.on_batch = on_batch
         self.open_source = open_source
         self.windower = windower
         self.on_window = on_window
@@ -501,6 +504,8 @@ class Acquisition:
                     if cap.collected_ps >= cap.duration_ps:
                         cap.done.set()
                 self._captures = [c for c in self._captures if not c.done.is_set()]
+            if self.on_batch is not None:
+                self.on_batch(batch)
             for result in self.windower.feed(batch):
                 if self._stop.is_set():
                     return  # stopping: hand nothing more on (the daemon is in its safe state)

@@ -70,6 +70,7 @@ from .commands import (
 from .compensation import CompensationResult, compensate
 from .interlocks import ActionSpec, InterlockEngine, InterlockEvent
 from .merge import MergedTagSource
+from .qkd_link import LinkService
 from .status_view import describe_request, describe_value
 from .supervisor import DeviceUnavailable, DeviceWorker, Supervisor
 
@@ -165,6 +166,7 @@ class Daemon:
         self._clock: DriftTracker | None = None
         self._clock_pin_ps = 0.0  # offset left in the channel delays (see pin_clock)
         self.stopped = asyncio.Event()
+        self.qkd_link: LinkService | None = None
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -185,6 +187,13 @@ class Daemon:
         if self.broker is not None:
             self._start_publisher()
             self._tasks.append(asyncio.create_task(self._command_loop(), name="qnet-commands"))
+        if d.qkd_link is not None:  # the QKD link engine: its own module (controller.qkd_link)
+            self.qkd_link = LinkService(
+                d.qkd_link, node=self.node, link=d.link, base_dir=self.cfg.base_dir()
+            )
+            await self.qkd_link.start()
+            submit = self.publisher.submit if self.publisher is not None else None
+            self._tasks.append(asyncio.create_task(self.qkd_link.report_loop(submit)))
         if d.acquisition is None or self.windower is None:
             return
         self.acquisition = Acquisition(
@@ -193,6 +202,7 @@ class Daemon:
             self._on_window_thread,
             self._on_acq_state_thread,
             read_timeout_s=d.acquisition.read_timeout_s,
+            on_batch=self.qkd_link.offer if self.qkd_link is not None else None,
         )
         self.acquisition.start()
         if d.calibration.at_start:
@@ -271,6 +281,8 @@ class Daemon:
                     log.debug("at shutdown: %s ended with %r", t.get_name(), t.exception())
         self._tasks.clear()
         closers = [asyncio.create_task(self.supervisor.close())]
+        if self.qkd_link is not None:
+            closers.append(asyncio.create_task(self.qkd_link.close()))
         if self.publisher is not None:
             with contextlib.suppress(Exception):
                 report["flushed"] = await self.publisher.wait_drained(
@@ -607,6 +619,7 @@ class Daemon:
             "events": list(self.events)[-20:],
             "requests": {"handled": self.requests_handled, "refused": self.requests_refused},
             "capture": self.acquisition.capture_progress() if self.acquisition else None,
+            "qkd_link": self.qkd_link.status() if self.qkd_link is not None else None,
         }
 
     # -- MQTT --

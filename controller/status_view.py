@@ -121,6 +121,34 @@ def capture_line(capture: dict[str, Any] | None, width: int = 20) -> str:
     return f"capture [{bar}] {done:.1f} / {want:.1f} s"
 
 
+def qkd_link_line(link: dict[str, Any] | None) -> str:
+    """One line on the QKD link engine ("" when the node runs none).
+
+    ``qkd link sender running, lock locked (+0.300000 s, +40.00 ppm), QBER Z 2.05 % X 2.10 %,
+    sifted 9.00 k bit/s, secret 2.05 k bit/s, f 1.03, blocks 3 stored / 0 discarded``
+    """
+    if not link:
+        return ""
+    parts = [f"qkd link {link.get('role')} {link.get('state')}"]
+    lock = link.get("lock_state")
+    if lock and lock != "n/a":
+        off, ppm = link.get("offset_ps"), link.get("ppm")
+        where = f" ({off / 1e12:+.6f} s, {ppm:+.2f} ppm)" if off is not None and ppm else ""
+        parts.append(f"lock {lock}{where}")
+    parts.append(f"QBER Z {_pct(link.get('qber_z'))} X {_pct(link.get('qber_x'))}")
+    parts.append(f"sifted {_fmt_rate(link.get('sifted_rate_bps'))}bit/s")
+    parts.append(f"secret {_fmt_rate(link.get('secret_rate_bps'))}bit/s")
+    f = link.get("ec_efficiency")
+    parts.append(f"f {f:.3f}" if f is not None else "f -")
+    stored, dropped = link.get("blocks_stored", 0), link.get("blocks_discarded", 0)
+    parts.append(f"blocks {stored} stored / {dropped} discarded")
+    if link.get("channel_connected") is False:
+        parts.append("channel DOWN")
+    if link.get("error"):
+        parts.append(f"error: {link['error']}")
+    return ", ".join(parts)
+
+
 def render(
     status: dict[str, Any], title: str = "", thresholds: dict[str, float] | None = None
 ) -> Any:
@@ -209,4 +237,6 @@ def render(
         text = describe_value(text) if not isinstance(text, str) else text
         ev.add_row(t, Text(f"{e.get('kind')}: {text}", style=style))
     parts = [head, Text(cap, style="yellow")] if cap else [head]
+    if ql := qkd_link_line(status.get("qkd_link")):
+        parts.append(Text(ql, style="cyan"))
     return Panel(Group(*parts, rates, dev, ev), title=title or "qnet status")

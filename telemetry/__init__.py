@@ -27,8 +27,6 @@ from ._schema import interlock as interlock
 from ._schema import key_rate as key_rate
 from ._schema import laser as laser
 from ._schema import link as link
-from ._schema import link_key as link_key
-from ._schema import link_qber as link_qber
 from ._schema import parse_lines as parse_lines
 from ._schema import polarization as polarization
 from ._schema import power_meter as power_meter

@@ -168,44 +168,47 @@ MEASUREMENTS: Mapping[str, Measurement] = MappingProxyType(
                 required=("active", "event"),
                 doc="interlock trip/clear events (shown as Grafana annotations)",
             ),
-            # -- a QKD link between two nodes (the Grafana "qkd-link" dashboard) --
             _m(
                 "link",
-                ("node", "link"),
+                ("node", "link", "role"),
                 {
-                    "sifted_bps": float,
+                    "lock_state": str,
+                    "offset_ps": float,
+                    "offset_uncertainty_ps": float,
+                    "ppm": float,
+                    "ppm_uncertainty": float,
+                    "lock_time_s": float,
+                    "epochs": int,
+                    "epochs_unanswered": int,
+                    "epochs_without_lock": int,
                     "sifted_bits": int,
-                    "channel_tx_bytes_per_s": float,
-                    "channel_rx_bytes_per_s": float,
-                    "channel_refused": int,
-                    "clock_locked": int,
-                    "clock_offset_ps": float,
-                    "clock_offset_err_ps": float,
-                    "clock_ppm": float,
-                    "clock_ppm_err": float,
-                },
-                doc="one node's view of a link: sifted key rate, classical channel traffic, "
-                "clock lock (1 locked, 0 not), peer clock offset and frequency with 1-sigma errors",
-            ),
-            _m(
-                "link_qber",
-                ("node", "link", "basis"),
-                {"qber": float, "qber_low": float, "qber_high": float, "sample_bits": int},
-                required=("qber",),
-                doc="QBER of one basis from the disclosed sample, with its confidence interval",
-            ),
-            _m(
-                "link_key",
-                ("node", "link"),
-                {
+                    "sifted_bps": float,
+                    "qber_z": float,
+                    "qber_z_low": float,
+                    "qber_z_high": float,
+                    "qber_x": float,
+                    "qber_x_low": float,
+                    "qber_x_high": float,
+                    "secret_bits": int,
                     "secret_bps": float,
                     "ec_efficiency": float,
-                    "store_keys": int,
-                    "store_bits": int,
+                    "blocks_stored": int,
+                    "blocks_discarded": int,
+                    "frames_aborted": int,
+                    "channel_tx_bytes_per_s": float,
+                    "channel_rx_bytes_per_s": float,
+                    "channel_connected": bool,
+                    "store_blocks": int,
+                    "store_issuable_bytes": int,
                     "delivered_keys": int,
+                    "refused": int,
                 },
-                doc="secret key of a link at one node: rate after privacy amplification, error "
-                "correction efficiency f, key store fill level and keys delivered (cumulative)",
+                required=("lock_state",),
+                doc="one site of a QKD link (role sender | analyser): clock lock (offset and "
+                "ppm with 1-sigma uncertainties), epochs, sifted key, QBER per basis from the "
+                "disclosed sample with 1-sigma Wilson intervals, secret key, EC efficiency, "
+                "blocks stored/discarded, classical channel bytes/s, key store fill, keys "
+                "delivered to SAEs (cumulative)",
             ),
             _m(
                 "telemetry",
@@ -419,6 +422,23 @@ def key_rate(
     )
 
 
+def link(
+    *,
+    node: str,
+    link: str,
+    role: str,
+    lock_state: str,
+    time_ns: int,
+    **fields: float | int | bool | str | None,
+) -> Record:
+    """One site of a QKD link; ``fields`` among the ``link`` measurement's (NaN dropped)."""
+    clean = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()
+    }
+    clean["lock_state"] = lock_state
+    return make("link", {"node": node, "link": link, "role": role}, clean, time_ns)
+
+
 def laser(
     *,
     node: str,
@@ -545,93 +565,6 @@ def interlock(
         "interlock",
         {"node": node, "interlock": interlock},
         {"active": active, "event": event, "reason": reason, "device": device},
-        time_ns,
-    )
-
-
-def link(
-    *,
-    node: str,
-    link: str,
-    time_ns: int,
-    sifted_bps: float | None = None,
-    sifted_bits: int | None = None,
-    channel_tx_bytes_per_s: float | None = None,
-    channel_rx_bytes_per_s: float | None = None,
-    channel_refused: int | None = None,
-    clock_locked: bool | None = None,
-    clock_offset_ps: float | None = None,
-    clock_offset_err_ps: float | None = None,
-    clock_ppm: float | None = None,
-    clock_ppm_err: float | None = None,
-) -> Record:
-    """One node's view of a link (see the ``link`` measurement)."""
-    return make(
-        "link",
-        {"node": node, "link": link},
-        {
-            "sifted_bps": _f(sifted_bps),
-            "sifted_bits": sifted_bits,
-            "channel_tx_bytes_per_s": _f(channel_tx_bytes_per_s),
-            "channel_rx_bytes_per_s": _f(channel_rx_bytes_per_s),
-            "channel_refused": channel_refused,
-            "clock_locked": None if clock_locked is None else int(bool(clock_locked)),
-            "clock_offset_ps": _f(clock_offset_ps),
-            "clock_offset_err_ps": _f(clock_offset_err_ps),
-            "clock_ppm": _f(clock_ppm),
-            "clock_ppm_err": _f(clock_ppm_err),
-        },
-        time_ns,
-    )
-
-
-def link_qber(
-    *,
-    node: str,
-    link: str,
-    basis: str,
-    qber: float,
-    time_ns: int,
-    qber_low: float | None = None,
-    qber_high: float | None = None,
-    sample_bits: int | None = None,
-) -> Record:
-    """QBER of one basis of a link with its confidence interval (ratios in [0, 1])."""
-    return make(
-        "link_qber",
-        {"node": node, "link": link, "basis": basis},
-        {
-            "qber": _f(qber),
-            "qber_low": _f(qber_low),
-            "qber_high": _f(qber_high),
-            "sample_bits": sample_bits,
-        },
-        time_ns,
-    )
-
-
-def link_key(
-    *,
-    node: str,
-    link: str,
-    time_ns: int,
-    secret_bps: float | None = None,
-    ec_efficiency: float | None = None,
-    store_keys: int | None = None,
-    store_bits: int | None = None,
-    delivered_keys: int | None = None,
-) -> Record:
-    """Secret key of a link at one node (see the ``link_key`` measurement)."""
-    return make(
-        "link_key",
-        {"node": node, "link": link},
-        {
-            "secret_bps": _f(secret_bps),
-            "ec_efficiency": _f(ec_efficiency),
-            "store_keys": store_keys,
-            "store_bits": store_bits,
-            "delivered_keys": delivered_keys,
-        },
         time_ns,
     )
 

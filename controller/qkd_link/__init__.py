@@ -16,3 +16,8 @@ from ._engine import FrameRecord as FrameRecord
 from ._engine import LinkReport as LinkReport
 from ._engine import SenderLink as SenderLink
 from ._pairing import pair_indices as pair_indices
+from ._records import link_record as link_record
+from ._runner import LinkPump as LinkPump
+from ._runner import run_link as run_link
+from ._service import LinkService as LinkService
+from ._service import QkdLinkConfig as QkdLinkConfig

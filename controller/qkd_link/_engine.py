@@ -50,6 +50,10 @@ from ._config import LinkConfig
 from ._pairing import pair_indices
 
 _CONF_1SIGMA = 0.6827
+#: Frames cut after one epoch's sifted bits at most; a frame's id (= its block id in the
+#: key stores) is ``epoch * FRAMES_PER_EPOCH + k``, so both sites name it alike and ids
+#: continue across a restart as long as the sender's tagger clock does.
+FRAMES_PER_EPOCH = 8
 
 
 class BlockSink(Protocol):
@@ -131,6 +135,7 @@ class LinkReport:
     epochs: int
     epochs_answered: int
     epochs_unanswered: int
+    epochs_without_lock: int
     pairs: int
     sifted_bits: int
     data_s: float
@@ -188,7 +193,6 @@ class _LinkSide:
         self._acc_bits: list[np.ndarray] = []
         self._acc_bases: list[np.ndarray] = []
         self._acc_n = 0
-        self._next_frame = 0
         self.frames: dict[int, _Frame] = {}
         self.records: dict[int, FrameRecord] = {}
         self.record_sifted = record_sifted
@@ -197,6 +201,7 @@ class _LinkSide:
         self.stored_blocks: dict[int, bytes] = {}
         self.epochs_answered = 0
         self.epochs_unanswered = 0
+        self.epochs_without_lock = 0
         self.pairs = 0
         self.sifted_bits = 0
         self.data_ps = 0
@@ -216,13 +221,12 @@ class _LinkSide:
             self._acc_n += len(key)
         cut: list[int] = []
         n = self.cfg.frame_bits
-        while self._acc_n >= n:
+        while self._acc_n >= n and len(cut) < FRAMES_PER_EPOCH:
             bits = np.concatenate(self._acc_bits)
             bases = np.concatenate(self._acc_bases)
             self._acc_bits, self._acc_bases = [bits[n:]], [bases[n:]]
             self._acc_n -= n
-            fid = self._next_frame
-            self._next_frame += 1
+            fid = epoch * FRAMES_PER_EPOCH + len(cut)
             rec = FrameRecord(fid, sifted_bits=n)
             self.frames[fid] = _Frame(rec, bits[:n].copy(), bases[:n].copy())
             self.records[fid] = rec
@@ -345,6 +349,7 @@ class _LinkSide:
             epochs=self._epochs(),
             epochs_answered=self.epochs_answered,
             epochs_unanswered=self.epochs_unanswered,
+            epochs_without_lock=self.epochs_without_lock,
             pairs=self.pairs,
             sifted_bits=self.sifted_bits,
             data_s=data_s,
@@ -378,7 +383,8 @@ class SenderLink(_LinkSide):
         super().__init__(cfg, store, **kw)
         self._t: list[np.ndarray] = []
         self._ch: list[np.ndarray] = []
-        self._epoch0: int | None = None
+        self.first_epoch: int | None = None
+        """Number of the first epoch sent (set at the first batch)."""
         self._next_epoch = 0
         self._covered_ps: int | None = None
         self._pending: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
@@ -388,9 +394,16 @@ class SenderLink(_LinkSide):
         return self.epochs_sent
 
     def feed_tags(self, batch: TagBatch) -> list[Message]:
-        """Her tagger's next batch -> the epoch messages that are complete."""
-        if self._epoch0 is None:
-            self._epoch0 = int(batch.begin_ps)
+        """Her tagger's next batch -> the epoch messages that are complete.
+
+        Epoch ``k`` covers ``[k E, (k + 1) E)`` of her clock (``E = epoch_ps``), so epoch
+        numbers continue across a restart of the daemon while the tagger's clock runs on;
+        the first epoch is the first whole one after the first batch begins.
+        """
+        e_ps = self.cfg.epoch_ps
+        if self.first_epoch is None:
+            self._next_epoch = -(-int(batch.begin_ps) // e_ps)
+            self.first_epoch = self._next_epoch
         if self._covered_ps is not None and batch.begin_ps < self._covered_ps:
             raise ValueError(
                 f"sender tags: batch begins at {batch.begin_ps} ps, before the previous "
@@ -401,14 +414,14 @@ class SenderLink(_LinkSide):
         self._ch.append(batch.channels[keep])
         self._covered_ps = int(batch.end_ps)
         out: list[Message] = []
-        e_ps = self.cfg.epoch_ps
-        while self._epoch0 + (self._next_epoch + 1) * e_ps <= self._covered_ps:
-            begin = self._epoch0 + self._next_epoch * e_ps
+        while (self._next_epoch + 1) * e_ps <= self._covered_ps:
+            begin = self._next_epoch * e_ps
             end = begin + e_ps
             t = np.concatenate(self._t) if len(self._t) != 1 else self._t[0]
             ch = np.concatenate(self._ch) if len(self._ch) != 1 else self._ch[0]
+            i0 = int(np.searchsorted(t, begin))
             i = int(np.searchsorted(t, end))
-            ep = TagBatch(t[:i], ch[:i], begin, end)
+            ep = TagBatch(t[i0:i], ch[i0:i], begin, end)
             self._t, self._ch = [t[i:]], [ch[i:]]
             msg = make_epoch(
                 self._next_epoch, ep, self.cfg.basis_of_channel(), self.cfg.resolution_ps
@@ -625,11 +638,10 @@ class AnalyserLink(_LinkSide):
             self._t, self._ch = self._t[cut:], self._ch[cut:]
         smsg, key = ds.sift_analysing(ep.epoch, ib, ia, local_b, ep.bases, local_o)
         out.append(PairReply(ep.epoch, n, smsg.peer_indices, smsg.bases))
+        self.epochs_answered += 1
+        self.data_ps += int(ep.end_ps - ep.begin_ps)
         if lock is None:
-            self.epochs_unanswered += 1
-        else:
-            self.epochs_answered += 1
-            self.data_ps += int(ep.end_ps - ep.begin_ps)
+            self.epochs_without_lock += 1
         self.pairs += int(ia.size)
         for fid in self._add_sifted(ep.epoch, key):
             self._start_frame(fid, out)

@@ -5,20 +5,36 @@ known QBER, each tagger on its own clock (Bob's offset and ppm against Alice's),
 noise and jitter. :func:`run_in_process` drives a :class:`SenderLink` and an
 :class:`AnalyserLink` through real channel frames (``channel.encode_frame`` /
 ``decode_frame``), so a test can capture, decode or tamper with every message.
+:func:`run_link_over_wan` runs both over real CURVE channel ends through the WAN
+emulator (latency, bandwidth, loss, outages).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from channel import Message, decode_frame, encode_frame, link_id_of
+from channel import (
+    ChannelEndpoint,
+    Message,
+    decode_frame,
+    encode_frame,
+    generate_keys,
+    link_id_of,
+    load_key_pair,
+)
+from channel.testing import WanEmulator
 from coincidence import TagBatch
 
 from ._engine import AnalyserLink, SenderLink
+from ._runner import LinkPump
 
 Tamper = Callable[[str, Message], Message]
 """``tamper(direction, message)`` may return a changed message (``"a->b"`` or ``"b->a"``)."""
@@ -60,15 +76,18 @@ def two_site_tags(
     batch_s: float = 0.25,
     seed: int = 1,
     flip_alice: bool = False,
+    dark_s: tuple[float, float] | None = None,
 ) -> TwoSiteTags:
     """Both sites' tags of ``duration_s`` of a phi+ source with channels H0 V1 D2 A3.
 
-    Alice's clock is the true time; Bob's reads ``offset_ps + t (1 + ppm 1e-6)``.
+    Alice's clock reads the true time ``t``, Bob's ``offset_ps + t (1 + ppm 1e-6)`` (both
+    shifted by ``-offset_ps`` when the offset is negative, so no tag is negative).
     Each pair is detected at Alice with probability ``eta_a``, at Bob with
     ``eta_b``; each side draws its basis at random; in equal bases Bob's outcome
     is Alice's flipped with probability ``qber``; each side has ``noise_hz`` of
     dark counts spread over its detectors. ``flip_alice`` swaps her H<->V and
-    D<->A (every outcome flipped, same times and bases).
+    D<->A (every outcome flipped, same times and bases). ``dark_s = (t0, t1)``
+    blocks the source between those true times (an optical outage: noise only).
     """
     rng = np.random.default_rng(seed)
     t_ps = int(duration_s * 1e12)
@@ -76,6 +95,10 @@ def two_site_tags(
     t = np.sort(rng.integers(0, t_ps, n))
     da = rng.random(n) < eta_a
     db = rng.random(n) < eta_b
+    if dark_s is not None:
+        dark = (t >= dark_s[0] * 1e12) & (t < dark_s[1] * 1e12)
+        da &= ~dark
+        db &= ~dark
     ba = rng.integers(0, 2, n)
     bb = rng.integers(0, 2, n)
     oa = rng.integers(0, 2, n)
@@ -103,13 +126,15 @@ def two_site_tags(
     # flip_alice must not change any time: Alice's jitter and noise come from their own stream
     ta, cha = site(da, ca, np.random.default_rng(seed + 1000))
     tb_true, chb = site(db, cb, np.random.default_rng(seed + 2000))
-    tb = (offset_ps + tb_true * (1.0 + ppm * 1e-6)).astype(np.int64)
+    base = max(0, -int(offset_ps))  # a common shift keeps both clocks' tags non-negative
+    ta = ta + base
+    tb = (base + offset_ps + tb_true * (1.0 + ppm * 1e-6)).astype(np.int64)
     order = np.argsort(tb, kind="stable")
     tb, chb = tb[order], chb[order]
     step = int(batch_s * 1e12)
-    alice = _batches(ta, cha, 0, t_ps, step)
-    b0 = int(offset_ps)
-    b1 = int(offset_ps + t_ps * (1.0 + ppm * 1e-6))
+    alice = _batches(ta, cha, base, base + t_ps, step)
+    b0 = int(base + offset_ps)
+    b1 = int(base + offset_ps + t_ps * (1.0 + ppm * 1e-6))
     bob = _batches(tb, chb, b0, b1, int(step * (1.0 + ppm * 1e-6)))
     r_a = ta.size / duration_s
     r_b = tb.size / duration_s
@@ -188,3 +213,135 @@ def run_in_process(
         pump()
     pump()
     return log
+
+
+@dataclass
+class WanLinkReport:
+    """What a two-site run over real channel ends counted (see :func:`run_link_over_wan`)."""
+
+    alice: SenderLink
+    bob: AnalyserLink
+    epochs_sent: int
+    epochs_answered: int
+    epochs_lost: int
+    epochs_twice: int
+    blocks_a: int
+    blocks_b: int
+    keys_identical: bool
+    duration_s: float
+    channel_a: dict[str, int]
+    channel_b: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        """Every epoch but the last answered once, and both sites' blocks identical."""
+        return (
+            self.epochs_lost == 0
+            and self.epochs_twice == 0
+            and self.keys_identical
+            and self.blocks_a > 0
+        )
+
+
+def run_link_over_wan(
+    tags: TwoSiteTags,
+    alice: SenderLink,
+    bob: AnalyserLink,
+    key_dir: Path,
+    *,
+    latency_s: float = 0.02,
+    bandwidth_bps: float | None = 10e6,
+    loss: float = 0.01,
+    outage_s: float = 2.0,
+    outage_at_batch: int | None = None,
+    outage_mode: Literal["blackhole", "reset"] = "blackhole",
+    pace_s: float = 0.05,
+    timeout_s: float = 240.0,
+    seed: int = 3,
+) -> WanLinkReport:
+    """Run both engines over two CURVE channel ends through a :class:`~channel.testing.WanEmulator`.
+
+    Alice's end connects through the emulator to Bob's; each site's pump runs in its
+    own thread. One batch per site is offered every ``pace_s`` (its tagger's pace);
+    after batch ``outage_at_batch`` (default: half way) the emulator has an outage of
+    ``outage_s``. Waits (up to ``timeout_s``) until every epoch but the last (which
+    needs Bob's tags beyond the end of the data) is answered and no frame is open.
+    """
+    key_dir.mkdir(parents=True, exist_ok=True)
+    ka = load_key_pair(generate_keys("alice", key_dir, overwrite=True)[1])
+    kb = load_key_pair(generate_keys("bob", key_dir, overwrite=True)[1])
+    link = alice.cfg.link
+    stop = threading.Event()
+    t0 = time.monotonic()
+    at = len(tags.alice) // 2 if outage_at_batch is None else outage_at_batch
+    with ChannelEndpoint(
+        role="server", address="tcp://127.0.0.1:0", keys=kb, peer_public_key=ka.public, link=link
+    ) as end_b:
+        port = int(end_b.address.rsplit(":", 1)[1])
+        wan = WanEmulator(
+            ("127.0.0.1", port),
+            latency_s=latency_s,
+            bandwidth_bps=bandwidth_bps,
+            loss=loss,
+            seed=seed,
+            lifetime_s=timeout_s + outage_s + len(tags.alice) * pace_s + 120,
+        )
+        with (
+            wan,
+            ChannelEndpoint(
+                role="client", address=wan.address, keys=ka, peer_public_key=kb.public, link=link
+            ) as end_a,
+        ):
+            pumps = [LinkPump(alice, end_a), LinkPump(bob, end_b)]
+
+            def loop(p: LinkPump) -> None:
+                while not stop.is_set():
+                    p.step(0.02)
+
+            threads = [threading.Thread(target=loop, args=(p,), daemon=True) for p in pumps]
+            for t in threads:
+                t.start()
+            try:
+                for k in range(max(len(tags.alice), len(tags.bob))):
+                    if k < len(tags.alice):
+                        pumps[0].offer(tags.alice[k])
+                    if k < len(tags.bob):
+                        pumps[1].offer(tags.bob[k])
+                    if k == at and outage_s > 0:
+                        wan.outage(outage_s, mode=outage_mode)
+                    time.sleep(pace_s)
+                deadline = time.monotonic() + timeout_s
+                while time.monotonic() < deadline:
+                    ra, _ = pumps[0].report()
+                    rb, _ = pumps[1].report()
+                    want = alice.epochs_sent - 1
+                    answered = ra.epochs_answered + ra.epochs_unanswered
+                    quiet = ra.frames == rb.frames and not alice.frames and not bob.frames
+                    if answered >= want and rb.epochs_answered >= want and quiet:
+                        break
+                    time.sleep(0.2)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(60)
+            ca, cb = end_a.counters(), end_b.counters()
+    ra, rb = alice.report(), bob.report()
+    seen = [e for e, _ in bob.sifted_log] if bob.record_sifted else []
+    twice = len(seen) - len(set(seen))
+    answered = ra.epochs_answered
+    common = set(alice.stored_blocks) | set(bob.stored_blocks)
+    same = all(alice.stored_blocks.get(f) == bob.stored_blocks.get(f) for f in common)
+    return WanLinkReport(
+        alice=alice,
+        bob=bob,
+        epochs_sent=alice.epochs_sent,
+        epochs_answered=answered,
+        epochs_lost=max(0, alice.epochs_sent - 1 - answered),
+        epochs_twice=twice,
+        blocks_a=len(alice.stored_blocks),
+        blocks_b=len(bob.stored_blocks),
+        keys_identical=same,
+        duration_s=time.monotonic() - t0,
+        channel_a=ca,
+        channel_b=cb,
+    )

@@ -27,6 +27,19 @@ T = 1_700_000_000_123_456_789
 def one_of_each() -> list[Record]:
     n = "alice"
     return [
+        telemetry.link(
+            node=n,
+            link="ab",
+            role="analyser",
+            lock_state="locked",
+            offset_ps=3.0e11,
+            ppm=40.0,
+            epochs=12,
+            secret_bps=2048.0,
+            ec_efficiency=float("nan"),
+            channel_connected=True,
+            time_ns=T,
+        ),
         telemetry.singles(node=n, channel=3, counts=1200, rate_hz=1200.0, time_ns=T),
         telemetry.coincidences(
             node=n,
@@ -74,23 +87,6 @@ def one_of_each() -> list[Record]:
             event="trip",
             reason="T > 310 K",
             time_ns=T,
-        ),
-        telemetry.link(
-            node=n,
-            link="ab",
-            time_ns=T,
-            sifted_bps=2.5e3,
-            clock_locked=True,
-            clock_offset_ps=-7.3e11,
-            clock_offset_err_ps=120.0,
-            clock_ppm=-41.0,
-            clock_ppm_err=0.02,
-        ),
-        telemetry.link_qber(
-            node=n, link="ab", basis="z", qber=0.011, qber_low=0.007, qber_high=0.016, time_ns=T
-        ),
-        telemetry.link_key(
-            node=n, link="ab", time_ns=T, secret_bps=900.0, ec_efficiency=1.06, store_keys=3
         ),
     ]
 

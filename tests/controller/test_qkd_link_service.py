@@ -1,0 +1,107 @@
+"""The link's daemon service: its config section, and two services keying over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+import coincidence
+from channel import generate_keys
+from controller._daemon_config import DaemonSection
+from controller.qkd_link import LinkService, QkdLinkConfig
+from controller.qkd_link.testing import two_site_tags
+from controller.status_view import qkd_link_line
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(coincidence, "ClockTracker"), reason="coincidence.ClockTracker not available"
+)
+
+
+def _section(tmp: Path, role: str, channel_role: str, address: str, site: int) -> dict:
+    me, peer = ("alice", "bob") if role == "sender" else ("bob", "alice")
+    return {
+        "role": role,
+        "channel": {
+            "role": channel_role,
+            "address": address,
+            "secret_key_file": str(tmp / f"{me}.key_secret"),
+            "peer_public_key_file": str(tmp / f"{peer}.key"),
+        },
+        "epoch_s": 0.5,
+        "frame_bits": 2**15,
+        "q_expected": 0.02,
+        "q_tol": 0.06,
+        "acquire_span_s": 3.0,
+        "track_window_s": 0.5,
+        "store": f"{me}.sqlite",
+        "site_index": site,
+        "report_interval_s": 0.2,
+    }
+
+
+def test_config_errors_name_the_setting(tmp_path: Path) -> None:
+    good = _section(tmp_path, "sender", "client", "tcp://127.0.0.1:5560", 0)
+    QkdLinkConfig.model_validate(good)
+    for key, value, words in (
+        ("frame_bits", 10, "frame_bits"),
+        ("role", "alice", "role"),
+        ("detectors", {"H": 0, "V": 0}, "used twice"),
+        ("q_expected", 0.2, "q_expected"),
+    ):
+        with pytest.raises(ValidationError, match=words):
+            QkdLinkConfig.model_validate({**good, key: value})
+    with pytest.raises(ValidationError, match="address"):
+        QkdLinkConfig.model_validate(
+            {**good, "channel": {**good["channel"], "address": "bob:5560"}}
+        )
+    sec = DaemonSection.model_validate({"link": "ab", "qkd_link": good})
+    assert sec.qkd_link is not None and sec.qkd_link.role == "sender"
+
+
+def test_two_services_key_over_loopback(tmp_path: Path) -> None:
+    generate_keys("alice", tmp_path)
+    generate_keys("bob", tmp_path)
+    tags = two_site_tags(duration_s=9.0, qber=0.02, seed=9)
+    submitted: list = []
+
+    async def main() -> tuple[dict, dict, LinkService, LinkService]:
+        bob_cfg = QkdLinkConfig.model_validate(
+            _section(tmp_path, "analyser", "server", "tcp://127.0.0.1:0", 1)
+        )
+        bob = LinkService(bob_cfg, node="bob", link="ab", base_dir=tmp_path)
+        await bob.start()
+        alice_cfg = QkdLinkConfig.model_validate(
+            _section(tmp_path, "sender", "client", bob.endpoint.address, 0)
+        )
+        alice = LinkService(alice_cfg, node="alice", link="ab", base_dir=tmp_path)
+        await alice.start()
+        reports = [asyncio.create_task(s.report_loop(submitted.extend)) for s in (alice, bob)]
+        for a, b in zip(tags.alice, tags.bob, strict=True):
+            alice.offer(a)
+            bob.offer(b)
+            await asyncio.sleep(0.02)
+        for _ in range(600):
+            quiet = not alice.engine.frames and not bob.engine.frames
+            same = len(bob.engine.stored_blocks) == len(alice.engine.stored_blocks)
+            if alice.engine.stored_blocks and quiet and same:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # one more report
+        sa, sb = alice.status(), bob.status()
+        await alice.close()
+        await bob.close()
+        for t in reports:
+            t.cancel()
+        return sa, sb, alice, bob
+
+    sa, sb, alice, bob = asyncio.run(main())
+    assert alice.engine.stored_blocks and alice.engine.stored_blocks == bob.engine.stored_blocks
+    assert sb["lock_state"] == "locked" and sb["blocks_stored"] >= 1
+    assert sa["role"] == "sender" and sa["channel_connected"] is True
+    assert "lock locked" in qkd_link_line(sb) and "blocks" in qkd_link_line(sa)
+    assert {r.tags["role"] for r in submitted} == {"sender", "analyser"}
+    assert (tmp_path / "alice.channel.json").exists()  # the epoch record kept for a restart
+    assert alice.state == bob.state == "stopped"
