@@ -5,9 +5,9 @@ stream, talking to the other site over a ``channel.ChannelEndpoint`` (CURVE, pin
 keys) through the WAN emulator, writing identical blocks into the site's key store;
 and, at the end, the figures of the verdict. The engine is sans-I/O
 (``SenderLink`` / ``AnalyserLink``: tag batches and peer messages in, messages out)
-and has no driver over a real endpoint yet, so :class:`_SitePump` here is that
-driver: one thread per site, the only thread that touches its engine. This module
-is the one place that knows the engine's API.
+and its ``LinkPump`` steps one over an endpoint; :class:`_SitePump` here feeds a
+pump from the site's tagger stream (a reader thread) and steps it continuously (a
+worker thread). This module is the one place that knows the engine's API.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -67,76 +66,68 @@ def link_config(link: str) -> Any:
     )
 
 
-class _SitePump:
-    """One site: its tagger's stream and its channel endpoint into its engine, in one thread."""
+def _in_flight(rep: Any) -> int:
+    """Frames started and not yet ended (stored, discarded, aborted or empty)."""
+    ended = rep.blocks_stored + rep.blocks_discarded + rep.frames_aborted + rep.frames_empty
+    return int(rep.frames - ended)
 
-    def __init__(self, name: str, engine: Any, source: Any, endpoint: Any) -> None:
+
+class _SitePump:
+    """One site: its tagger's stream into the engine's ``LinkPump``, the pump stepped.
+
+    A reader thread offers each batch; a worker thread steps the pump continuously
+    (the peer's messages without delay: Cascade is many round trips over the WAN).
+    """
+
+    def __init__(self, name: str, pump: Any, source: Any) -> None:
         self.name = name
-        self.engine = engine
+        self.pump = pump
         self.source = source
-        self.endpoint = endpoint
         self.error = ""
         self.feeding = True
         """False: no more tags, only the peer's messages (let the pipeline drain)."""
         self.tags = 0
         self.sim_ps = 0
-        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._batches: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"link-{name}")
         self._reader = threading.Thread(target=self._read, daemon=True, name=f"tags-{name}")
+
+    @property
+    def engine(self) -> Any:
+        return self.pump.engine
+
+    @property
+    def endpoint(self) -> Any:
+        return self.pump.endpoint
 
     def start(self) -> _SitePump:
         self._reader.start()
         self._thread.start()
         return self
 
-    def _send(self, msgs: list[Any]) -> None:
-        from channel import ChannelFullError
-
-        for m in msgs:
-            while not self._stop.is_set():
-                try:
-                    self.endpoint.send(m)
-                    break
-                except ChannelFullError:  # the peer lags: wait for acknowledgements
-                    time.sleep(0.05)
-
     def _read(self) -> None:
-        """The tagger's stream into the queue (its own thread: reads block)."""
+        """The tagger's stream into the pump (its own thread: reads block)."""
         try:
             while not self._stop.is_set():
                 batch = self.source.read(timeout_s=0.5)
                 if batch is None:
                     return
                 if batch.duration_ps > 0 and self.feeding:
-                    self._batches.put(batch)
+                    self.tags += len(batch)
+                    self.sim_ps += batch.duration_ps
+                    self.pump.offer(batch)
         except Exception as exc:  # reported in the verdict, never a silent dead thread
             self.error = f"tag stream: {type(exc).__name__}: {exc}"
 
     def _run(self) -> None:
-        # The peer's messages without delay (Cascade is many round trips), tags as they come.
         try:
             while not self._stop.is_set():
-                msg = self.endpoint.receive(timeout_s=0.002)
-                with self._lock:
-                    while msg is not None:
-                        self._send(self.engine.receive(msg))
-                        msg = self.endpoint.receive(timeout_s=0)
-                    for _ in range(20):
-                        try:
-                            batch = self._batches.get_nowait()
-                        except queue.Empty:
-                            break
-                        self.tags += len(batch)
-                        self.sim_ps += batch.duration_ps
-                        self._send(self.engine.feed_tags(batch))
+                self.pump.step(0.002)
         except Exception as exc:  # reported in the verdict, never a silent dead thread
             self.error = f"{type(exc).__name__}: {exc}"
 
     def report(self) -> Any:
-        with self._lock:
-            return self.engine.report()
+        return self.pump.report()[0]
 
     def stop(self) -> None:
         self._stop.set()
@@ -151,7 +142,6 @@ class _Link:
     def __init__(self) -> None:
         self.pumps: dict[str, _SitePump] = {}
         self.closers: list[Callable[[], None]] = []
-        self.started = time.monotonic()
         self._stopped = False
 
     def drain(self, timeout_s: float) -> None:
@@ -163,13 +153,9 @@ class _Link:
         last: tuple[int, ...] = ()
         still_since = time.monotonic()
         while time.monotonic() < deadline:
-            with a._lock, b._lock:
-                busy = any(p._batches.qsize() for p in (a, b)) or any(
-                    r.state in ("estimating", "reconciling")
-                    for side in (a, b)
-                    for r in side.engine.records.values()
-                )
-                now = (a.engine.sifted_bits, b.engine.sifted_bits, len(b.engine.records))
+            ra, rb = a.report(), b.report()
+            busy = a.pump.backlog or b.pump.backlog or _in_flight(ra) or _in_flight(rb)
+            now = (ra.sifted_bits, rb.sifted_bits, rb.frames)
             if now != last or busy:
                 last, still_since = now, time.monotonic()
             elif time.monotonic() - still_since > 1.0:
@@ -177,21 +163,21 @@ class _Link:
             time.sleep(0.1)
 
     def figures(self) -> dict[str, Any]:
-        a = self.pumps["alice"]
-        b = self.pumps["bob"]
+        """The verdict's figures; stops both pumps first (the engines are read directly)."""
+        a, b = self.pumps["alice"], self.pumps["bob"]
+        for p in (a, b):
+            p.stop()
         ra, rb = a.report(), b.report()
-        with a._lock, b._lock:
-            la = [(e, len(bits)) for e, bits in a.engine.sifted_log]
-            lb = [(e, len(bits)) for e, bits in b.engine.sifted_log]
-            common = min(len(a.engine.sifted_log), len(b.engine.sifted_log))
-            errors = n = 0
-            for (ea, xa), (eb, xb) in zip(
-                a.engine.sifted_log[:common], b.engine.sifted_log[:common], strict=True
-            ):
-                if ea == eb and len(xa) == len(xb):
-                    errors += int((xa != xb).sum())
-                    n += len(xa)
-        k = min(len(la), len(lb))
+        la = [(e, len(bits)) for e, bits in a.engine.sifted_log]
+        lb = [(e, len(bits)) for e, bits in b.engine.sifted_log]
+        common = min(len(la), len(lb))
+        errors = n = 0
+        for (ea, xa), (eb, xb) in zip(
+            a.engine.sifted_log[:common], b.engine.sifted_log[:common], strict=True
+        ):
+            if ea == eb and len(xa) == len(xb):
+                errors += int((xa != xb).sum())
+                n += len(xa)
 
         def num(x: float) -> float | None:
             return float(x) if x is not None and math.isfinite(x) else None
@@ -206,8 +192,8 @@ class _Link:
             "clock_ppm_err": num(rb.ppm_uncertainty),
             "sifted_bits_alice": ra.sifted_bits,
             "sifted_bits_bob": rb.sifted_bits,
-            "sifted_epochs_compared": k,
-            "sifted_positions_identical": k > 0 and la[:k] == lb[:k],
+            "sifted_epochs_compared": common,
+            "sifted_positions_identical": common > 0 and la[:common] == lb[:common],
             "sifted_bit_error_rate": errors / n if n else None,
             "qber_z": num(rb.qber_z),
             "qber_z_low": num(rb.qber_z_low),
@@ -220,6 +206,7 @@ class _Link:
             "secret_bps": num(rb.secret_rate_bps),
             "sifted_bps": num(rb.sifted_rate_bps),
             "frames": rb.frames,
+            "frames_in_flight": _in_flight(rb),
             "blocks_stored_alice": ra.blocks_stored,
             "blocks_stored_bob": rb.blocks_stored,
             "blocks_discarded": rb.blocks_discarded,
@@ -236,8 +223,8 @@ class _Link:
             "last_error": rb.last_error or ra.last_error,
             "report_alice": _plain(ra.as_dict()),
             "report_bob": _plain(rb.as_dict()),
-            "channel_alice": self.pumps["alice"].endpoint.counters(),
-            "channel_bob": self.pumps["bob"].endpoint.counters(),
+            "channel_alice": a.endpoint.counters(),
+            "channel_bob": b.endpoint.counters(),
             "channel_errors": {
                 s: repr(p.endpoint.error) for s, p in self.pumps.items() if p.endpoint.error
             },
@@ -276,7 +263,7 @@ def start(
             "(coincidence.ClockTracker) is not part of this installation"
         )
     from channel import ChannelEndpoint, key_paths
-    from controller.qkd_link import AnalyserLink, SenderLink
+    from controller.qkd_link import AnalyserLink, LinkPump, SenderLink
     from kms import KeyStore
 
     out = _Link()
@@ -317,7 +304,7 @@ def start(
             driver, source = open_tagger(cfg, tagger)
             out.closers.append(driver.close)
             out.closers.append(source.close)
-            out.pumps[site] = _SitePump(site, engine, source, ep)
+            out.pumps[site] = _SitePump(site, LinkPump(engine, ep), source)
         for p in out.pumps.values():
             p.start()
     except Exception:
