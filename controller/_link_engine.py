@@ -48,22 +48,17 @@ def available() -> bool:
     return hasattr(coincidence, "ClockTracker")
 
 
-def link_config(link: str) -> Any:
-    """Both sites' link settings for the emulated two-site testbed (channels 0..3 each)."""
-    import distill as ds
-    from controller.qkd_link import LinkConfig
+def link_configs(sites_dir: Path, link: str) -> tuple[Any, Any]:
+    """Both sites' engine settings: the ``qkd_link`` sections of the two node configs."""
+    from controller._daemon_config import load_daemon_config
 
-    return LinkConfig(
-        link=link,
-        detectors={"H": 0, "V": 1, "D": 2, "A": 3},
-        bell_state="phi+",
-        epoch_ps=500_000_000_000,
-        frame_bits=2**17,
-        q_expected=0.03,
-        finite=ds.FiniteKeyConfig(q_tol=0.08),
-        acquire_span_ps=5 * 10**12,
-        track_window_ps=500_000_000_000,
-    )
+    out = []
+    for node in ("alice", "bob"):
+        section = load_daemon_config(sites_dir / f"{node}-link.yaml").daemon.qkd_link
+        if section is None:
+            raise LinkEngineMissing(f"{node}-link.yaml has no daemon.qkd_link section")
+        out.append(section.engine_config(link))
+    return out[0], out[1]
 
 
 def _in_flight(rep: Any) -> int:
@@ -254,9 +249,14 @@ def start(
     wan: dict[str, float],
     wan_factory: Callable[..., Any],
     open_tagger: Callable[[Any, str], tuple[Any, Any]],
-    run_dir: Path,
+    sites_dir: Path,
 ) -> RunningLink:
-    """Start the link engine at both sites (see the module docstring)."""
+    """Start the link engine at both sites (see the module docstring).
+
+    The engine's settings come from the two sites' node configs in ``sites_dir``
+    (``alice-link.yaml`` / ``bob-link.yaml``, section ``daemon.qkd_link``); the channel
+    addresses, key files and stores there are a deployment's, the demo uses its own.
+    """
     if not available():
         raise LinkEngineMissing(
             "the QKD link engine (controller.qkd_link) or the reference-free clock tracker "
@@ -268,7 +268,7 @@ def start(
 
     out = _Link()
     try:
-        lcfg = link_config(link)
+        cfg_alice, cfg_bob = link_configs(sites_dir, link)
         store_a = KeyStore(stores[0], site_index=0)
         out.closers.append(store_a.close)
         store_b = KeyStore(stores[1], site_index=1)
@@ -297,8 +297,8 @@ def start(
         ).start()
         out.closers.append(ep_a.close)
         sites = (
-            ("alice", "alice_tagger", SenderLink(lcfg, store_a, record_sifted=True), ep_a),
-            ("bob", "bob_tagger", AnalyserLink(lcfg, store_b, record_sifted=True), ep_b),
+            ("alice", "alice_tagger", SenderLink(cfg_alice, store_a, record_sifted=True), ep_a),
+            ("bob", "bob_tagger", AnalyserLink(cfg_bob, store_b, record_sifted=True), ep_b),
         )
         for site, tagger, engine, ep in sites:
             driver, source = open_tagger(cfg, tagger)

@@ -377,7 +377,7 @@ def run_link_demo(
                 wan=WAN,
                 wan_factory=WanEmulator,
                 open_tagger=open_tagger,
-                run_dir=run_dir,
+                sites_dir=testbed_yaml.parent,
             )
         except _link_engine.LinkEngineMissing as exc:
             for line in textwrap.wrap(f"cannot start the link: {exc}", 80):
