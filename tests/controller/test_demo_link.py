@@ -177,7 +177,8 @@ def test_keep_serving_ends_with_how_to_reach_both_kmes(tmp_path):
 
 
 @pytest.mark.skipif(
-    not _link_engine.available(), reason="the QKD link engine (controller/qkd_link) is absent"
+    not _link_engine.available(),
+    reason="the link engine or coincidence.ClockTracker (reference-free clock sync) is absent",
 )
 def test_demo_link_passes_with_identical_keys(tmp_path):
     r = _run(["demo", "--link", "--duration", "40", "--runs", str(tmp_path)], 600)
