@@ -23,6 +23,7 @@ from ._counter import accidentals_matrix as accidentals_matrix
 from ._histogram import CorrelationHistogram as CorrelationHistogram
 from ._histogram import HistogramReport as HistogramReport
 from ._synthetic import generate_pairs as generate_pairs
+from ._synthetic import generate_two_clocks as generate_two_clocks
 
 # isort: split
 from ._files import DEFAULT_CHUNK_RECORDS as DEFAULT_CHUNK_RECORDS
@@ -63,3 +64,9 @@ from ._qkd import max_distance_km as max_distance_km
 from ._qkd import phase_error_upper_bound as phase_error_upper_bound
 from ._qkd import qber_from_matrix as qber_from_matrix
 from ._qkd import qber_interval as qber_interval
+
+# isort: split
+from ._clocksync import ClockLock as ClockLock
+from ._clocksync import ClockState as ClockState
+from ._clocksync import ClockTracker as ClockTracker
+from ._clocksync import acquire_clock as acquire_clock

@@ -92,11 +92,11 @@ class DelayEstimate:
         delay_ps: ``t_b - t_a`` at the peak (add to a / subtract from b to align).
         significance: peak height above the coarse background, in background
             standard deviations.
-        peak_counts: correlation counts in the coarse peak bin.
+        peak_counts: correlation counts in the coarse peak window (``peak_window_bins`` bins).
         background_counts: mean background counts per coarse bin.
-        resolution_ps: fine bin width the delay was resolved with.
+        resolution_ps: the requested search grid (the delay itself is fitted, not binned).
         coarse_bin_ps: coarse bin width of the correlation the peak was found in.
-        background_std: standard deviation of the coarse background per bin.
+        background_std: standard deviation of the background summed over the peak window.
         n_a: number of tags of stream a used.
         n_b: number of tags of stream b used.
         method: ``"direct"`` or ``"fft"`` (how the coarse correlation was made).
@@ -178,6 +178,37 @@ def _difference_histogram(
             j += 1
 
 
+@numba.njit(cache=True, nogil=True)
+def _window_scan(
+    cs: np.ndarray, w: int, step: int, n_win: int, i0: int, i1: int
+) -> tuple[int, float]:
+    """Index and sum of the highest window among windows ``i0..i1``.
+
+    Window i covers bins ``[i * step, i * step + w)``; ``cs`` is the cumulative
+    sum of the counts with a leading zero.
+    """
+    best_j = i0
+    best = -1.0
+    for i in range(i0, i1 + 1):
+        v = cs[i * step + w] - cs[i * step]
+        if v > best:
+            best = v
+            best_j = i
+    return best_j, best
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_moments(cs: np.ndarray, w: int, step: int, lo: int, hi: int) -> tuple[float, float]:
+    """Sum and sum of squares of the window sums of windows ``lo..hi-1`` (see ``_window_scan``)."""
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(lo, hi):
+        v = cs[i * step + w] - cs[i * step]
+        s1 += v
+        s2 += v * v
+    return s1, s2
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -238,12 +269,29 @@ class _Coarse:
 
 
 def _coarse_direct(ta: np.ndarray, tb: np.ndarray, k_max: int, bin_ps: int) -> _Coarse:
-    """Direct histogram of all pair differences, bins centred on multiples of bin_ps."""
+    """Direct histogram of all pair differences, bins centred on multiples of bin_ps.
+
+    Two finite streams give fewer accidental pairs at large lags (a lag L pairs
+    only the overlap of ``[a0, a1]`` and ``[b0 - L, b1 - L]``): the counts are
+    divided by that overlap (relative to its mean over the lags) so that the
+    background is flat and a wide scan window does not take the slope for a peak.
+    """
     n = 2 * k_max + 1
     counts = np.zeros(n, np.int64)
     sums = np.zeros(n, np.float64)
     _difference_histogram(ta, tb, -k_max * bin_ps - bin_ps // 2, bin_ps, counts, sums)
-    return _Coarse(counts.astype(np.float64), bin_ps, "direct", f"direct histogram, {n} bins")
+    a0, a1 = float(ta[0]), float(ta[-1]) + 1.0
+    b0, b1 = float(tb[0]), float(tb[-1]) + 1.0
+    half = float(k_max * bin_ps)
+    ends = [min(a1, b1 - x) - max(a0, b0 - x) for x in (-half, half)]
+    c = counts.astype(np.float64)
+    # the overlap is largest in between; skip the correction below 0.1 %
+    if min(ends) > 0 and min(ends) < 0.999 * min(a1 - a0, b1 - b0):
+        lags = (np.arange(n, dtype=np.float64) - k_max) * bin_ps
+        overlap = np.minimum(a1, b1 - lags) - np.maximum(a0, b0 - lags)
+        if np.all(overlap > 0):
+            c *= overlap.mean() / overlap
+    return _Coarse(c, bin_ps, "direct", f"direct histogram, {n} bins")
 
 
 def _coarse_fft(
@@ -311,7 +359,9 @@ def _scan_peak(c: np.ndarray, k_all: int, k_max: int) -> tuple[list[_Peak], int]
     variance); the variance is floored at the Poisson value of the mean.
     """
     n = c.size
-    cs = np.concatenate(([0.0], np.cumsum(c)))
+    cs = np.empty(n + 1, np.float64)
+    cs[0] = 0.0
+    np.cumsum(c, out=cs[1:])
     total = float(cs[-1])
     out: list[_Peak] = []
     n_pos = 0
@@ -322,38 +372,45 @@ def _scan_peak(c: np.ndarray, k_all: int, k_max: int) -> tuple[list[_Peak], int]
         free = n - 2 * excl - w
         if w > 1 and (free < n // 4 or free // step < MIN_BACKGROUND_WINDOWS):
             break
-        starts = np.arange(0, n - w + 1, step)
-        sums = cs[starts + w] - cs[starts]
-        centre = starts + 0.5 * (w - 1)
-        inside = (centre >= k_all - k_max) & (centre <= k_all + k_max)
-        m = int(inside.sum())
-        if m == 0:
+        # window i starts at bin i * step; its centre i * step + (w - 1) / 2 must lie
+        # within +-k_max of zero lag
+        n_win = (n - w) // step + 1
+        i0 = max(0, math.ceil((k_all - k_max - 0.5 * (w - 1)) / step))
+        i1 = min(n_win - 1, math.floor((k_all + k_max - 0.5 * (w - 1)) / step))
+        m = i1 - i0 + 1
+        if m <= 0:
             break
         n_pos += m
-        j = int(np.flatnonzero(inside)[int(np.argmax(sums[inside]))])
-        cpk = float(centre[j])
+        j, peak = _window_scan(cs, w, step, n_win, i0, i1)
+        cpk = j * step + 0.5 * (w - 1)
         r0 = max(0, math.floor(cpk - excl))
         r1 = min(n, math.ceil(cpk + excl) + 1)
         n_bg = n - (r1 - r0)
-        far = (starts + w <= r0) | (starts >= r1)
-        if n_bg < 8 or int(far.sum()) < 2:
+        # background windows: wholly left of r0 (start <= r0 - w) or right of r1 (start >= r1)
+        left = max(0, (r0 - w) // step + 1) if r0 >= w else 0
+        right = min(n_win, -(-r1 // step))
+        if n_bg < 8 or left + (n_win - right) < 2:
             if w == 1:  # too few bins for statistics: use them all
-                n_bg, far, r0, r1 = n, np.ones(starts.size, bool), 0, 0
+                n_bg, r0, r1, left, right = n, 0, 0, n_win, n_win
             else:
                 break
         mean_bin = (total - float(cs[r1] - cs[r0])) / n_bg
-        bg = sums[far]
+        sl1, sl2 = _window_moments(cs, w, step, 0, left)
+        sr1, sr2 = _window_moments(cs, w, step, right, n_win)
+        n_b = left + (n_win - right)
+        s1, s2 = sl1 + sr1, sl2 + sr2
         mean = w * mean_bin
-        var = float(bg.var())
+        var = max(0.0, s2 / n_b - (s1 / n_b) ** 2)
         # an empty background still means "below one count in all these bins", not zero
         floor = w * max(mean_bin, 1.0 / n_bg)
         std = math.sqrt(max(var, floor))
-        peak = float(sums[j])
         sig = (peak - mean) / std
         # Poisson chance of a window this high, with the background's over-dispersion
         phi = max(1.0, var / mean) if mean > 0 else 1.0
         lam = floor / phi
-        p_one = poisson_sf(math.floor(peak / phi), lam) if lam < 1e4 else 0.0
+        k_obs = math.floor(peak / phi)
+        # at or below the mean the chance is ~1 anyway: skip the long lower-tail sum
+        p_one = 1.0 if k_obs <= lam else (poisson_sf(k_obs, lam) if lam < 1e4 else 0.0)
         out.append(_Peak(cpk, w, peak, mean, std, sig, p_one, m))
         w *= 2
     return out, n_pos
@@ -602,7 +659,7 @@ def find_delay(
         delay_ps=round(mu) + expected,
         significance=float(best.sig),
         peak_counts=best.counts,
-        background_counts=best.mean,
+        background_counts=best.mean / best.width,
         resolution_ps=resolution_ps,
         coarse_bin_ps=bin_ps,
         background_std=best.std,

@@ -100,3 +100,68 @@ def generate_pairs(
         int(begin_ps),
         int(begin_ps) + int(duration_ps),
     )
+
+
+def generate_two_clocks(
+    *,
+    duration_ps: int,
+    singles_rate_hz: float,
+    heralding: float,
+    offset_ps: float = 0.0,
+    ppm: float = 0.0,
+    phase_noise_ps_per_sqrt_s: float = 0.0,
+    jitter_ps: float = 0.0,
+    seed: int = 0,
+    begin_ps: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two taggers on free-running clocks seeing photon pairs: (times_a_ps, times_b_ps), sorted.
+
+    Over ``[begin_ps, begin_ps + duration_ps)`` of true time, each side detects
+    ``singles_rate_hz`` (Poisson); a fraction ``heralding`` of each side's
+    detections has a partner on the other side (same emission time, independent
+    Gaussian ``jitter_ps`` per side). Tagger A's clock is true time; tagger B's
+    reads ``t_b = t + offset_ps + ppm 1e-6 (t - begin_ps) + w(t)``, ``w`` a
+    random walk of ``phase_noise_ps_per_sqrt_s`` per sqrt(s) (clock phase
+    noise, sampled every ms and interpolated). Deterministic for a ``seed``.
+    """
+    if isinstance(duration_ps, bool) or not isinstance(duration_ps, int | np.integer):
+        raise CoincidenceError(
+            f"generate_two_clocks: duration_ps must be an integer, got {duration_ps}"
+        )
+    if duration_ps <= 0:
+        raise CoincidenceError(f"generate_two_clocks: duration_ps must be > 0, got {duration_ps}")
+    rate = _check_rate("singles_rate_hz", singles_rate_hz)
+    if not 0.0 <= heralding <= 1.0:
+        raise CoincidenceError(f"generate_two_clocks: heralding must be in [0, 1], got {heralding}")
+    for name, v in (
+        ("phase_noise_ps_per_sqrt_s", phase_noise_ps_per_sqrt_s),
+        ("jitter_ps", jitter_ps),
+    ):
+        if not (np.isfinite(v) and v >= 0):
+            raise CoincidenceError(f"generate_two_clocks: {name} must be >= 0, got {v}")
+    if not (np.isfinite(offset_ps) and np.isfinite(ppm)):
+        raise CoincidenceError("generate_two_clocks: offset_ps and ppm must be finite")
+    rng = np.random.default_rng(seed)
+    seconds = duration_ps * 1e-12
+    n_pair = int(rng.poisson(rate * heralding * seconds))
+    n_single = rng.poisson(rate * (1.0 - heralding) * seconds, 2)
+    tp = rng.integers(0, duration_ps, n_pair, dtype=np.int64)
+    ta = np.concatenate([tp, rng.integers(0, duration_ps, n_single[0], dtype=np.int64)])
+    tb = np.concatenate([tp, rng.integers(0, duration_ps, n_single[1], dtype=np.int64)])
+    if jitter_ps > 0:
+        ta[:n_pair] += np.rint(rng.normal(0.0, jitter_ps, n_pair)).astype(np.int64)
+        tb[:n_pair] += np.rint(rng.normal(0.0, jitter_ps, n_pair)).astype(np.int64)
+    ta.sort()
+    tb.sort()
+    tbf = tb.astype(np.float64)
+    shift = offset_ps + ppm * 1e-6 * tbf
+    if phase_noise_ps_per_sqrt_s > 0:
+        step_ps = 10**9  # 1 ms
+        n_steps = duration_ps // step_ps + 2
+        walk = np.concatenate(
+            ([0.0], np.cumsum(rng.normal(0.0, phase_noise_ps_per_sqrt_s * np.sqrt(1e-3), n_steps)))
+        )
+        shift += np.interp(tbf, np.arange(walk.size) * float(step_ps), walk)
+    tb = tb + np.rint(shift).astype(np.int64)
+    tb.sort()  # jitter and noise may swap neighbours
+    return ta + int(begin_ps), tb + int(begin_ps)
