@@ -536,6 +536,9 @@ class AnalyserLink(_LinkSide):
         self._pending: deque[TimeBasisEpoch] = deque()
         self._a_first: int | None = None
         self._a_last: int | None = None
+        self._clk_a: list[np.ndarray] = []
+        self._clk_b: list[np.ndarray] = []
+        self._clk_tried_ps = -(2**62)
         self.lock_state = "acquiring"
         self.lock_time_s = math.nan
         self._state: Any = None
@@ -560,7 +563,26 @@ class AnalyserLink(_LinkSide):
         return out
 
     def _feed_clock(self, ta: np.ndarray, tb: np.ndarray) -> None:
-        state = self.tracker.feed(ta, tb)
+        """Hand the tags to the clock tracker.
+
+        At once while locked (tracking is cheap); while acquiring, only once per
+        ``acquire_span_ps / 4`` of new sender data, since each acquisition attempt
+        correlates the whole buffer over every frequency hypothesis.
+        """
+        if ta.size:
+            self._clk_a.append(ta)
+        if tb.size:
+            self._clk_b.append(tb)
+        if self.tracker.lock is None:
+            retry_ps = max(self.cfg.epoch_ps, self.cfg.acquire_span_ps // 4)
+            if self._a_last is None or self._a_last - self._clk_tried_ps < retry_ps:
+                return
+            self._clk_tried_ps = self._a_last
+        empty = np.zeros(0, np.int64)
+        a = np.concatenate(self._clk_a) if self._clk_a else empty
+        b = np.concatenate(self._clk_b) if self._clk_b else empty
+        self._clk_a, self._clk_b = [], []
+        state = self.tracker.feed(a, b)
         self._state = state
         was = self.lock_state
         self.lock_state = "locked" if self.tracker.lock is not None else state.state

@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 
-import coincidence
 import distill as ds
 from channel import PairReply, TimeBasisEpoch, TypedPayload
 from controller.qkd_link import AnalyserLink, LinkConfig, LinkConfigError, SenderLink
@@ -20,11 +19,6 @@ from controller.qkd_link.testing import run_in_process, two_site_tags
 from kms import KeyStore
 
 QBER = 0.02
-
-# the reference-free clock tracker comes with the clock-sync work in coincidence/
-pytestmark = pytest.mark.skipif(
-    not hasattr(coincidence, "ClockTracker"), reason="coincidence.ClockTracker not available"
-)
 
 
 def _cfg() -> LinkConfig:
@@ -200,3 +194,17 @@ def test_link_records_for_telemetry(run) -> None:
     assert rec.fields["lock_state"] == "locked" and abs(rec.fields["ppm"] - 40.0) < 0.01
     assert "qber_z_low" in rec.fields
     assert "offset_ps" not in link_record(alice.report(), node="alice").fields  # NaN dropped
+
+
+def test_lock_lost_in_an_optical_outage_is_reacquired() -> None:
+    # the source is dark from 8 s to 11 s of data: the lock is lost, then found again
+    tags = two_site_tags(duration_s=20.0, qber=QBER, seed=13, dark_s=(8.0, 11.0))
+    alice = SenderLink(_cfg(), record_sifted=True)
+    bob = AnalyserLink(_cfg(), record_sifted=True)
+    run_in_process(alice, bob, tags.alice, tags.bob)
+    rep = bob.report()
+    assert rep.lock_losses == 1 and rep.lock_acquisitions == 2
+    assert rep.lock_state == "locked" and abs(rep.ppm - 40.0) < 0.01
+    assert rep.epochs_answered == alice.report().epochs_answered  # every epoch answered once
+    assert [e for e, _ in alice.sifted_log] == [e for e, _ in bob.sifted_log]
+    assert alice.stored_blocks and alice.stored_blocks == bob.stored_blocks

@@ -11,18 +11,11 @@ import json
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-import coincidence
 import distill as ds
 from controller.qkd_link import AnalyserLink, LinkConfig, SenderLink
 from controller.qkd_link.testing import run_link_over_wan, two_site_tags
 from kms import KeyStore
 from kms.testing import MASTER_SAE, SLAVE_SAE, KmeThread, kme_pair_configs, sae_ssl_context
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(coincidence, "ClockTracker"), reason="coincidence.ClockTracker not available"
-)
 
 
 def _cfg() -> LinkConfig:

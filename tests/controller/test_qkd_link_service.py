@@ -8,16 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-import coincidence
 from channel import generate_keys
 from controller._daemon_config import DaemonSection
 from controller.qkd_link import LinkService, QkdLinkConfig
 from controller.qkd_link.testing import two_site_tags
 from controller.status_view import qkd_link_line
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(coincidence, "ClockTracker"), reason="coincidence.ClockTracker not available"
-)
 
 
 def _section(tmp: Path, role: str, channel_role: str, address: str, site: int) -> dict:
