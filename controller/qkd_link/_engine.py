@@ -720,7 +720,7 @@ class AnalyserLink(_LinkSide):
         stored = isinstance(flag, np.ndarray) and flag.size == 1 and int(flag[0]) == 1
         s = fr.session
         if s is not None and s.state == "delivered" and s.block is not None:
-            if fr.key_in is not None:
+            if fr.key_in is not None and isinstance(s, ds.BobFrame):
                 fr.record.actual_errors = int(np.count_nonzero(s.cascade.corrected != fr.key_in))
             if stored:
                 self._store(msg.epoch, s.block)

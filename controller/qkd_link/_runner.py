@@ -9,6 +9,7 @@ worker thread, one step at a time, so the event loop stays free.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -19,6 +20,8 @@ from channel import ChannelEndpoint, ChannelFullError, Message
 from coincidence import TagBatch
 
 from ._engine import AnalyserLink, LinkReport, SenderLink
+
+log = logging.getLogger("qnet.link")
 
 
 class LinkPump:
@@ -33,6 +36,7 @@ class LinkPump:
         self._t0 = time.monotonic()
         self._last: tuple[float, int, int] = (self._t0, 0, 0)
         self.bytes_per_s = (0.0, 0.0)
+        self.rejected_batches = 0
 
     def offer(self, batch: TagBatch) -> None:
         """Queue this site's next tag batch (from the acquisition, any thread)."""
@@ -55,7 +59,12 @@ class LinkPump:
                     batch = self._tags.get_nowait()
                 except queue.Empty:
                     break
-                self._out.extend(self.engine.feed_tags(batch))
+                try:
+                    self._out.extend(self.engine.feed_tags(batch))
+                except ValueError as e:  # e.g. the tagger's clock went back: refuse the batch
+                    self.rejected_batches += 1
+                    self.engine.last_error = f"tag batch refused: {e}"
+                    log.warning("link %s: %s", self.engine.cfg.link, self.engine.last_error)
                 n += 1
             self._send()
         if n == 0 and not self._out:
@@ -79,7 +88,7 @@ class LinkPump:
         """The engine's report and the channel's counters with bytes per second since last call."""
         with self._lock:
             rep = self.engine.report()
-        counters = self.endpoint.counters()
+        counters: dict[str, Any] = dict(self.endpoint.counters())
         now = time.monotonic()
         t, sent, recv = self._last
         dt = max(now - t, 1e-9)
@@ -95,4 +104,9 @@ class LinkPump:
 async def run_link(pump: LinkPump, stop: asyncio.Event, *, step_s: float = 0.05) -> None:
     """Run ``pump`` until ``stop`` is set; each step in a worker thread."""
     while not stop.is_set():
-        await asyncio.to_thread(pump.step, step_s)
+        try:
+            await asyncio.to_thread(pump.step, step_s)
+        except Exception as e:  # never let one bad step end the link's upkeep
+            pump.engine.last_error = f"link step failed: {e!r}"
+            log.exception("link %s: step failed", pump.engine.cfg.link)
+            await asyncio.sleep(1.0)

@@ -208,3 +208,24 @@ def test_lock_lost_in_an_optical_outage_is_reacquired() -> None:
     assert rep.epochs_answered == alice.report().epochs_answered  # every epoch answered once
     assert [e for e, _ in alice.sifted_log] == [e for e, _ in bob.sifted_log]
     assert alice.stored_blocks and alice.stored_blocks == bob.stored_blocks
+
+
+def test_a_batch_from_the_past_is_refused_and_the_pump_carries_on() -> None:
+    from coincidence import TagBatch
+    from controller.qkd_link import LinkPump
+
+    class NoChannel:
+        def receive(self, timeout_s: float | None = None):
+            return None
+
+        def send(self, message) -> int:
+            return 0
+
+    alice = SenderLink(_cfg())
+    pump = LinkPump(alice, NoChannel())  # type: ignore[arg-type]
+    t = np.arange(0, 10**12, 10**6, dtype=np.int64)
+    pump.offer(TagBatch(t, np.zeros(t.size, np.uint8), 0, 10**12))
+    pump.offer(TagBatch(t[:5], np.zeros(5, np.uint8), 0, 10**9))  # the clock went back
+    pump.step(0.0)
+    assert pump.rejected_batches == 1 and "before the previous" in alice.last_error
+    assert alice.epochs_sent == 2

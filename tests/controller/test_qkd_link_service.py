@@ -100,3 +100,61 @@ def test_two_services_key_over_loopback(tmp_path: Path) -> None:
     assert {r.tags["role"] for r in submitted} == {"sender", "analyser"}
     assert (tmp_path / "alice.channel.json").exists()  # the epoch record kept for a restart
     assert alice.state == bob.state == "stopped"
+
+
+def test_two_daemons_compose_the_link(tmp_path: Path) -> None:
+    """Two daemons (no instruments, no broker) each with a ``daemon.qkd_link`` section."""
+    import socket
+
+    import yaml
+
+    from controller._daemon_config import load_daemon_config
+    from controller.daemon import Daemon
+
+    generate_keys("alice", tmp_path)
+    generate_keys("bob", tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"tcp://127.0.0.1:{port}"
+    paths = {}
+    for node, role, ch, site in (
+        ("alice", "sender", "client", 0),
+        ("bob", "analyser", "server", 1),
+    ):
+        raw = {
+            "node": node,
+            "instruments": {},
+            "daemon": {"link": "ab", "qkd_link": _section(tmp_path, role, ch, addr, site)},
+        }
+        paths[node] = tmp_path / f"{node}.yaml"
+        paths[node].write_text(yaml.safe_dump(raw))
+    tags = two_site_tags(duration_s=9.0, qber=0.02, seed=9)
+
+    async def main() -> tuple[dict, dict, dict, Daemon, Daemon]:
+        bob = Daemon(load_daemon_config(paths["bob"]))
+        alice = Daemon(load_daemon_config(paths["alice"]))
+        await bob.start()
+        await alice.start()
+        assert alice.qkd_link is not None and bob.qkd_link is not None
+        for a, b in zip(tags.alice, tags.bob, strict=True):  # as the acquisition would
+            alice.qkd_link.offer(a)
+            bob.qkd_link.offer(b)
+            await asyncio.sleep(0.02)
+        ea, eb = alice.qkd_link.engine, bob.qkd_link.engine
+        for _ in range(600):
+            if ea.stored_blocks and len(eb.stored_blocks) == len(ea.stored_blocks):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        sa, sb = alice.status()["qkd_link"], bob.status()["qkd_link"]
+        report = await alice.shutdown()
+        await bob.shutdown()
+        return sa, sb, report, alice, bob
+
+    sa, sb, report, alice, bob = asyncio.run(main())
+    assert alice.qkd_link.engine.stored_blocks == bob.qkd_link.engine.stored_blocks
+    assert sb["lock_state"] == "locked" and sb["blocks_stored"] >= 1
+    assert sa["state"] == "running" and sa["blocks_stored"] == sb["blocks_stored"]
+    assert alice.qkd_link.state == bob.qkd_link.state == "stopped"
+    assert "elapsed_s" in report
