@@ -33,13 +33,25 @@ def sim(
     seed: Annotated[
         int | None, typer.Option("--seed", help="override the config's random seed")
     ] = None,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            "--site",
+            help="serve one site of a two-site testbed: 'alice' (the source, the physics and "
+            "Alice's instruments) or 'bob' (Bob's instruments and tagger, fed by the alice "
+            "process over the config's site_link)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve every instrument of the emulated node on loopback, with physics behind them.
 
     Each SCPI instrument listens on its TCPIP::127.0.0.1::PORT::SOCKET address and
     each serial one on its socket://127.0.0.1:PORT URL (from the node config the
     testbed config names); the time taggers stream tags from the physics model.
-    Runs until Ctrl-C, SIGTERM or --duration, then closes every socket.
+    Runs until Ctrl-C, SIGTERM or --duration, then closes every socket. With
+    --site, only that site's instruments (one process per site, e.g.
+    configs/testbed-link.yaml).
     """
     from rich.console import Console
     from rich.table import Table
@@ -62,8 +74,10 @@ def sim(
         fail_text("sim", str(exc), config)
     if not cfg.instruments:
         fail("sim", "no instruments to serve (set node_config)", str(config))
+    if site is not None and site not in ("alice", "bob"):
+        fail("sim", f"--site must be 'alice' or 'bob', got {site!r}", str(config))
     try:
-        served = testbed.serve()
+        served = testbed.serve() if site is None else testbed.serve_site(site)  # type: ignore[arg-type]
     except OSError as exc:
         fail("sim", f"cannot serve the testbed: {exc}", str(config), code=1)
     except TestbedError as exc:
@@ -77,8 +91,10 @@ def sim(
     old = signal.signal(signal.SIGTERM, _on_signal)
     try:
         clock_speed = testbed.clock_speed
-        testbed.start_clock(clock_speed)
-        table = Table(title=f"qnet sim: {config} (seed {cfg.seed}, speed {clock_speed:g}x)")
+        if site != "bob":  # the Bob-site process has no physics of its own
+            testbed.start_clock(clock_speed)
+        where = f", site {site}" if site else ""
+        table = Table(title=f"qnet sim: {config} (seed {cfg.seed}, speed {clock_speed:g}x{where})")
         for col in ("instrument", "driver", "address", "stream", "fault", "channels"):
             table.add_column(col)
         for name, address in served.items():
@@ -93,12 +109,20 @@ def sim(
                 ",".join(str(c) for c in spec.channels),
             )
         console.print(table)
-        exp = testbed.expected_rates()
-        console.print(
-            f"pump {testbed.pump_power_w() * 1e3:.2f} mW, pairs {exp['pair_rate_hz']:.3g}/s, "
-            f"clocks {cfg.physics.clocks.mode}; channels Alice H,V,D,A = 0-3, Bob = 4-7. "
-            "Ctrl-C to stop."
-        )
+        if site == "bob":
+            console.print(
+                f"site bob: Bob's photons come from the alice process at {cfg.site_link}; "
+                "channels Bob H,V,D,A = 0-3 of bob_tagger. Ctrl-C to stop."
+            )
+        else:
+            exp = testbed.expected_rates()
+            if site == "alice":
+                console.print(f"site alice: serving Bob's photons at {cfg.site_link}.")
+            console.print(
+                f"pump {testbed.pump_power_w() * 1e3:.2f} mW, pairs {exp['pair_rate_hz']:.3g}/s, "
+                f"clocks {cfg.physics.clocks.mode}; channels Alice H,V,D,A = 0-3, Bob = 4-7. "
+                "Ctrl-C to stop."
+            )
         t_end = None if duration is None else time.monotonic() + duration
         while not stop.is_set():
             wait = 0.2 if t_end is None else min(0.2, max(0.0, t_end - time.monotonic()))
@@ -109,7 +133,10 @@ def sim(
     finally:
         signal.signal(signal.SIGTERM, old)
         testbed.stop()
-    console.print(f"stopped at simulated t = {testbed.sim_time_ps * 1e-12:.3f} s")
+    if site == "bob":
+        console.print("stopped")
+    else:
+        console.print(f"stopped at simulated t = {testbed.sim_time_ps * 1e-12:.3f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -627,6 +627,10 @@ def demo(
     live: Annotated[
         bool, typer.Option(help="live status view when on a terminal (off: a line every 5 s)")
     ] = True,
+    link: Annotated[bool, typer.Option("--link", help="the two-site QKD link demo")] = False,
+    keep_serving: Annotated[
+        bool, typer.Option("--keep-serving", help="--link: keep both KMEs up until Ctrl-C")
+    ] = False,
 ) -> None:
     """Run the emulated node end to end and end with a PASS/FAIL verdict per stage.
 
@@ -638,6 +642,10 @@ def demo(
     """
     import sys
 
+    if link or keep_serving:  # the two-site demo: controller/demo_link.py
+        from .demo_link import main as link_demo
+
+        raise typer.Exit(link_demo(duration, runs, keep_serving, link))
     drift_on = drift_at is None or drift_at < duration
     minimum = MIN_DURATION_S if drift_on else MIN_DURATION_NO_DRIFT_S
     if not duration >= minimum:

@@ -80,3 +80,32 @@ def make_sim_node(
     path = workdir / "daemon.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return testbed, path
+
+
+#: The two-site testbed: its config and the two sites' node configs (fixed ports 152xx).
+LINK_CONFIGS = ("testbed-link.yaml", "alice-link.yaml", "bob-link.yaml")
+
+
+def make_link_sites(workdir: Path, *, speed: float | None = None, configs: Path = CONFIGS) -> Path:
+    """The two-site testbed's configs re-addressed to free loopback ports, in ``workdir``.
+
+    Every loopback port of ``testbed-link.yaml``, ``alice-link.yaml`` and
+    ``bob-link.yaml`` (instruments, tag streams, the site link) gets a free one;
+    ``speed`` replaces the testbed's pace. Returns the written testbed config's path
+    (``qnet sim PATH --site alice`` / ``--site bob``).
+    """
+    import re
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports: dict[str, str] = {}
+
+    def readdress(text: str) -> str:
+        return re.sub(r"\b152\d\d\b", lambda m: ports.setdefault(m[0], str(free_port())), text)
+
+    for name in LINK_CONFIGS:
+        text = readdress((configs / name).read_text())
+        if name == LINK_CONFIGS[0] and speed is not None:
+            text = re.sub(r"(?m)^speed: [^#\n]*", f"speed: {float(speed)!r}   ", text)
+        (workdir / name).write_text(text)
+    return workdir / LINK_CONFIGS[0]

@@ -200,13 +200,15 @@ MEASUREMENTS: Mapping[str, Measurement] = MappingProxyType(
                     "channel_connected": bool,
                     "store_blocks": int,
                     "store_issuable_bytes": int,
+                    "delivered_keys": int,
                     "refused": int,
                 },
                 required=("lock_state",),
                 doc="one site of a QKD link (role sender | analyser): clock lock (offset and "
                 "ppm with 1-sigma uncertainties), epochs, sifted key, QBER per basis from the "
                 "disclosed sample with 1-sigma Wilson intervals, secret key, EC efficiency, "
-                "blocks stored/discarded, classical channel bytes/s, key store fill",
+                "blocks stored/discarded, classical channel bytes/s, key store fill, keys "
+                "delivered to SAEs (cumulative)",
             ),
             _m(
                 "telemetry",

@@ -187,15 +187,57 @@ def compensator_voltages(target: np.ndarray, comp: CompensatorParams) -> list[fl
     return volts
 
 
+#: Largest clock offset the testbed emulates, ps (1 s: host clocks set by NTP).
+MAX_CLOCK_OFFSET_PS = 1_000_000_000_000
+#: Largest frequency offset the testbed emulates, ppm (a free-running quartz oscillator).
+MAX_CLOCK_PPM = 100.0
+
+
+class SiteClock(_Model):
+    """One tagger's free-running quartz clock against true (simulated) time.
+
+    Its reading at true time ``t`` is ``offset + t * (1 + ppm * 1e-6) + w(t)``, where
+    ``w`` is a random walk (Wiener process) of standard deviation
+    ``phase_noise_ps_per_sqrt_s * sqrt(t / 1 s)``: the white frequency noise of a
+    quartz oscillator (IEEE Std 1139-2008, random-walk phase).
+    """
+
+    offset_ps: int = Field(0, ge=-MAX_CLOCK_OFFSET_PS, le=MAX_CLOCK_OFFSET_PS)
+    ppm: float = Field(0.0, ge=-MAX_CLOCK_PPM, le=MAX_CLOCK_PPM)
+    phase_noise_ps_per_sqrt_s: float = Field(0.0, ge=0.0, le=1.0e6)
+
+
 class ClockParams(_Model):
-    """One shared tagger, or two taggers whose clocks differ by an offset and a drift."""
+    """One shared tagger, or two taggers on free clocks (offset, frequency, phase noise).
+
+    In ``two_taggers`` mode Alice's tagger runs on ``alice`` (against true time) and
+    Bob's on Alice's clock plus ``offset_ps`` and ``drift_ppm``, with its own
+    ``bob_phase_noise_ps_per_sqrt_s``. Either offset may be negative: the testbed adds
+    one common shift to both taggers' readings so that no tag time is negative (the
+    shift moves both clocks alike, so Bob-minus-Alice stays as configured).
+    """
 
     mode: Literal["shared", "two_taggers"] = "shared"
-    offset_ps: int = Field(0, ge=0)
-    """Bob's clock minus Alice's at simulated time zero (two_taggers only; >= 0 so no
-    tagger ever reports a negative timestamp)."""
-    drift_ppm: float = 0.0
-    """Bob's clock rate minus Alice's, parts per million (two_taggers only)."""
+    offset_ps: int = Field(0, ge=-MAX_CLOCK_OFFSET_PS, le=MAX_CLOCK_OFFSET_PS)
+    """Bob's clock minus Alice's at simulated time zero, ps (two_taggers only; +-1 s)."""
+    drift_ppm: float = Field(0.0, ge=-MAX_CLOCK_PPM, le=MAX_CLOCK_PPM)
+    """Bob's clock rate minus Alice's, parts per million (two_taggers only; +-100 ppm)."""
+    alice: SiteClock = SiteClock()
+    """Alice's tagger against true time (two_taggers only)."""
+    bob_phase_noise_ps_per_sqrt_s: float = Field(0.0, ge=0.0, le=1.0e6)
+    """Random walk of Bob's clock phase, ps per sqrt(s), independent of Alice's."""
+
+    def site(self, side: Literal["alice", "bob"]) -> SiteClock:
+        """The clock of one site's tagger against true time."""
+        a = self.alice
+        if side == "alice":
+            return a
+        # constructed, not validated: the sums may exceed one clock's range (2 s, 200 ppm)
+        return SiteClock.model_construct(
+            offset_ps=a.offset_ps + self.offset_ps,
+            ppm=a.ppm + self.drift_ppm,
+            phase_noise_ps_per_sqrt_s=self.bob_phase_noise_ps_per_sqrt_s,
+        )
 
 
 class PhysicsParams(_Model):

@@ -30,6 +30,7 @@ wall clock, so they are repeatable only statistically.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -46,6 +47,7 @@ from configfile import ConfigFileError, load_mapping
 from .._resources import socket_address
 from .._tagsource import TagSource
 from . import physics as ph
+from .clocks import TaggerClock, common_shift_ps
 from .instruments import (
     EMULATORS,
     CLD1015Emulator,
@@ -56,9 +58,21 @@ from .instruments import (
     PM100Emulator,
 )
 from .server import FAULT_MODES, FaultConfig, InstrumentServer
+from .sitelink import SiteDownlink, SiteLinkError, SiteUplink
 from .tags import TagGenerator
 
+_log = logging.getLogger("qnet.sim")
+
 Side = Literal["both", "alice", "bob"]
+Site = Literal["alice", "bob"]
+
+#: The site of an instrument whose config does not say: the source (pump laser and its
+#: power-meter tap) is at Alice's, the polarization controller in Bob's arm.
+_DRIVER_SITE: dict[str, Site] = {
+    "thorlabs_cld1015": "alice",
+    "thorlabs_pm100": "alice",
+    "meadowlark_d3050": "bob",
+}
 
 #: Channels an instrument acts on when the testbed config does not say: the SMU biases
 #: Alice's H detector, the SPAD module reports Bob's H detector.
@@ -88,6 +102,9 @@ class InstrumentSpec(_Model):
     -> the channel whose rate it reports, time tagger -> its inputs (0..3 Alice, 4..7 Bob)."""
     tap_fraction: float = Field(0.01, ge=0.0, le=1.0)
     """Power meter: fraction of the pump power that reaches it."""
+    site: Site | None = None
+    """The site whose ``qnet sim --site`` process serves it (default: from its channels;
+    the laser and power meter at Alice's, the polarization controller at Bob's)."""
 
 
 class InitialState(_Model):
@@ -124,6 +141,9 @@ class TestbedConfig(_Model):
     instruments: dict[str, InstrumentSpec] = Field(default_factory=dict)
     faults: dict[str, str] = Field(default_factory=dict)
     """Instrument name -> fault mode at start (timeout, garbage, late or disconnect)."""
+    site_link: str = ""
+    """``tcp://127.0.0.1:PORT``: where the Alice-site process (``qnet sim --site alice``)
+    hands Bob's photons to the Bob-site process (two_taggers mode only)."""
 
     @field_validator("faults")
     @classmethod
@@ -144,15 +164,26 @@ class TestbedConfig(_Model):
         raw = doc.data
         node = raw.get("node_config")
         if node:
-            node_path = (p.parent / str(node)).resolve()
-            if not node_path.is_file():
-                raise TestbedError(
-                    f"{doc.where(['node_config'])}: node_config: the node config {str(node)!r} "
-                    f"it names does not exist ({node_path})"
-                )
-            raw["instruments"] = _merge_instruments(
-                _instruments_from_node_config(node_path), raw.get("instruments") or {}
-            )
+            # one node config, or a list of them (one per site of a two-site testbed)
+            names = node if isinstance(node, list) else [node]
+            listed: dict[str, dict[str, Any]] = {}
+            for k, one in enumerate(names):
+                node_path = (p.parent / str(one)).resolve()
+                if not node_path.is_file():
+                    where = ["node_config", k] if isinstance(node, list) else ["node_config"]
+                    raise TestbedError(
+                        f"{doc.where(where)}: node_config: the node config {str(one)!r} "
+                        f"it names does not exist ({node_path})"
+                    )
+                for name, entry in _instruments_from_node_config(node_path).items():
+                    if name in listed:
+                        raise TestbedError(
+                            f"{doc.where(['node_config'])}: node_config: instrument {name!r} "
+                            f"is listed by more than one node config ({node_path})"
+                        )
+                    listed[name] = entry
+            raw["instruments"] = _merge_instruments(listed, raw.get("instruments") or {})
+            raw["node_config"] = ", ".join(str(x) for x in names)
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -291,6 +322,17 @@ class Testbed:
             np.array([d.afterpulse_probability for d in det]),
             np.array([d.afterpulse_delay_ps for d in det]),
         )
+        # the taggers' clocks (used in two_taggers mode), one common shift keeps readings >= 0
+        clocks = p.clocks
+        sites = (clocks.site("alice"), clocks.site("bob"))
+        self.clock_shift_ps = common_shift_ps(list(sites), self.step_ps)
+        self.clocks: dict[str, TaggerClock] = {
+            side: TaggerClock(site, self.clock_shift_ps, self.step_ps, config.seed * 2 + k)
+            for k, (side, site) in enumerate(zip(("alice", "bob"), sites, strict=True))
+        }
+        self._view_end: dict[str, tuple[int, int]] = {}
+        self._uplink: SiteUplink | None = None
+        self._downlink: SiteDownlink | None = None
         self.emulators: dict[str, Any] = {}
         self._build_emulators()
 
@@ -642,7 +684,19 @@ class Testbed:
         return self._cache
 
     def expected_rates(self) -> dict[str, Any]:
-        """What the model predicts now: pair rate, singles per channel, true coincidences (4x4)."""
+        """What the model predicts now: pair rate, singles per channel, true coincidences (4x4).
+
+        At the Bob site of a two-process testbed: what Alice's process last reported.
+        """
+        if self._downlink is not None:
+            info = self._downlink.info
+            return {
+                "pair_rate_hz": float(info.get("pair_rate_hz", 0.0)),
+                "singles_hz": np.asarray(info.get("singles_hz", [0.0] * 8), float),
+                "coincidences_hz": np.asarray(info.get("coincidences_hz", np.zeros((4, 4)))),
+                "qber_z": float(info.get("qber_z", 0.5)),
+                "qber_x": float(info.get("qber_x", 0.5)),
+            }
         with self._lock:
             p = self.params
             self._sync_detectors()
@@ -715,8 +769,12 @@ class Testbed:
                 parts.append(TagBatch(ts, ch, b, e))
                 left -= d
             batch = parts[0] if len(parts) == 1 else TagBatch.concatenate(parts)
+            views: dict[str, TagBatch] = {}
             for sub in self._subs:
-                sub.push(self._view(batch, sub.side))
+                view = views.get(sub.side)
+                if view is None:
+                    view = views[sub.side] = self._view(batch, sub.side)
+                sub.push(view)
             return batch
 
     def _between_steps(self) -> None:
@@ -736,30 +794,55 @@ class Testbed:
                     "two_taggers mode has no shared 8-channel view; read 'alice' and 'bob'"
                 )
             return batch
-        if side == "alice":
-            keep = batch.channels < 4
-            return TagBatch(
-                batch.timestamps[keep], batch.channels[keep], batch.begin_ps, batch.end_ps
-            )
-        keep = batch.channels >= 4
+        keep = batch.channels < 4 if side == "alice" else batch.channels >= 4
         ts = batch.timestamps[keep]
-        ch = (batch.channels[keep] - 4).astype(np.uint8)
-        if self.params.clocks.mode == "two_taggers":
-            return TagBatch(
-                self.bob_clock(ts),
-                ch,
-                int(self.bob_clock(batch.begin_ps)),
-                int(self.bob_clock(batch.end_ps)),
-            )
-        return TagBatch(ts, ch, batch.begin_ps, batch.end_ps)
+        ch = batch.channels[keep]
+        if side == "bob":
+            ch = (ch - 4).astype(np.uint8)
+        if self.params.clocks.mode != "two_taggers":
+            return TagBatch(ts, ch, batch.begin_ps, batch.end_ps)
+        return self._on_clock(side, ts, ch, batch.begin_ps, batch.end_ps)
+
+    def _on_clock(
+        self, side: str, ts: np.ndarray, ch: np.ndarray, begin: int, end: int
+    ) -> TagBatch:
+        """One side's tags in its tagger's clock, contiguous with that side's previous view.
+
+        A clock slower than true time may map the last true picoseconds of a batch onto
+        one reading; the interval is widened to hold every tag and the next view begins
+        where this one ended, so the stream stays contiguous and sorted.
+        """
+        clock = self.clocks[side]
+        out = clock.read(ts)
+        prev = self._view_end.get(side)
+        b = prev[1] if prev is not None and prev[0] == begin else clock.read(begin)
+        e = max(clock.read(end), b)
+        if out.size:
+            b = min(b, int(out[0]))
+            e = max(e, int(out[-1]) + 1)
+        self._view_end[side] = (end, e)
+        return TagBatch(out, ch, b, e)
 
     def bob_clock(self, t_ps: Any) -> Any:
-        """Bob's tagger reading at true time ``t_ps``: ``offset + t * (1 + ppm * 1e-6)``."""
-        c = self.params.clocks
-        t = np.asarray(t_ps, dtype=np.int64)
-        drift = np.round(t.astype(np.float64) * (c.drift_ppm * 1e-6)).astype(np.int64)
-        out = t + np.int64(c.offset_ps) + drift
-        return out if out.ndim else int(out)
+        """Bob's tagger reading (ps) at true time ``t_ps`` (two_taggers mode)."""
+        return self.clocks["bob"].read(t_ps)
+
+    def alice_clock(self, t_ps: Any) -> Any:
+        """Alice's tagger reading (ps) at true time ``t_ps`` (two_taggers mode)."""
+        return self.clocks["alice"].read(t_ps)
+
+    def clock_truth(self, t_ps: int) -> dict[str, float]:
+        """What a clock sync should find at true time ``t_ps``.
+
+        Bob's reading minus Alice's (ps; the fiber delay comes on top for a photon
+        pair) and Bob's clock rate relative to Alice's (ppm).
+        """
+        a, b = self.clocks["alice"], self.clocks["bob"]
+        return {
+            "offset_ps": float(b.read(int(t_ps)) - a.read(int(t_ps))),
+            "ppm": ((1.0 + b.rate) / (1.0 + a.rate) - 1.0) * 1e6,
+            "fiber_delay_ps": float(ph.fiber_delay_ps(self.params.bob)),
+        }
 
     def subscribe(self, side: Side) -> _Subscriber:
         """A queue that receives this side's view of every batch generated from now on."""
@@ -788,7 +871,17 @@ class Testbed:
         return parts[0] if len(parts) == 1 else TagBatch.concatenate(parts)
 
     def _supply(self, name: str, side: Side, duration_ps: int) -> TagBatch:
-        """Tag supplier of a served time tagger (subscribes on its first frame)."""
+        """Tag supplier of a served time tagger (subscribes on its first frame).
+
+        At the Bob site of a two-process testbed, Bob's tags come from Alice's process.
+        """
+        downlink = self._downlink
+        if downlink is not None and side == "bob":
+            try:
+                return downlink.take(int(duration_ps), self.site_state("bob"))
+            except SiteLinkError as exc:  # the served stream drops; say why where it shows
+                _log.warning("%s: %s", name, exc)
+                raise
         with self._lock:
             sub = self._tagger_subs.get(name)
             if sub is None:
@@ -800,12 +893,151 @@ class Testbed:
         return TestbedTagSource(self, side, speed=self.config.speed if speed is None else speed)
 
     # -- serving --------------------------------------------------------------------------------
-    def serve(self, host_override: str | None = None) -> dict[str, str]:
-        """Start an InstrumentServer per configured instrument; returns name -> address served."""
+    def site_of(self, name: str) -> Site:
+        """The site whose process serves instrument ``name`` (see ``InstrumentSpec.site``)."""
+        spec = self.config.instruments[name]
+        if spec.site is not None:
+            return spec.site
+        if spec.driver == "idq_id1000":
+            side = self._tagger_side(name, spec)
+            return "bob" if side == "bob" else "alice"
+        if spec.driver in _DRIVER_SITE:
+            return _DRIVER_SITE[spec.driver]
+        return "bob" if spec.channels and min(spec.channels) >= 4 else "alice"
+
+    def site_state(self, site: Site) -> dict[str, dict[str, Any]]:
+        """The settings of ``site``'s instruments that act on the photons (JSON-able).
+
+        Polarization controller counts, SMU bias/output/latch, SPAD gate and dead time:
+        what the Bob-site process sends with each request for Bob's photons.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for name, spec in self.config.instruments.items():
+            if self.site_of(name) != site:
+                continue
+            emu = self.emulators[name]
+            with emu.lock:
+                if spec.driver == "meadowlark_d3050":
+                    out[name] = {"counts": [int(c) for c in emu.counts]}
+                elif spec.driver == "idq_id120":
+                    out[name] = {"running": bool(emu.running), "dead_time_s": emu.dead_time_s}
+                elif spec.driver == "keithley_2400":
+                    out[name] = {
+                        "bias_current_a": float(emu.bias_current_a),
+                        "output_on": bool(emu.output_on),
+                        "latched": bool(emu.latched),
+                    }
+        return out
+
+    def apply_site_state(self, state: dict[str, Any]) -> None:
+        """Take over the other site's instrument settings (from :meth:`site_state`).
+
+        Every entry is checked first (known instrument, right kind, values in range);
+        ValueError names the first bad one and nothing is changed.
+        """
+        plan: list[tuple[Any, dict[str, Any]]] = []
+        for name, st in state.items():
+            spec = self.config.instruments.get(name)
+            if spec is None or not isinstance(st, dict):
+                raise ValueError(f"site state: unknown instrument {name!r}")
+            emu = self.emulators[name]
+            if spec.driver == "meadowlark_d3050":
+                counts = st.get("counts")
+                if (
+                    not isinstance(counts, list)
+                    or len(counts) != len(emu.counts)
+                    or not all(isinstance(c, int) and 0 <= c <= emu.MAX_COUNTS for c in counts)
+                ):
+                    raise ValueError(
+                        f"site state: {name}.counts must be {len(emu.counts)} "
+                        f"integers in 0..{emu.MAX_COUNTS}, got {counts!r}"
+                    )
+                plan.append((emu, {"counts": list(counts)}))
+            elif spec.driver == "idq_id120":
+                dead = st.get("dead_time_s")
+                if not isinstance(dead, (int, float)) or not 0 < float(dead) < 1:
+                    raise ValueError(f"site state: {name}.dead_time_s must be in (0, 1) s")
+                plan.append((emu, {"running": bool(st.get("running")), "dead_time_s": float(dead)}))
+            elif spec.driver == "keithley_2400":
+                bias = st.get("bias_current_a")
+                if not isinstance(bias, (int, float)) or not math.isfinite(float(bias)):
+                    raise ValueError(f"site state: {name}.bias_current_a must be a finite number")
+                plan.append(
+                    (
+                        emu,
+                        {
+                            "bias_current_a": float(bias),
+                            "output_on": bool(st.get("output_on")),
+                            "latched": bool(st.get("latched")),
+                        },
+                    )
+                )
+            else:
+                raise ValueError(f"site state: {name!r} ({spec.driver}) carries no state")
+        for emu, values in plan:
+            with emu.lock:
+                for attr, v in values.items():
+                    if attr == "counts":
+                        emu.counts[:] = v
+                    else:
+                        setattr(emu, attr, v)
+
+    def _uplink_answer(
+        self, want_ps: int, state: dict[str, Any]
+    ) -> tuple[TagBatch, dict[str, Any]]:
+        """Answer of the Alice-site process to the Bob-site tagger: Bob's next photons."""
+        self.apply_site_state(state)
+        with self._lock:
+            sub = self._tagger_subs.get("_site_link")
+            if sub is None:
+                sub = self._tagger_subs["_site_link"] = self.subscribe("bob")
+            batch = self._take(sub, want_ps)
+            exp = self.expected_rates()
+        info = {
+            "pair_rate_hz": float(exp["pair_rate_hz"]),
+            "singles_hz": [float(x) for x in exp["singles_hz"]],
+            "coincidences_hz": np.asarray(exp["coincidences_hz"], float).tolist(),
+            "qber_z": float(exp["qber_z"]),
+            "qber_x": float(exp["qber_x"]),
+        }
+        return batch, info
+
+    def serve_site(self, site: Site) -> dict[str, str]:
+        """Serve one site's instruments (a ``qnet sim --site`` process).
+
+        Alice's site also runs the physics and answers Bob's site on ``site_link``;
+        Bob's site fetches Bob's photons from there.
+        """
+        if self.params.clocks.mode != "two_taggers":
+            raise TestbedError(
+                "serving one site needs physics.clocks.mode: two_taggers (each site its tagger)"
+            )
+        if not self.config.site_link:
+            raise TestbedError("serving one site needs site_link: tcp://127.0.0.1:PORT")
+        try:
+            if site == "alice":
+                self._uplink = SiteUplink(self.config.site_link, self._uplink_answer).start()
+            else:
+                self._downlink = SiteDownlink(self.config.site_link)
+        except ValueError as exc:
+            raise TestbedError(f"site_link: {exc}") from None
+        except Exception as exc:  # zmq.ZMQError: the port is taken
+            raise TestbedError(f"site_link {self.config.site_link}: {exc}") from None
+        try:
+            return self.serve(site=site)
+        except Exception:
+            self.stop()
+            raise
+
+    def serve(self, host_override: str | None = None, site: Site | None = None) -> dict[str, str]:
+        """Start an InstrumentServer per configured instrument (of ``site``, if given).
+
+        Returns name -> address served.
+        """
         served: dict[str, str] = {}
         try:
             for name, spec in self.config.instruments.items():
-                if not spec.resource:
+                if not spec.resource or (site is not None and self.site_of(name) != site):
                     continue
                 try:
                     host, port = socket_address(spec.resource)
@@ -824,6 +1056,12 @@ class Testbed:
                 self._servers[name] = server
                 served[name] = spec.resource
             unknown = set(self.config.faults) - set(self._servers)
+            if site is not None:
+                unknown = {
+                    n
+                    for n in unknown
+                    if n not in self.config.instruments or self.site_of(n) == site
+                }
             if unknown:
                 raise TestbedError(
                     f"faults name instruments that are not served: {sorted(unknown)}"
@@ -881,8 +1119,14 @@ class Testbed:
         return dict(self._servers)
 
     def stop(self) -> None:
-        """Stop the clock and every server; idempotent."""
+        """Stop the clock, every server and the site link; idempotent."""
         self.stop_clock()
+        uplink, self._uplink = self._uplink, None
+        if uplink is not None:
+            uplink.stop()
+        downlink, self._downlink = self._downlink, None
+        if downlink is not None:
+            downlink.close()
         servers, self._servers = list(self._servers.values()), {}
         for s in servers:
             s.stop()

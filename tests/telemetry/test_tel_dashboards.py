@@ -19,7 +19,11 @@ from tests.telemetry._testbed_run import run_testbed
 
 pytestmark = [pytest.mark.servers]
 
-DASHBOARDS = sorted((REPO / "configs/grafana/dashboards").glob("*.json"))
+#: The QKD link dashboard shows records a single-node run does not make: its queries run
+#: against a two-site link's records in test_tel_link_dashboard.py.
+DASHBOARDS = sorted(
+    p for p in (REPO / "configs/grafana/dashboards").glob("*.json") if p.stem != "qkd-link"
+)
 
 #: Panels no testbed run can fill, (dashboard, panel title) -> why. Each must stay empty here:
 #: once something emits the data the test fails and the entry has to go.
