@@ -57,6 +57,8 @@ def link_record(
     if store_stats is not None:
         fields["store_blocks"] = int(store_stats.blocks)
         fields["store_issuable_bytes"] = int(store_stats.issuable_bytes)
+        # keys handed to SAEs at this site: to master SAEs (enc_keys) and slaves (dec_keys)
+        fields["delivered_keys"] = int(store_stats.issued_keys + store_stats.delivered_keys)
     for k, v in list(fields.items()):
         if isinstance(v, float | int) and not isinstance(v, bool):
             fields[k] = float(v) if isinstance(v, float) else int(v)

@@ -188,8 +188,12 @@ def test_link_records_for_telemetry(run) -> None:
         assert rec.measurement == "link" and rec.tags["role"] == side.role
         assert rec.fields["blocks_stored"] == len(side.stored_blocks)
         assert rec.fields["store_blocks"] == len(side.stored_blocks)
+        assert rec.fields["delivered_keys"] == 0  # no SAE has fetched a key yet
         assert parse_lines(to_line(rec)) == [rec]
         assert isinstance(rec, telemetry.Record)
+    sa.issue("sae-m", "sae-s", 2, 32)  # two keys to a master SAE at site A
+    rec = link_record(alice.report(), node="alice", store_stats=sa.stats())
+    assert rec.fields["delivered_keys"] == 2
     rec = link_record(bob.report(), node="bob")
     assert rec.fields["lock_state"] == "locked" and abs(rec.fields["ppm"] - 40.0) < 0.01
     assert "qber_z_low" in rec.fields
