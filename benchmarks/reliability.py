@@ -478,10 +478,12 @@ def _restart(outage_s: float = 600.0, silent_reads: int = 5) -> dict[str, object
 def run_storage_and_restart(tmp: Path, rate: float = 500.0, full_s: float = 10.0) -> dict:
     """The fault scenarios; figures keyed by scenario.
 
-    Storage fault, daemon restart, a command flood, and the classical channel through a
-    20 ms / 10 Mbit/s / 1 % loss link with a 30 s outage (``benchmarks.bench_channel``).
+    Storage fault, daemon restart, a command flood, the classical channel through a
+    20 ms / 10 Mbit/s / 1 % loss link with a 30 s outage (``benchmarks.bench_channel``),
+    and the whole QKD link engine through the same link (``benchmarks.bench_link``).
     """
     from benchmarks.bench_channel import reliability as channel_outage
+    from benchmarks.bench_link import reliability as link_outage
 
     res: dict[str, dict[str, object]] = {
         "outbox disk full, then space returns": asyncio.run(_storage_fault(tmp, rate, full_s)),
@@ -490,11 +492,12 @@ def run_storage_and_restart(tmp: Path, rate: float = 500.0, full_s: float = 10.0
     }
     for mode, figures in channel_outage(30.0).items():
         res[f"classical channel, 30 s outage ({mode})"] = figures  # type: ignore[assignment]
+    res["QKD link engine: 20 ms, 10 Mbit/s, 1 % loss, 30 s outage"] = link_outage(30.0)
     return res
 
 
 def _faults_markdown(res: dict) -> str:
-    lines = ["", "| fault scenario | figure | value |", "|---|---|---:|"]
+    lines = ["", "", "| fault scenario | figure | value |", "|---|---|---:|"]
     for name, figures in res.items():
         for k, v in figures.items():
             lines.append(f"| {name} | {k} | {v} |")
