@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import socket
 import threading
 import time
@@ -31,9 +32,25 @@ log = logging.getLogger("qnet.sim.server")
 FAULT_MODES = ("none", "timeout", "garbage", "late", "disconnect")
 
 
+#: Ports handed out by :func:`free_port`: below Linux's ephemeral range (32768-60999),
+#: where the kernel never puts the source port of an outgoing connection or a bind to
+#: port 0. A port chosen there could be taken by any connection before the server
+#: binds it (seen in CI: "Address already in use" under load).
+_PORT_RANGE = (20000, 32000)
+_rng = random.Random()
+
+
 def free_port() -> int:
     """A TCP port free on the loopback interface right now (to serve an emulator on)."""
-    with socket.socket() as s:
+    for _ in range(200):
+        port = _rng.randrange(*_PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the whole range busy: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
