@@ -290,3 +290,34 @@ def vm_export(vm: Server, match: str) -> list[dict[str, object]]:
     q = urllib.parse.urlencode({"match[]": match})
     with urllib.request.urlopen(f"{vm.url}/api/v1/export?{q}", timeout=30) as r:
         return [json.loads(line) for line in r.read().splitlines() if line.strip()]
+
+
+def start_shipped_mosquitto(directory: Path, users: dict[str, str]) -> Server:
+    """Mosquitto from the shipped ``configs/mosquitto/mosquitto.conf`` and ACL, on loopback.
+
+    The TLS listener is dropped and the paths, port and log go to ``directory``; the
+    password file holds ``users`` (name -> password). For tests of the shipped ACL.
+    """
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    exe = require("mosquitto")
+    require("mosquitto_passwd")
+    pw = mosquitto_password_file(directory / "passwd", users)
+    port = free_port()
+    conf = (repo / "configs/mosquitto/mosquitto.conf").read_text()
+    conf = re.sub(r"(?m)^(listener 8883|certfile .*|keyfile .*)$", "", conf)
+    conf = conf.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+    conf = conf.replace("/etc/mosquitto/qnet.passwd", str(pw))
+    conf = conf.replace("/etc/mosquitto/qnet.acl", str(repo / "configs/mosquitto/acl"))
+    conf = conf.replace("/var/lib/mosquitto/", f"{directory}/")
+    conf = conf.replace("log_dest syslog", "log_dest stdout")
+    conf += "\nuser root\n" if os.geteuid() == 0 else ""
+    (directory / "m.conf").write_text(conf)
+    return Server(
+        "mosquitto",
+        [exe, "-c", str(directory / "m.conf")],
+        port,
+        directory,
+        lambda s: _tcp_open(s.port),
+    ).start()

@@ -26,26 +26,7 @@ USERS = {"alice": "pw-alice", "bob": "pw-bob", "operator": "pw-op", "bridge": "S
 @pytest.fixture
 def secure_broker(tmp_path):
     """mosquitto started from configs/mosquitto/mosquitto.conf (paths and port rewritten)."""
-    exe = servers.require("mosquitto")
-    servers.require("mosquitto_passwd")
-    pw = servers.mosquitto_password_file(tmp_path / "passwd", USERS)
-    port = servers.free_port()
-    conf = (REPO / "configs/mosquitto/mosquitto.conf").read_text()
-    conf = re.sub(r"(?m)^(listener 8883|certfile .*|keyfile .*)$", "", conf)
-    conf = conf.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
-    conf = conf.replace("/etc/mosquitto/qnet.passwd", str(pw))
-    conf = conf.replace("/etc/mosquitto/qnet.acl", str(REPO / "configs/mosquitto/acl"))
-    conf = conf.replace("/var/lib/mosquitto/", f"{tmp_path}/")
-    conf = conf.replace("log_dest syslog", "log_dest stdout")
-    conf += "\nuser root\n" if __import__("os").geteuid() == 0 else ""
-    (tmp_path / "m.conf").write_text(conf)
-    srv = servers.Server(
-        "mosquitto",
-        [exe, "-c", str(tmp_path / "m.conf")],
-        port,
-        tmp_path,
-        lambda s: servers._tcp_open(s.port),
-    ).start()
+    srv = servers.start_shipped_mosquitto(tmp_path, USERS)
     yield srv
     srv.stop()
 
