@@ -14,10 +14,12 @@ points/s while, one after the other:
 Then it counts what VictoriaMetrics stored: lost = published seqs not stored, duplicates =
 stored values beyond one per seq, per scenario (the seqs submitted during its window) and in
 total. The storage-fault scenario (the outbox's disk fills up, then space returns) and the
-restart scenario (a daemon restart while the taggers kept counting) add their figures
-(alone, printed only: ``--only-faults``, about 30 s). It writes the figures into
+restart scenario (a daemon restart while the taggers kept counting), the command flood,
+the channel and link engine outages and the key store's kill -9 scenario add their figures
+(alone, printed only: ``--only-faults``). It writes the figures into
 docs/RELIABILITY.md between the ``reliability:`` markers
-(``--no-write`` to only print them). Exit code 1 if anything was lost or duplicated.
+(``--no-write`` to only print them). Exit code 1 if anything was lost or duplicated (the
+stream, and the key store: a confirmed block lost or a key delivered twice).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 BEGIN, END = "<!-- reliability:begin -->", "<!-- reliability:end -->"
 NODE = "alice"
 ROWS_PER_POINT = 3
+KEY_STORE_KILL = "key store kill -9"  # the name of that fault scenario's rows
 
 
 class Run:
@@ -198,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only-faults",
         action="store_true",
-        help="only the fault scenarios (storage, restart, command flood, channel outage;"
-        " about 3 min), printed",
+        help="only the fault scenarios (storage, restart, command flood, channel and link"
+        " outage, key store kill -9; about 4 min), printed",
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="    %(levelname)s %(name)s: %(message)s")
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             res = run_storage_and_restart(Path(d))
         print(_faults_markdown(res))
         print(json.dumps(res))
-        return 0
+        return 1 if _failed_faults(res) else 0
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="qnet-reliability-") as d:
         run = Run(args, Path(d))
@@ -259,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         _write_doc(md)
         print(f"wrote {DOC}")
     print(json.dumps(figures))
-    return 0 if ok else 1
+    failed = _failed_faults(faults)
+    return 0 if ok and not failed else 1
 
 
 def _markdown(args: argparse.Namespace, table: list, figures: dict, ok: bool) -> str:
@@ -480,7 +484,8 @@ def run_storage_and_restart(tmp: Path, rate: float = 500.0, full_s: float = 10.0
 
     Storage fault, daemon restart, a command flood, the classical channel through a
     20 ms / 10 Mbit/s / 1 % loss link with a 30 s outage (``benchmarks.bench_channel``),
-    and the whole QKD link engine through the same link (``benchmarks.bench_link``).
+    the whole QKD link engine through the same link (``benchmarks.bench_link``), and
+    kill -9 of the key store's writers (:func:`key_store_kill_scenario`).
     """
     from benchmarks.bench_channel import reliability as channel_outage
     from benchmarks.bench_link import reliability as link_outage
@@ -493,7 +498,21 @@ def run_storage_and_restart(tmp: Path, rate: float = 500.0, full_s: float = 10.0
     for mode, figures in channel_outage(30.0).items():
         res[f"classical channel, 30 s outage ({mode})"] = figures  # type: ignore[assignment]
     res["QKD link engine: 20 ms, 10 Mbit/s, 1 % loss, 30 s outage"] = link_outage(30.0)
+    ks = key_store_kill_scenario(tmp)
+    name = (
+        f"{KEY_STORE_KILL} ({ks['kills_during_distillation']} during distillation, "
+        f"{ks['kills_during_delivery']} during delivery)"
+    )
+    res[name] = ks
     return res
+
+
+def _failed_faults(res: dict[str, dict[str, object]]) -> list[str]:
+    """The fault scenarios that fail the run (exit code 1): the key store's kill -9."""
+    failed = [n for n, f in res.items() if n.startswith(KEY_STORE_KILL) and not f["ok"]]
+    for name in failed:
+        print(f"FAILED: {name}", file=sys.stderr)
+    return failed
 
 
 def _faults_markdown(res: dict) -> str:
@@ -524,6 +543,24 @@ def command_flood_scenario(tmp: Path, n: int = 10_000) -> dict[str, object]:
         and r["pending_publish_warnings"] == 0
     )
     return r
+
+
+def key_store_kill_scenario(tmp: Path, kills: int = 20) -> dict[str, object]:
+    """kill -9 of a process writing into the key store, ``kills`` times each way.
+
+    During distillation (adding blocks) and during delivery (issuing keys), each child
+    killed at a random point and the store reopened (``kms.testing.store_kill_scenario``,
+    at most 60 s). Healthy (``ok``): no confirmed block lost, no key delivered twice,
+    every delivered key marked used, every reopen clean.
+    """
+    from kms.testing import store_kill_scenario
+
+    r = store_kill_scenario(tmp / "key-store-kill", kills, budget_s=60.0)
+    summary = (
+        f"{r['confirmed_blocks']} confirmed blocks, {r['confirmed_blocks_lost']} lost; "
+        f"{r['keys_delivered']} keys delivered, {r['keys_delivered_twice']} twice"
+    )
+    return {"summary": summary, **r}
 
 
 if __name__ == "__main__":

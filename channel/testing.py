@@ -121,6 +121,8 @@ class WanEmulator:
             asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> WanEmulator:
         return self.start()
@@ -175,6 +177,12 @@ class WanEmulator:
             self._server.close()
         for w in list(self._writers):
             w.transport.abort()
+        # end every connection's tasks here, so none is destroyed pending with the loop
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _accept(self, r_client: asyncio.StreamReader, w_client: asyncio.StreamWriter) -> None:
         if self._refusing() or self._stopped.is_set():

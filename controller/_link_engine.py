@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -207,6 +208,9 @@ class _Link:
             "blocks_discarded": rb.blocks_discarded,
             "frames_aborted": rb.frames_aborted,
             "refused": ra.refused + rb.refused,
+            "auth": b.engine.cfg.auth,
+            "auth_bits_taken": getattr(b.engine.auth_stream, "taken_bits", 0),
+            "cascade_prefer": b.engine.cfg.cascade_prefer,
             "sim_time_s": b.sim_ps / 1e12,
             "tags_alice": a.tags,
             "tags_bob": b.tags,
@@ -255,7 +259,8 @@ def start(
 
     The engine's settings come from the two sites' node configs in ``sites_dir``
     (``alice-link.yaml`` / ``bob-link.yaml``, section ``daemon.qkd_link``); the channel
-    addresses, key files and stores there are a deployment's, the demo uses its own.
+    addresses, key files, stores and pre-shared secret there are a deployment's, the
+    demo uses its own.
     """
     if not available():
         raise LinkEngineMissing(
@@ -269,6 +274,11 @@ def start(
     out = _Link()
     try:
         cfg_alice, cfg_bob = link_configs(sites_dir, link)
+        if cfg_alice.auth != cfg_bob.auth:
+            raise LinkEngineMissing(
+                f"the sites disagree on qkd_link.auth ({cfg_alice.auth} / {cfg_bob.auth})"
+            )
+        psk = secrets.token_bytes(4096) if cfg_alice.auth == "wegman-carter" else None
         store_a = KeyStore(stores[0], site_index=0)
         out.closers.append(store_a.close)
         store_b = KeyStore(stores[1], site_index=1)
@@ -297,8 +307,18 @@ def start(
         ).start()
         out.closers.append(ep_a.close)
         sites = (
-            ("alice", "alice_tagger", SenderLink(cfg_alice, store_a, record_sifted=True), ep_a),
-            ("bob", "bob_tagger", AnalyserLink(cfg_bob, store_b, record_sifted=True), ep_b),
+            (
+                "alice",
+                "alice_tagger",
+                SenderLink(cfg_alice, store_a, record_sifted=True, auth_secret=psk),
+                ep_a,
+            ),
+            (
+                "bob",
+                "bob_tagger",
+                AnalyserLink(cfg_bob, store_b, record_sifted=True, auth_secret=psk),
+                ep_b,
+            ),
         )
         for site, tagger, engine, ep in sites:
             driver, source = open_tagger(cfg, tagger)

@@ -14,8 +14,11 @@ from ._errors import KeyPoolExhaustedError as KeyPoolExhaustedError
 from ._errors import ProtocolError as ProtocolError
 
 # isort: split
+from ._auth import FRAME_AUTH_BYTES as FRAME_AUTH_BYTES
+from ._auth import MIN_AUTH_SECRET_BYTES as MIN_AUTH_SECRET_BYTES
 from ._auth import Authenticator as Authenticator
 from ._auth import ChannelAuth as ChannelAuth
+from ._auth import FrameKeyStream as FrameKeyStream
 from ._auth import KeyPool as KeyPool
 from ._auth import WegmanCarterAuth as WegmanCarterAuth
 from ._bits import poly_hash64 as poly_hash64

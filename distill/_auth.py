@@ -156,3 +156,88 @@ class WegmanCarterAuth:
                 "Wegman-Carter tag does not verify: a message of the frame was tampered or foreign"
             )
         return payload
+
+
+FRAME_AUTH_BYTES = 2 * TAG_BYTES
+"""Pool bytes one frame uses in transcript mode: the one-time pads of its two tags."""
+
+MIN_AUTH_SECRET_BYTES = 256
+"""Smallest pre-shared secret a link accepts: the first ten frames in flight, and more."""
+
+
+class _FramePool(KeyPool):
+    """One frame's share of a :class:`FrameKeyStream`; what the frame returns goes to the stream."""
+
+    def __init__(self, material: bytes, stream: FrameKeyStream) -> None:
+        super().__init__(material)
+        self._stream = stream
+
+    def add(self, key: bytes) -> None:
+        """Refills go back to the link's stream (in delivery order, the same at both sites)."""
+        self._stream.add(key)
+
+
+class FrameKeyStream:
+    """Wegman-Carter key material for frames reconciled at the same time (a link's pipeline).
+
+    A link reconciles several frames at once and the two sites start and finish them
+    at different moments, so one pool taken from in the order of use would drift
+    apart between them. Here frame ``k`` (counted in the order both sites create
+    frames) owns bytes ``[k B, (k + 1) B)`` of one stream, ``B`` =
+    :data:`FRAME_AUTH_BYTES`: the pre-shared secret followed by the refills in the
+    order frames are delivered, which is the same at both sites because the
+    classical channel delivers in order. A frame whose bytes are not there yet gets
+    :class:`KeyPoolExhaustedError` (both sites then discard it) and the frames after
+    it keep their own offsets, so the sites never fall out of step. The hash key is
+    the link's, taken once from the secret's first bytes: with a fresh one-time pad
+    per tag it may be reused (Wegman and Carter 1981, sec. 4), so a delivered frame
+    refills exactly what it used. Transcript mode only (per-message tags use a
+    number of pads not known in advance).
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        if not isinstance(secret, bytes | bytearray) or len(secret) < MIN_AUTH_SECRET_BYTES:
+            raise DistillInputError(
+                f"the pre-shared secret must be at least {MIN_AUTH_SECRET_BYTES} bytes"
+            )
+        self._hash_key = bytes(secret[:TAG_BYTES])
+        self._buf = bytearray(secret[TAG_BYTES:])
+        self._base = 0  # stream offset of _buf[0]
+        self._next_frame = 0
+        self.taken_bits = 0
+
+    def _drop_below(self, offset: int) -> None:
+        n = min(len(self._buf), max(0, offset - self._base))
+        del self._buf[:n]
+        self._base += n
+
+    def take_frame(self) -> WegmanCarterAuth:
+        """The next frame's authenticator (transcript mode) from its own bytes of the stream."""
+        start = self._next_frame * FRAME_AUTH_BYTES
+        self._next_frame += 1
+        end = start + FRAME_AUTH_BYTES
+        if self._base > start or self._base + len(self._buf) < end:
+            self._drop_below(end)
+            raise KeyPoolExhaustedError(
+                f"authentication key pool: frame {self._next_frame - 1} needs stream bytes "
+                f"{start}..{end}, {self.available_bits // 8} bytes are there: blocks did not "
+                "refill it fast enough; give both sites a new pre-shared secret"
+            )
+        material = bytes(self._buf[start - self._base : end - self._base])
+        self._drop_below(end)
+        self.taken_bits += 8 * FRAME_AUTH_BYTES
+        # the frame's authenticator takes the link's hash key first, then its two pads
+        return WegmanCarterAuth(_FramePool(self._hash_key + material, self))
+
+    def add(self, key: bytes) -> None:
+        """Append fresh secret key (a delivered block's refill) to the stream."""
+        self._buf += key
+        self._drop_below(self._next_frame * FRAME_AUTH_BYTES)
+
+    @property
+    def available_bits(self) -> int:
+        """Bits in the stream not yet owned by a frame."""
+        return 8 * len(self._buf)
+
+    def __repr__(self) -> str:  # never print key material
+        return f"FrameKeyStream(available_bits={self.available_bits}, taken={self.taken_bits})"

@@ -201,6 +201,7 @@ MEASUREMENTS: Mapping[str, Measurement] = MappingProxyType(
                     "store_blocks": int,
                     "store_issuable_bytes": int,
                     "delivered_keys": int,
+                    "auth_pool_bits": int,
                     "refused": int,
                 },
                 required=("lock_state",),

@@ -22,6 +22,10 @@ from distill import FiniteKeyConfig
 LABEL_BITS: Mapping[str, tuple[int, int]] = {"H": (0, 0), "V": (0, 1), "D": (1, 0), "A": (1, 1)}
 
 
+#: how the distillation messages can be authenticated (``LinkConfig.auth``)
+AUTH_MODES = ("channel", "wegman-carter")
+
+
 class LinkConfigError(ValueError):
     """A link setting is out of range: names the setting and the allowed range."""
 
@@ -47,6 +51,14 @@ class LinkConfig:
         track_window_ps: clock tracking window, ps.
         max_pending_epochs: epochs the analyser holds while acquiring the clock; older
             ones are answered with no pairs (their detections give no key).
+        cascade_prefer: ``"leak"`` (fewest disclosed parities, hundreds of round trips a
+            frame) or ``"rounds"`` (a few % more leak, up to 5x fewer round trips: the
+            choice for a WAN, where each round trip costs the channel's latency);
+            see docs/DISTILL.md.
+        auth: how the distillation messages are authenticated: ``"channel"`` (the
+            channel's CURVE keys) or ``"wegman-carter"`` (information-theoretic tags
+            from a pool started with a pre-shared secret and refilled from each block;
+            the bits consumed are taken out of the block, so the secret rate counts them).
     """
 
     link: str = "link"
@@ -64,8 +76,18 @@ class LinkConfig:
     acquire_span_ps: int = 10 * 10**12
     track_window_ps: int = 10**12
     max_pending_epochs: int = 16
+    cascade_prefer: str = "leak"
+    auth: str = "channel"
 
     def __post_init__(self) -> None:
+        if self.cascade_prefer not in ("leak", "rounds"):
+            raise LinkConfigError(
+                f"link.cascade_prefer must be 'leak' or 'rounds', got {self.cascade_prefer!r}"
+            )
+        if self.auth not in AUTH_MODES:
+            raise LinkConfigError(
+                f"link.auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}"
+            )
         checks = (
             ("epoch_ps", self.epoch_ps, 10**6, 100 * 10**12),
             ("resolution_ps", self.resolution_ps, 1, 10**6),

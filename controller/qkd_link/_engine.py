@@ -46,7 +46,7 @@ from channel import time_basis_epoch as make_epoch
 from coincidence import TagBatch, h2
 
 from ._clock import make_tracker
-from ._config import LinkConfig
+from ._config import LinkConfig, LinkConfigError
 from ._pairing import pair_indices
 
 _CONF_1SIGMA = 0.6827
@@ -113,6 +113,10 @@ class _Frame:
     session: ds.AliceFrame | ds.BobFrame | None = None
     key_in: np.ndarray | None = None
     block: ds.KeyBlock | None = None
+    auth: ds.Authenticator | None = None
+    """Wegman-Carter: this frame's authenticator, taken when the frame was cut."""
+    auth_error: str = ""
+    """Wegman-Carter: why the frame has no authenticator (the pool ran dry)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,8 @@ class LinkReport:
     ec_efficiency: float
     refused: int
     last_error: str
+    auth_pool_bits: int = -1
+    """Wegman-Carter: secret bits left in the authentication key stream (-1: channel auth)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (NaN kept) for telemetry and JSON status."""
@@ -185,8 +191,18 @@ class _LinkSide:
         *,
         random_bits: Callable[[int], int] = secrets.randbits,
         record_sifted: bool = False,
+        auth_secret: bytes | None = None,
     ) -> None:
         self.cfg = cfg
+        self.auth_stream: ds.FrameKeyStream | None = None
+        """Wegman-Carter key material of the frames (``cfg.auth == "wegman-carter"``)."""
+        if cfg.auth == "wegman-carter":
+            if auth_secret is None:
+                raise LinkConfigError("link.auth wegman-carter needs the pre-shared secret")
+            try:
+                self.auth_stream = ds.FrameKeyStream(auth_secret)
+            except ds.DistillInputError as e:
+                raise LinkConfigError(f"link.auth: {e}") from None
         self.store = store
         self._random_bits = random_bits
         self._basis_lut, self._outcome_lut = cfg.tables()
@@ -228,7 +244,12 @@ class _LinkSide:
             self._acc_n -= n
             fid = epoch * FRAMES_PER_EPOCH + len(cut)
             rec = FrameRecord(fid, sifted_bits=n)
-            self.frames[fid] = _Frame(rec, bits[:n].copy(), bases[:n].copy())
+            self.frames[fid] = fr = _Frame(rec, bits[:n].copy(), bases[:n].copy())
+            if self.auth_stream is not None:  # both sites cut the same frames in this order
+                try:
+                    fr.auth = self.auth_stream.take_frame()
+                except ds.KeyPoolExhaustedError as e:
+                    fr.auth_error = str(e)
             self.records[fid] = rec
             cut.append(fid)
         return cut
@@ -263,6 +284,15 @@ class _LinkSide:
         rec.leak_ec_bits = block.leak.error_correction
         self._end(frame_id, "stored")
         return True
+
+    def _auth_ready(self, fid: int, out: list[Message]) -> bool:
+        """False (frame aborted, the peer told) when Wegman-Carter has no key for it."""
+        fr = self.frames[fid]
+        if self.auth_stream is None or fr.auth is not None:
+            return True
+        self.last_error = f"frame {fid}: {fr.auth_error}"
+        self._abort(fid, f"authentication: {fr.auth_error}", out, tell_peer=True)
+        return False
 
     def _refuse(self, why: str) -> None:
         self.refused += 1
@@ -370,6 +400,7 @@ class _LinkSide:
             ec_efficiency=leak / denom if denom > 0 else math.nan,
             refused=self.refused,
             last_error=self.last_error,
+            auth_pool_bits=-1 if self.auth_stream is None else self.auth_stream.available_bits,
             **self._lock_fields(),
         )
 
@@ -485,6 +516,8 @@ class SenderLink(_LinkSide):
             raise ds.ProtocolError(f"sample message of frame {msg.epoch} is not its announcement")
         if fr is None or fr.session is not None:
             raise ds.ProtocolError(f"sample for frame {msg.epoch}, which is not awaiting one")
+        if not self._auth_ready(msg.epoch, out):
+            return
         _, est = ds.answer_sample(ann, fr.bits, None)
         pos = ds.sample_positions(fr.bits.size, ann.n_sample, ann.seed)
         wrong = fr.bits[pos] != ann.bits
@@ -501,7 +534,7 @@ class SenderLink(_LinkSide):
         info = ds.FrameInfo(
             msg.epoch, self.cfg.link, ann.n_sample, est.estimate.qber, self.cfg.finite
         )
-        fr.session = ds.AliceFrame(est.key, info, random_bits=self._random_bits)
+        fr.session = ds.AliceFrame(est.key, info, random_bits=self._random_bits, auth=fr.auth)
         fr.record.state = "reconciling"
 
     def _finish(
@@ -670,6 +703,8 @@ class AnalyserLink(_LinkSide):
 
     # -- frames --------------------------------------------------------------------------
     def _start_frame(self, fid: int, out: list[Message]) -> None:
+        if not self._auth_ready(fid, out):
+            return
         fr = self.frames[fid]
         q = min(max(self._last_q, 0.005), 0.8 * self.cfg.finite.q_tol)
         try:
@@ -707,7 +742,13 @@ class AnalyserLink(_LinkSide):
         keep[pos] = False
         fr.key_in = fr.bits[keep]
         info = ds.FrameInfo(msg.epoch, self.cfg.link, nz + nx, est.qber, self.cfg.finite)
-        session = ds.BobFrame(fr.key_in, info, seed=self._random_bits(63))
+        session = ds.BobFrame(
+            fr.key_in,
+            info,
+            seed=self._random_bits(63),
+            auth=fr.auth,
+            prefer=self.cfg.cascade_prefer,
+        )
         fr.session = session
         fr.record.state = "reconciling"
         out.append(_typed("reconcile", msg.epoch, data=session.start()))

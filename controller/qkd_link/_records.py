@@ -49,6 +49,8 @@ def link_record(
         "frames_aborted": report.frames_aborted,
         "refused": report.refused,
     }
+    if report.auth_pool_bits >= 0:  # Wegman-Carter: what is left to authenticate with
+        fields["auth_pool_bits"] = report.auth_pool_bits
     if "bytes_sent_per_s" in c:
         fields["channel_tx_bytes_per_s"] = float(c["bytes_sent_per_s"])
         fields["channel_rx_bytes_per_s"] = float(c["bytes_received_per_s"])

@@ -17,6 +17,9 @@ Config (``daemon.qkd_link`` of the daemon YAML; ``daemon.link`` already names th
         store: keys/alice-kms.sqlite     # the KME's key store (kms.KeyStore)
         site_index: 0                    # must differ between the two sites
         kme_config: kme-a.yaml           # optional: serve ETSI 014 from this node
+        cascade_prefer: rounds           # leak (default) | rounds (fewer round trips: WAN)
+        auth: wegman-carter              # channel (default) | wegman-carter
+        auth_secret_file: keys/alice-bob.psk   # wegman-carter: the pre-shared secret
 
 The daemon offers every tag batch of its acquisition to :meth:`LinkService.offer`
 and publishes :meth:`LinkService.records` once a second; ``status()`` goes into
@@ -76,6 +79,11 @@ class QkdLinkConfig(_Section):
     acquire_span_s: float = Field(10.0, ge=0.001, le=1000.0)
     track_window_s: float = Field(1.0, ge=1e-4, le=100.0)
     max_pending_epochs: int = Field(16, ge=1, le=10_000)
+    cascade_prefer: Literal["leak", "rounds"] = "leak"
+    auth: Literal["channel", "wegman-carter"] = "channel"
+    auth_secret_file: Path | None = Field(
+        None, description="wegman-carter: the pre-shared secret, the same file at both nodes"
+    )
     store: Path
     site_index: Literal[0, 1]
     kme_config: Path | None = Field(None, description="a KME config to serve ETSI 014 from")
@@ -89,6 +97,11 @@ class QkdLinkConfig(_Section):
             self.engine_config("check")
         except LinkConfigError as e:
             raise ValueError(str(e)) from None
+        if self.auth == "wegman-carter" and self.auth_secret_file is None:
+            raise ValueError(
+                "auth: wegman-carter needs auth_secret_file (the pre-shared secret both "
+                "nodes hold; make one with `qnet keys psk FILE`)"
+            )
         if (self.role == "sender") != (self.site_index == 0):
             # not required by the store, but a fixed convention keeps the two configs apart
             log.debug("qkd_link: sender at site_index %d", self.site_index)
@@ -116,7 +129,16 @@ class QkdLinkConfig(_Section):
             acquire_span_ps=round(self.acquire_span_s * 1e12),
             track_window_ps=round(self.track_window_s * 1e12),
             max_pending_epochs=self.max_pending_epochs,
+            cascade_prefer=self.cascade_prefer,
+            auth=self.auth,
         )
+
+    def auth_secret(self, base_dir: Path) -> bytes | None:
+        """The pre-shared secret for Wegman-Carter (None with the channel's authentication)."""
+        if self.auth != "wegman-carter" or self.auth_secret_file is None:
+            return None
+        path = self.auth_secret_file
+        return read_auth_secret(path if path.is_absolute() else base_dir / path)
 
 
 class LinkService:
@@ -153,9 +175,8 @@ class LinkService:
         c = self.cfg
         self.store = KeyStore(self._path(c.store), site_index=c.site_index)
         ecfg = c.engine_config(self.link)
-        self.engine = (
-            SenderLink(ecfg, self.store) if c.role == "sender" else AnalyserLink(ecfg, self.store)
-        )
+        side = SenderLink if c.role == "sender" else AnalyserLink
+        self.engine = side(ecfg, self.store, auth_secret=c.auth_secret(self.base_dir))
         state_file = self._path(c.store).with_suffix(".channel.json")
         last = _read_last_epochs(state_file)
         self.endpoint = ChannelEndpoint.from_key_files(
@@ -265,6 +286,22 @@ class LinkService:
         if self.store is not None:
             self.store.close()
         self.state = "stopped"
+
+
+def read_auth_secret(path: Path) -> bytes:
+    """A pre-shared secret file's bytes; ValueError naming the file and what is wrong."""
+    from distill import MIN_AUTH_SECRET_BYTES
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read the pre-shared secret {path}: {e.strerror}") from None
+    if len(data) < MIN_AUTH_SECRET_BYTES:
+        raise ValueError(
+            f"the pre-shared secret {path} has {len(data)} bytes, at least "
+            f"{MIN_AUTH_SECRET_BYTES} are needed (make one with `qnet keys psk FILE`)"
+        )
+    return data
 
 
 def _json_number(v: Any) -> Any:

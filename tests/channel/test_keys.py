@@ -74,3 +74,17 @@ def test_mismatched_pair_refused(tmp_path):
 def test_bad_node_name(tmp_path):
     res = runner.invoke(app, ["keys", "generate", "--node", "../x", "--dir", str(tmp_path)])
     assert res.exit_code == 2 and "node name" in res.output
+
+
+def test_cli_writes_a_pre_shared_secret_once(tmp_path):
+    path = tmp_path / "sub" / "alice-bob.psk"
+    res = runner.invoke(app, ["keys", "psk", str(path), "--bytes", "1024"])
+    assert res.exit_code == 0, res.output
+    data = path.read_bytes()
+    assert len(data) == 1024 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert data.hex() not in res.output and "trusted path" in res.output
+    again = runner.invoke(app, ["keys", "psk", str(path)])
+    assert again.exit_code == 2 and "exists" in again.output and "--overwrite" in again.output
+    assert path.read_bytes() == data  # not replaced
+    small = runner.invoke(app, ["keys", "psk", str(tmp_path / "x.psk"), "--bytes", "16"])
+    assert small.exit_code == 2 and not (tmp_path / "x.psk").exists()

@@ -83,6 +83,10 @@ def test_verdict_lines_fit_80_columns():
             "ec_efficiency": 1.07,
             "secret_bps": 9123.4,
             "secret_bits": 91_234,
+            "frames": 5,
+            "frames_in_flight": 0,
+            "auth": "wegman-carter",
+            "auth_bits_taken": 640,
         },
         "clock_truth": {"ppm": -40.9995},
         "store_alice": {"blocks": 3, "stored_bytes": 12_000},
@@ -92,7 +96,7 @@ def test_verdict_lines_fit_80_columns():
     v = judge(figures)
     lines = v.lines()
     assert all(len(x) <= 80 for line in lines for x in line.split("\n")), lines
-    assert [s.ok for s in v.stages] == [True] * 7 + [False]
+    assert [s.ok for s in v.stages] == [True] * 8 + [False]
     assert lines[-1] == "VERDICT: FAIL"
     assert Verdict().ok is False  # no stage: no PASS
 
@@ -189,4 +193,8 @@ def test_demo_link_passes_with_identical_keys(tmp_path):
     raw = json.loads(report.read_text())
     assert raw["verdict"] == "PASS" and raw["etsi014"]["identical"] is True
     assert raw["engine"]["sifted_positions_identical"] is True
+    # over a WAN with latency and loss, every frame closed, authenticated by Wegman-Carter
+    assert raw["wan"]["latency_s"] >= 0.02 and raw["wan"]["loss"] > 0
+    assert raw["engine"]["frames_in_flight"] == 0 and raw["engine"]["blocks_stored_bob"] >= 2
+    assert raw["engine"]["auth"] == "wegman-carter" and raw["engine"]["auth_bits_taken"] > 0
     assert r.returncode == 0

@@ -56,6 +56,28 @@ def test_config_errors_name_the_setting(tmp_path: Path) -> None:
     assert sec.qkd_link is not None and sec.qkd_link.role == "sender"
 
 
+def test_wegman_carter_section_names_its_secret(tmp_path: Path) -> None:
+    from controller.qkd_link._service import read_auth_secret
+
+    good = _section(tmp_path, "sender", "client", "tcp://127.0.0.1:5560", 0)
+    with pytest.raises(ValidationError, match=r"auth_secret_file.*qnet keys psk"):
+        QkdLinkConfig.model_validate({**good, "auth": "wegman-carter"})
+    with pytest.raises(ValidationError, match="auth"):
+        QkdLinkConfig.model_validate({**good, "auth": "hmac"})
+    cfg = QkdLinkConfig.model_validate(
+        {**good, "auth": "wegman-carter", "auth_secret_file": "ab.psk", "cascade_prefer": "rounds"}
+    )
+    eng = cfg.engine_config("ab")
+    assert eng.auth == "wegman-carter" and eng.cascade_prefer == "rounds"
+    with pytest.raises(ValueError, match=r"cannot read the pre-shared secret .*ab\.psk"):
+        cfg.auth_secret(tmp_path)
+    (tmp_path / "ab.psk").write_bytes(b"x" * 10)
+    with pytest.raises(ValueError, match="has 10 bytes, at least 256"):
+        read_auth_secret(tmp_path / "ab.psk")
+    (tmp_path / "ab.psk").write_bytes(b"x" * 300)
+    assert cfg.auth_secret(tmp_path) == b"x" * 300
+
+
 def test_two_services_key_over_loopback(tmp_path: Path) -> None:
     generate_keys("alice", tmp_path)
     generate_keys("bob", tmp_path)

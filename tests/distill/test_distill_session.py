@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 
 from distill import (
+    FRAME_AUTH_BYTES,
+    MIN_AUTH_SECRET_BYTES,
     AuthenticationError,
+    DistillInputError,
     FiniteKeyConfig,
+    FrameKeyStream,
     KeyPool,
+    KeyPoolExhaustedError,
     ParityReply,
     VerifyResult,
     VerifyTag,
@@ -171,3 +176,50 @@ def test_an_exhausted_key_pool_discards_the_frame_with_a_clear_reason():
     )
     assert alice.block is None and bob.block is None
     assert "key pool" in alice.reason + bob.reason
+
+
+def _tag(auth: WegmanCarterAuth) -> bytes:
+    """The transcript tag an authenticator puts on one final message (its first pad)."""
+    return auth.seal(b"the frame's transcript", final=True)
+
+
+def test_frame_key_streams_stay_in_step_whatever_the_order_of_use():
+    """Frames pipelined over a WAN start and end at different moments at the two sites:
+    each frame's pads come from its own place in the stream, so the tags still agree."""
+    secret = np.random.default_rng(1).bytes(MIN_AUTH_SECRET_BYTES)
+    per_secret = (MIN_AUTH_SECRET_BYTES - 8) // FRAME_AUTH_BYTES  # 8 bytes: the hash key
+    refills = [bytes([i]) * FRAME_AUTH_BYTES for i in range(1, 40)]
+    a, b = FrameKeyStream(secret), FrameKeyStream(secret)
+    tags_a = [_tag(a.take_frame()) for _ in range(per_secret)]
+    tags_b = []
+    for i in range(per_secret):  # B refills early, between its takes
+        tags_b.append(_tag(b.take_frame()))
+        b.add(refills[i])
+    assert tags_a == tags_b
+    with pytest.raises(KeyPoolExhaustedError, match="pre-shared secret"):
+        a.take_frame()  # A's refills have not come yet: this frame is discarded
+    tags_b.append(_tag(b.take_frame()))  # B had them: B's frame goes ahead (then aborted)
+    for r in refills[:per_secret]:
+        a.add(r)
+    # the next frames use the same bytes at both sites: no drift after the miss
+    assert [_tag(a.take_frame()) for _ in range(5)] == [_tag(b.take_frame()) for _ in range(5)]
+    assert len(set(tags_b)) == len(tags_b)  # never the same pad twice
+    assert "key" not in repr(a).replace("FrameKeyStream", "")  # no key material in logs
+
+
+def test_a_frame_key_stream_needs_a_real_secret():
+    with pytest.raises(DistillInputError, match=str(MIN_AUTH_SECRET_BYTES)):
+        FrameKeyStream(b"short")
+
+
+def test_a_frame_refills_what_it_used_from_its_block():
+    a, b = correlated_keys(1 << 17, 0.02, np.random.default_rng(4))
+    secret = np.random.default_rng(0).bytes(MIN_AUTH_SECRET_BYTES)
+    sa, sb = FrameKeyStream(secret), FrameKeyStream(secret)
+    before = sa.available_bits
+    cfg = FiniteKeyConfig(q_tol=0.04)
+    auth = (sa.take_frame(), sb.take_frame())
+    alice, bob = run_frame(a, b, qber=0.02, n_test=20_000, config=cfg, auth=auth)
+    assert alice.state == bob.state == "delivered" and alice.block.key == bob.block.key
+    assert alice.block.leak.authentication == 8 * FRAME_AUTH_BYTES
+    assert sa.available_bits == sb.available_bits == before  # used, then given back

@@ -2,11 +2,6 @@
 
 import itertools
 import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 import uuid
 
 import pytest
@@ -24,6 +19,7 @@ from kms import (
     parse_key_id,
 )
 from kms._keyid import ID_KEY_BYTES
+from kms.testing import MASTER_SAE, SLAVE_SAE, run_and_kill, store_kill_scenario
 
 
 def _pair(tmp_path, blocks):
@@ -117,53 +113,10 @@ def test_add_block_is_idempotent_and_refuses_disagreement(tmp_path):
         store.add_block(8, b"x" * 10)
 
 
-_WORKER = textwrap.dedent(
-    """
-    import os, sys
-    from kms import KeyStore
-    store = KeyStore(sys.argv[1], site_index=0)
-    mode = sys.argv[2]
-    if mode == "fill":
-        i = 0
-        while True:
-            store.add_block(i, os.urandom(4096))
-            print("block", i, flush=True)
-            i += 1
-    else:
-        while True:
-            for key_id, key in store.issue("m", "s", 1, 16):
-                print("key", key_id, key.hex(), flush=True)
-    """
-)
-
-
-def _run_and_kill(path, mode, lines_wanted):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _WORKER, str(path), mode],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    seen = []
-    try:
-        deadline = time.monotonic() + 120
-        while len(seen) < lines_wanted and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line.split())
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert len(seen) == lines_wanted, "the worker stopped before it confirmed enough"
-    return seen
-
-
 @pytest.mark.slow
 def test_sigkill_during_distillation_loses_no_confirmed_block(tmp_path):
     path = tmp_path / "s.sqlite"
-    confirmed = _run_and_kill(path, "fill", 50)
+    confirmed = run_and_kill(path, "fill", 50)
     store = KeyStore(path, site_index=0)
     assert store.stats().blocks >= len(confirmed)
 
@@ -175,11 +128,24 @@ def test_sigkill_during_delivery_never_hands_a_key_twice(tmp_path):
     for i in range(0, 20, 2):
         store.add_block(i, os.urandom(4096))
     store.close()
-    delivered = _run_and_kill(path, "issue", 200)
+    delivered = run_and_kill(path, "issue", 200)
     store = KeyStore(path, site_index=0)
     issued_before = store.stats().issued_keys
     assert issued_before >= len(delivered)
-    later = store.issue("m", "s", 50, 16)
+    later = store.issue(MASTER_SAE, SLAVE_SAE, 50, 16)
     before = {ids for _, ids, _ in delivered}
     assert not before & {k for k, _ in later}
     assert not {h for _, _, h in delivered} & {k.hex() for _, k in later}
+
+
+@pytest.mark.slow
+def test_repeated_kills_lose_nothing_and_hand_out_nothing_twice(tmp_path):
+    # The scenario of the reliability run, shortened.
+    r = store_kill_scenario(tmp_path, 3, max_lines=20)
+    assert r["kills_during_distillation"] == r["kills_during_delivery"] == 3
+    assert r["confirmed_blocks"] >= 3 and r["keys_delivered"] >= 3
+    assert r["confirmed_blocks_lost"] == r["keys_delivered_twice"] == 0
+    assert r["keys_delivered_not_marked_used"] == r["unclean_reopens"] == 0
+    # A kill costs at most the one write it interrupted.
+    assert r["blocks_committed_unconfirmed"] <= 3 and r["keys_used_unconfirmed"] <= 3
+    assert r["ok"]
