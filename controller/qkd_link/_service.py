@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,12 +136,17 @@ class QkdLinkConfig(_Section):
             auth=self.auth,
         )
 
-    def auth_secret(self, base_dir: Path) -> bytes | None:
-        """The pre-shared secret for Wegman-Carter (None with the channel's authentication)."""
+    def auth_secret_path(self, base_dir: Path) -> Path | None:
+        """Where the Wegman-Carter pre-shared secret is (None with the channel's authentication)."""
         if self.auth != "wegman-carter" or self.auth_secret_file is None:
             return None
         path = self.auth_secret_file
-        return read_auth_secret(path if path.is_absolute() else base_dir / path)
+        return path if path.is_absolute() else base_dir / path
+
+    def auth_secret(self, base_dir: Path) -> bytes | None:
+        """The pre-shared secret for Wegman-Carter (None with the channel's authentication)."""
+        path = self.auth_secret_path(base_dir)
+        return None if path is None else read_auth_secret(path)
 
 
 class LinkService:
@@ -176,7 +184,9 @@ class LinkService:
         self.store = KeyStore(self._path(c.store), site_index=c.site_index)
         ecfg = c.engine_config(self.link)
         side = SenderLink if c.role == "sender" else AnalyserLink
-        self.engine = side(ecfg, self.store, auth_secret=c.auth_secret(self.base_dir))
+        psk_path = c.auth_secret_path(self.base_dir)
+        psk = None if psk_path is None else claim_auth_secret(psk_path, link=self.link)
+        self.engine = side(ecfg, self.store, auth_secret=psk)
         state_file = self._path(c.store).with_suffix(".channel.json")
         last = _read_last_epochs(state_file)
         self.endpoint = ChannelEndpoint.from_key_files(
@@ -304,6 +314,52 @@ def read_auth_secret(path: Path) -> bytes:
     return data
 
 
+def claim_auth_secret(path: Path, *, link: str) -> bytes:
+    """Read a pre-shared secret and record, durably, that this node's link now uses it.
+
+    Wegman-Carter spends the secret as one-time pads (Wegman and Carter 1981) and the
+    key stream's position lives in the running engine, so a link that starts again
+    from the same secret would use pads twice. The record (``FILE.used``: the secret's
+    SHA-256, the link, when) is written before the first frame; a second start from
+    the same secret is refused with what to do. A new secret (other bytes) is accepted.
+    ValueError naming the file and the fix.
+    """
+    data = read_auth_secret(path)
+    digest = hashlib.sha256(data).hexdigest()
+    marker = path.with_name(path.name + ".used")
+    try:
+        previous = json.loads(marker.read_text())
+    except FileNotFoundError:
+        previous = None
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"cannot read {marker} (the record that {path} is in use): {e}; if the secret "
+            f"is fresh at both sites, delete {marker.name}"
+        ) from None
+    if isinstance(previous, dict) and previous.get("sha256") == digest:
+        raise ValueError(
+            f"the pre-shared secret {path} was already used by link "
+            f"{previous.get('link', '?')!r} since {previous.get('first_used_utc', '?')}: "
+            "Wegman-Carter spends it as one-time pads, so a restarted link must not start "
+            f"from it again. Make a fresh one (`qnet keys psk {path} --overwrite`), copy it "
+            "to the other node by a trusted path and restart both daemons"
+        )
+    record = {
+        "sha256": digest,
+        "link": link,
+        "first_used_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        _write_json_durably(marker, record)
+    except OSError as e:
+        raise ValueError(
+            f"cannot record that the pre-shared secret {path} is in use ({marker}: "
+            f"{e.strerror}); without that record a restart could reuse its one-time pads: "
+            "make the directory writable by the daemon"
+        ) from None
+    return data
+
+
 def _json_number(v: Any) -> Any:
     if isinstance(v, float) and v != v:
         return None
@@ -321,6 +377,14 @@ def _read_last_epochs(path: Path) -> dict[Any, int] | None:
 
 
 def _write_last_epochs(path: Path, last: dict[Any, int]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({str(int(k)): int(v) for k, v in last.items()}))
+    _write_json_durably(path, {str(int(k)): int(v) for k, v in last.items()})
+
+
+def _write_json_durably(path: Path, obj: Any) -> None:
+    """Replace ``path`` with ``obj`` as JSON, all or nothing, on disk before returning."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)

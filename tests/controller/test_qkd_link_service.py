@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,27 @@ def test_wegman_carter_section_names_its_secret(tmp_path: Path) -> None:
         read_auth_secret(tmp_path / "ab.psk")
     (tmp_path / "ab.psk").write_bytes(b"x" * 300)
     assert cfg.auth_secret(tmp_path) == b"x" * 300
+
+
+def test_wegman_carter_secret_is_claimed_once(tmp_path: Path) -> None:
+    """A link never starts twice from one pre-shared secret (its pads would be reused)."""
+    from controller.qkd_link._service import claim_auth_secret
+
+    psk = tmp_path / "ab.psk"
+    psk.write_bytes(bytes(range(256)) * 2)
+    assert claim_auth_secret(psk, link="ab") == bytes(range(256)) * 2
+    record = json.loads((tmp_path / "ab.psk.used").read_text())
+    assert record["link"] == "ab" and len(record["sha256"]) == 64
+    assert psk.read_bytes().hex() not in (tmp_path / "ab.psk.used").read_text()
+    with pytest.raises(ValueError, match=r"already used by link 'ab'.*qnet keys psk .*overwrite"):
+        claim_auth_secret(psk, link="ab")
+    psk.write_bytes(bytes(range(255, -1, -1)) * 2)  # a fresh secret is accepted
+    assert claim_auth_secret(psk, link="ab")[:1] == b"\xff"
+    with pytest.raises(ValueError, match="already used"):
+        claim_auth_secret(psk, link="ab")
+    (tmp_path / "ab.psk.used").write_text("{not json")
+    with pytest.raises(ValueError, match=r"cannot read .*ab\.psk\.used"):
+        claim_auth_secret(psk, link="ab")
 
 
 def test_two_services_key_over_loopback(tmp_path: Path) -> None:
