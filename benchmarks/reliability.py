@@ -519,8 +519,13 @@ def _faults_markdown(res: dict) -> str:
     lines = ["", "", "| fault scenario | figure | value |", "|---|---|---:|"]
     for name, figures in res.items():
         for k, v in figures.items():
-            lines.append(f"| {name} | {k} | {v} |")
+            lines.append(f"| {name} | {k} | {_figure(v)} |")
     return "\n".join(lines)
+
+
+def _figure(v: object) -> str:
+    """A figure as a person reads it: floats to 4 significant digits, the rest as is."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def command_flood_scenario(tmp: Path, n: int = 10_000) -> dict[str, object]:
