@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 keys_app = typer.Typer(
-    help="CURVE key pairs for the authenticated channel between nodes.",
+    help="Key material of a link: CURVE key pairs for the channel, a Wegman-Carter secret.",
     no_args_is_help=True,
 )
 
