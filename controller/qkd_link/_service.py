@@ -185,7 +185,7 @@ class LinkService:
         ecfg = c.engine_config(self.link)
         side = SenderLink if c.role == "sender" else AnalyserLink
         psk_path = c.auth_secret_path(self.base_dir)
-        psk = None if psk_path is None else claim_auth_secret(psk_path, link=self.link)
+        psk = None if psk_path is None else read_auth_secret(psk_path)
         self.engine = side(ecfg, self.store, auth_secret=psk)
         state_file = self._path(c.store).with_suffix(".channel.json")
         last = _read_last_epochs(state_file)
@@ -202,6 +202,8 @@ class LinkService:
         self.pump = LinkPump(self.engine, self.endpoint)
         if c.kme_config is not None:
             await self._start_kme(self._path(c.kme_config))
+        if psk_path is not None and psk is not None:  # last: a failed start spends no secret
+            claim_auth_secret(psk_path, psk, link=self.link)
         self._stop = asyncio.Event()
         self._tasks.append(asyncio.create_task(run_link(self.pump, self._stop), name="qnet-link"))
         self.state = "running"
@@ -314,8 +316,8 @@ def read_auth_secret(path: Path) -> bytes:
     return data
 
 
-def claim_auth_secret(path: Path, *, link: str) -> bytes:
-    """Read a pre-shared secret and record, durably, that this node's link now uses it.
+def claim_auth_secret(path: Path, data: bytes, *, link: str) -> bytes:
+    """Record, durably, that this node's link now uses the secret ``data`` read from ``path``.
 
     Wegman-Carter spends the secret as one-time pads (Wegman and Carter 1981) and the
     key stream's position lives in the running engine, so a link that starts again
@@ -324,7 +326,6 @@ def claim_auth_secret(path: Path, *, link: str) -> bytes:
     the same secret is refused with what to do. A new secret (other bytes) is accepted.
     ValueError naming the file and the fix.
     """
-    data = read_auth_secret(path)
     digest = hashlib.sha256(data).hexdigest()
     marker = path.with_name(path.name + ".used")
     try:

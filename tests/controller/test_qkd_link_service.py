@@ -85,19 +85,19 @@ def test_wegman_carter_secret_is_claimed_once(tmp_path: Path) -> None:
 
     psk = tmp_path / "ab.psk"
     psk.write_bytes(bytes(range(256)) * 2)
-    assert claim_auth_secret(psk, link="ab") == bytes(range(256)) * 2
+    assert claim_auth_secret(psk, psk.read_bytes(), link="ab") == bytes(range(256)) * 2
     record = json.loads((tmp_path / "ab.psk.used").read_text())
     assert record["link"] == "ab" and len(record["sha256"]) == 64
     assert psk.read_bytes().hex() not in (tmp_path / "ab.psk.used").read_text()
     with pytest.raises(ValueError, match=r"already used by link 'ab'.*qnet keys psk .*overwrite"):
-        claim_auth_secret(psk, link="ab")
+        claim_auth_secret(psk, psk.read_bytes(), link="ab")
     psk.write_bytes(bytes(range(255, -1, -1)) * 2)  # a fresh secret is accepted
-    assert claim_auth_secret(psk, link="ab")[:1] == b"\xff"
+    assert claim_auth_secret(psk, psk.read_bytes(), link="ab")[:1] == b"\xff"
     with pytest.raises(ValueError, match="already used"):
-        claim_auth_secret(psk, link="ab")
+        claim_auth_secret(psk, psk.read_bytes(), link="ab")
     (tmp_path / "ab.psk.used").write_text("{not json")
     with pytest.raises(ValueError, match=r"cannot read .*ab\.psk\.used"):
-        claim_auth_secret(psk, link="ab")
+        claim_auth_secret(psk, psk.read_bytes(), link="ab")
 
 
 def test_two_services_key_over_loopback(tmp_path: Path) -> None:
