@@ -174,6 +174,11 @@ class InstrumentServer:
         self._down.set()
         for sock in (self._listener, self._stream_listener):
             if sock is not None:
+                # close() alone leaves the port listening while the accept thread still
+                # polls it, so restore() right after would find it in use; shutdown ends
+                # the listening state now.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
         self._listener = self._stream_listener = None
         with self._lock:

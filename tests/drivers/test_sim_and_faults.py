@@ -394,3 +394,17 @@ def test_replay_source_refuses_a_missing_or_foreign_file_at_once(tmp_path):
     csv.write_text("5,0\n")
     with pytest.raises(TagFileError, match="unknown tag file type"):
         FileReplaySource(csv, n_channels=2)
+
+
+def test_restore_right_after_a_disconnect_gets_the_same_port_back(serve):
+    """The accept thread still polls the old listener; restore() must not find the port taken."""
+    srv = serve(PM100Emulator())
+    port = srv.port
+    pm = visa(srv, "thorlabs_pm100")
+    for _ in range(20):
+        srv.inject("disconnect")
+        srv.restore()  # no pause: the race this pins
+        assert srv.port == port
+    pm.reconnect()
+    assert pm.power_w == pytest.approx(1e-6)
+    pm.close()
