@@ -181,29 +181,33 @@ class LinkService:
         from ._runner import LinkPump, run_link
 
         c = self.cfg
-        self.store = KeyStore(self._path(c.store), site_index=c.site_index)
-        ecfg = c.engine_config(self.link)
-        side = SenderLink if c.role == "sender" else AnalyserLink
-        psk_path = c.auth_secret_path(self.base_dir)
-        psk = None if psk_path is None else read_auth_secret(psk_path)
-        self.engine = side(ecfg, self.store, auth_secret=psk)
-        state_file = self._path(c.store).with_suffix(".channel.json")
-        last = _read_last_epochs(state_file)
-        self.endpoint = ChannelEndpoint.from_key_files(
-            role=c.channel.role,
-            address=c.channel.address,
-            secret_key_file=self._path(c.channel.secret_key_file),
-            peer_public_key_file=self._path(c.channel.peer_public_key_file),
-            link=self.link,
-            heartbeat_timeout_s=c.channel.heartbeat_timeout_s,
-            last_epochs=last,
-        ).start()
-        self._state_file = state_file
-        self.pump = LinkPump(self.engine, self.endpoint)
-        if c.kme_config is not None:
-            await self._start_kme(self._path(c.kme_config))
-        if psk_path is not None and psk is not None:  # last: a failed start spends no secret
-            claim_auth_secret(psk_path, psk, link=self.link)
+        try:
+            self.store = KeyStore(self._path(c.store), site_index=c.site_index)
+            ecfg = c.engine_config(self.link)
+            side = SenderLink if c.role == "sender" else AnalyserLink
+            psk_path = c.auth_secret_path(self.base_dir)
+            psk = None if psk_path is None else read_auth_secret(psk_path)
+            self.engine = side(ecfg, self.store, auth_secret=psk)
+            state_file = self._path(c.store).with_suffix(".channel.json")
+            last = _read_last_epochs(state_file)
+            self.endpoint = ChannelEndpoint.from_key_files(
+                role=c.channel.role,
+                address=c.channel.address,
+                secret_key_file=self._path(c.channel.secret_key_file),
+                peer_public_key_file=self._path(c.channel.peer_public_key_file),
+                link=self.link,
+                heartbeat_timeout_s=c.channel.heartbeat_timeout_s,
+                last_epochs=last,
+            ).start()
+            self._state_file = state_file
+            self.pump = LinkPump(self.engine, self.endpoint)
+            if c.kme_config is not None:
+                await self._start_kme(self._path(c.kme_config))
+            if psk_path is not None and psk is not None:  # last: a failed start spends no secret
+                claim_auth_secret(psk_path, psk, link=self.link)
+        except BaseException:
+            await self.close()  # nothing half-open: the port, the KME and the store go again
+            raise
         self._stop = asyncio.Event()
         self._tasks.append(asyncio.create_task(run_link(self.pump, self._stop), name="qnet-link"))
         self.state = "running"

@@ -100,6 +100,42 @@ def test_wegman_carter_secret_is_claimed_once(tmp_path: Path) -> None:
         claim_auth_secret(psk, psk.read_bytes(), link="ab")
 
 
+def test_a_refused_start_leaves_nothing_open(tmp_path: Path) -> None:
+    """A start refused at its last step (a spent secret) frees the port and the store again."""
+    import socket
+
+    from controller.qkd_link._service import claim_auth_secret
+
+    generate_keys("alice", tmp_path)
+    generate_keys("bob", tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    section = {
+        **_section(tmp_path, "analyser", "server", f"tcp://127.0.0.1:{port}", 1),
+        "auth": "wegman-carter",
+        "auth_secret_file": "ab.psk",
+    }
+    cfg = QkdLinkConfig.model_validate(section)
+    psk = tmp_path / "ab.psk"
+    psk.write_bytes(bytes(range(256)) * 2)
+    claim_auth_secret(psk, psk.read_bytes(), link="ab")
+
+    async def main() -> str:
+        bob = LinkService(cfg, node="bob", link="ab", base_dir=tmp_path)
+        with pytest.raises(ValueError, match="already used"):
+            await bob.start()
+        psk.write_bytes(bytes(range(255, -1, -1)) * 2)  # the operator's fix: a fresh secret
+        again = LinkService(cfg, node="bob", link="ab", base_dir=tmp_path)
+        await again.start()  # same port, same store: both were released
+        try:
+            return again.state
+        finally:
+            await again.close()
+
+    assert asyncio.run(main()) == "running"
+
+
 def test_two_services_key_over_loopback(tmp_path: Path) -> None:
     generate_keys("alice", tmp_path)
     generate_keys("bob", tmp_path)
