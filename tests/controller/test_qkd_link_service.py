@@ -14,6 +14,7 @@ from controller._daemon_config import DaemonSection
 from controller.qkd_link import LinkService, QkdLinkConfig
 from controller.qkd_link.testing import two_site_tags
 from controller.status_view import qkd_link_line
+from drivers.sim.server import free_port
 
 
 def _section(tmp: Path, role: str, channel_role: str, address: str, site: int) -> dict:
@@ -102,15 +103,11 @@ def test_wegman_carter_secret_is_claimed_once(tmp_path: Path) -> None:
 
 def test_a_refused_start_leaves_nothing_open(tmp_path: Path) -> None:
     """A start refused at its last step (a spent secret) frees the port and the store again."""
-    import socket
-
     from controller.qkd_link._service import claim_auth_secret
 
     generate_keys("alice", tmp_path)
     generate_keys("bob", tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     section = {
         **_section(tmp_path, "analyser", "server", f"tcp://127.0.0.1:{port}", 1),
         "auth": "wegman-carter",
@@ -184,8 +181,6 @@ def test_two_services_key_over_loopback(tmp_path: Path) -> None:
 
 def test_two_daemons_compose_the_link(tmp_path: Path) -> None:
     """Two daemons (no instruments, no broker) each with a ``daemon.qkd_link`` section."""
-    import socket
-
     import yaml
 
     from controller._daemon_config import load_daemon_config
@@ -193,9 +188,7 @@ def test_two_daemons_compose_the_link(tmp_path: Path) -> None:
 
     generate_keys("alice", tmp_path)
     generate_keys("bob", tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     paths = {}
     for node, role, ch, site in (
