@@ -9,10 +9,18 @@ Who issues from which block: site 0 issues (``enc_keys``) from even block IDs, s
 from odd ones, so the two KMEs never hand the same bytes to two master SAEs without
 talking to each other. The other site resolves the key IDs (``dec_keys``) from its
 identical copy of the block (see :mod:`kms._keyid`).
+
+A key is erased at a site in the transaction that hands it out there (issued to the
+master SAE, delivered to the slave SAE): its bytes in the block are overwritten with
+zeros in place, so a stolen store holds only keys not yet handed out. The old page can
+stay in the WAL file until the next checkpoint (at most ~1000 pages later, and on
+:meth:`KeyStore.close`) and in the disk's free blocks: keep the store on an encrypted
+volume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -207,7 +215,7 @@ class KeyStore:
         ).fetchall()
         for block_id, id_key, offset, n_bytes in rows:
             take = min(number - len(out), (n_bytes - offset) // size_bytes)
-            chunk = _slice(db, block_id, offset, take * size_bytes)
+            chunk = _take(db, block_id, offset, take * size_bytes)
             for i in range(take):
                 rng = KeyRange(block_id, offset, size_bytes)
                 key_id = make_key_id(id_key, rng, master_sae, slave_sae)
@@ -234,28 +242,26 @@ class KeyStore:
         for key_id in key_ids:
             claimed, _ = parse_key_id(key_id)
             row = db.execute(
-                "SELECT b.id_key, c.next_offset, b.n_bytes "
-                "FROM blocks b JOIN cursors c USING (block_id) WHERE block_id=?",
-                (claimed.block_id,),
+                "SELECT id_key, n_bytes FROM blocks WHERE block_id=?", (claimed.block_id,)
             ).fetchone()
             if row is None:
                 raise _unknown(key_id, master_sae)
-            id_key, next_offset, n_bytes = row
+            id_key, n_bytes = row
             rng = check_key_id(key_id, id_key, master_sae, slave_sae)
-            own = rng.block_id % 2 == self.site_index
-            if (
-                rng.offset < ID_KEY_BYTES
-                or rng.offset + rng.size > n_bytes
-                or (own and rng.offset + rng.size > next_offset)
-            ):
+            if rng.offset < ID_KEY_BYTES or rng.offset + rng.size > n_bytes:
                 raise _unknown(key_id, master_sae)
+            if rng.block_id % 2 == self.site_index:  # issued here, so erased here
+                raise KeyRequestError(
+                    f"key_ID {key_id} was issued by this KME to master SAE {master_sae!r}; "
+                    "its slave SAE fetches it with dec_keys at the peer site's KME"
+                )
             if db.execute("SELECT 1 FROM delivered WHERE key_id=?", (key_id,)).fetchone():
                 raise KeyRequestError(f"key_ID {key_id} was delivered already")
             db.execute(
                 "INSERT INTO delivered VALUES (?,?,?,?,?,?)",
                 (key_id, rng.block_id, rng.size, master_sae, slave_sae, now),
             )
-            out.append((key_id, _slice(db, rng.block_id, rng.offset, rng.size)))
+            out.append((key_id, _take(db, rng.block_id, rng.offset, rng.size)))
         return out
 
     # ------------------------------------------------------------------ reading
@@ -292,8 +298,10 @@ class KeyStore:
         )
 
     def close(self) -> None:
-        """Close the database (idempotent)."""
+        """Close the database (idempotent), checkpointing the WAL so no erased key stays in it."""
         with self._lock:
+            with contextlib.suppress(sqlite3.Error):  # closed already, or busy: best effort
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
 
 
@@ -308,11 +316,18 @@ def _unknown(key_id: str, master_sae: str) -> KeyRequestError:
     return KeyRequestError(f"key_ID {key_id} is unknown for master SAE {master_sae!r}")
 
 
-def _slice(db: sqlite3.Connection, block_id: int, offset: int, n: int) -> bytes:
-    """``n`` bytes of a block from ``offset`` (reads only those bytes, not the whole block)."""
-    with db.blobopen("blocks", "key", block_id, readonly=True) as blob:
+def _take(db: sqlite3.Connection, block_id: int, offset: int, n: int) -> bytes:
+    """``n`` bytes of a block from ``offset``, overwritten with zeros as they are read.
+
+    In place (incremental blob I/O touches only those pages), inside the caller's
+    transaction: a rolled-back request erases nothing.
+    """
+    with db.blobopen("blocks", "key", block_id) as blob:
         blob.seek(offset)
-        return blob.read(n)
+        key = blob.read(n)
+        blob.seek(offset)
+        blob.write(bytes(n))
+    return key
 
 
 class _Txn:

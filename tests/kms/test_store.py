@@ -149,3 +149,24 @@ def test_repeated_kills_lose_nothing_and_hand_out_nothing_twice(tmp_path):
     # A kill costs at most the one write it interrupted.
     assert r["blocks_committed_unconfirmed"] <= 3 and r["keys_used_unconfirmed"] <= 3
     assert r["ok"]
+
+
+def test_a_key_handed_out_is_erased_from_the_store(tmp_path):
+    """Issued at A and delivered at B, a key's bytes are in neither store's files any more."""
+    blocks = {i: os.urandom(2000) for i in range(4)}
+    a, b = _pair(tmp_path, blocks)
+    keys = a.issue("m", "s", 5, 32)
+    assert b.deliver("m", "s", [kid for kid, _ in keys]) == keys
+    kept = b.issue("m2", "s2", 1, 32)[0][1]  # issued at B, not yet fetched at A
+    with pytest.raises(KeyRequestError, match=r"issued by this KME.*dec_keys at the peer"):
+        a.deliver("m", "s", [keys[0][0]])  # own keys are not served twice at their site
+    for store in (a, b):
+        assert store.add_block(0, blocks[0]) is False  # still the same block (digest kept)
+        store.close()
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith(("a.", "b."))}
+    for _, key in keys:
+        assert not any(key in data for data in files.values())
+    assert any(kept in data for name, data in files.items() if name.startswith("a."))
+    # nothing else was erased: the bytes not handed out are still there
+    untouched = blocks[0][ID_KEY_BYTES + 5 * 32 :][:64]
+    assert any(untouched in data for data in files.values())
