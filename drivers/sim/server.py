@@ -38,17 +38,25 @@ FAULT_MODES = ("none", "timeout", "garbage", "late", "disconnect")
 #: binds it (seen in CI: "Address already in use" under load).
 _PORT_RANGE = (20000, 32000)
 _rng = random.Random()
+#: Ports handed out lately: a config names several ports before any server binds one, so
+#: "free right now" alone could hand the same port out twice (seen in CI under load).
+_handed_out: deque[int] = deque(maxlen=4000)
+_handed_lock = threading.Lock()
 
 
 def free_port() -> int:
-    """A TCP port free on the loopback interface right now (to serve an emulator on)."""
-    for _ in range(200):
-        port = _rng.randrange(*_PORT_RANGE)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
+    """A TCP port free on the loopback interface now and not handed out lately here."""
+    with _handed_lock:
+        for _ in range(200):
+            port = _rng.randrange(*_PORT_RANGE)
+            if port in _handed_out:
                 continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.append(port)
             return port
     with socket.socket() as s:  # the whole range busy: let the kernel choose
         s.bind(("127.0.0.1", 0))

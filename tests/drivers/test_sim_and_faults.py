@@ -408,3 +408,12 @@ def test_restore_right_after_a_disconnect_gets_the_same_port_back(serve):
     pm.reconnect()
     assert pm.power_w == pytest.approx(1e-6)
     pm.close()
+
+
+def test_free_port_never_hands_a_port_out_twice():
+    """A config takes several ports before any is bound: each must be its own."""
+    from drivers.sim import free_port
+
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
+    assert all(20000 <= p < 32000 for p in ports)
