@@ -12,10 +12,10 @@ identical copy of the block (see :mod:`kms._keyid`).
 
 A key is erased at a site in the transaction that hands it out there (issued to the
 master SAE, delivered to the slave SAE): its bytes in the block are overwritten with
-zeros in place, so a stolen store holds only keys not yet handed out. The old page can
-stay in the WAL file until the next checkpoint (at most ~1000 pages later, and on
-:meth:`KeyStore.close`) and in the disk's free blocks: keep the store on an encrypted
-volume.
+zeros in place, so a stolen store holds only keys not yet handed out. Older copies of
+the page remain in the main file until the next checkpoint, in stale WAL frames until
+they are overwritten or the WAL is truncated (:meth:`KeyStore.close` does), and in the
+disk's free blocks: keep the store on an encrypted volume.
 """
 
 from __future__ import annotations
