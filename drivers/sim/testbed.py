@@ -744,8 +744,15 @@ class Testbed:
     # -- the clock and the stream -----------------------------------------------------------
     @property
     def sim_time_ps(self) -> int:
-        """Simulated time up to which pairs have been generated, ps."""
-        return self.generator.pair_time_ps
+        """Simulated time up to which pairs have been generated, ps.
+
+        Read under the generation lock: a step reads the controls when it starts, so
+        a change made while a step is being generated applies only from its end. Waiting
+        for that end makes the returned time a safe boundary: every pair after it sees
+        every control change made before the call.
+        """
+        with self._lock:
+            return self.generator.pair_time_ps
 
     def advance(self, duration_ps: int) -> TagBatch:
         """Generate ``duration_ps`` more simulated time; returns the 8-channel true-time batch.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -327,3 +328,34 @@ def test_smu_and_model_detectors_latch_by_one_rule(testbed):
         testbed.set_bias(ch, det.reset_current_a)
         testbed.set_bias(ch, 16e-6)
         assert not testbed.latched()[ch], ch
+
+
+def test_sim_time_after_a_control_change_is_past_the_step_being_generated(testbed, monkeypatch):
+    """A step reads the controls when it starts: the clock a reader sees after a change
+    must not fall inside a step generated with the old controls (CI: QBER 3.7 % after a
+    compensation because 10 ms of the window still carried the rotation)."""
+    started, go = threading.Event(), threading.Event()
+    real_step = testbed.generator.step
+
+    def slow_step(*args, **kwargs):
+        started.set()
+        assert go.wait(10.0)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(testbed.generator, "step", slow_step)
+    before = testbed.sim_time_ps
+    step_ps = round(testbed.config.step_s * 1e12)
+    worker = threading.Thread(target=testbed.advance, args=(step_ps,))
+    worker.start()
+    assert started.wait(10.0)
+    # the controller's setpoint lands mid-step, as over its socket: the step in progress
+    # already uses the old voltages
+    assert testbed.compensator.handle("ld:1,30000") == "ld:1,30000"
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.append(testbed.sim_time_ps))
+    reader.start()
+    time.sleep(0.2)
+    go.set()
+    reader.join(10.0)
+    worker.join(10.0)
+    assert seen == [before + step_ps]
