@@ -447,11 +447,17 @@ def _serve_until_interrupted(
     sites: list[tuple[str, str, str, str]],
     pki: Any,
 ) -> None:
-    """Print how to reach both KMEs, then wait for Ctrl-C / SIGTERM (or ``stop``)."""
+    """Print how to reach both KMEs, then wait for Ctrl-C / SIGTERM (or ``stop``).
+
+    Both signals get a handler of their own: Python raises KeyboardInterrupt only when
+    SIGINT was at its default at start-up, and a process started in the background by a
+    non-interactive shell (nohup, ``&`` in a script) inherits SIGINT ignored.
+    """
     done = stop or threading.Event()
-    old = None
+    old: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        old = signal.signal(signal.SIGTERM, lambda *_: done.set())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, lambda *_: done.set())
     master = next(s for s in sites if s[3] == "master")
     slave = next(s for s in sites if s[3] == "slave")
     echo("")
@@ -470,11 +476,9 @@ def _serve_until_interrupted(
     try:
         while not done.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def main(duration_s: float, runs: Path, keep_serving: bool, link: bool = True) -> int:

@@ -117,9 +117,16 @@ def test_keep_serving_needs_link(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def _sigint_ignored() -> None:
+    """What a process started with nohup or ``&`` by a non-interactive shell inherits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_keep_serving_ends_with_how_to_reach_both_kmes(tmp_path):
     """The last lines: each KME's URL, the master SAE at one site and the slave at the other
-    with absolute certificate and key paths, the CA; curl with them reaches the KME."""
+    with absolute certificate and key paths, the CA; curl with them reaches the KME; then
+    Ctrl-C ends it, even when it was started with SIGINT ignored (Python then raises no
+    KeyboardInterrupt, so the demo must handle the signal itself)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -137,6 +144,7 @@ def test_keep_serving_ends_with_how_to_reach_both_kmes(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_sigint_ignored,
     )
     lines: list[str] = []
     try:
@@ -176,7 +184,11 @@ def test_keep_serving_ends_with_how_to_reach_both_kmes(tmp_path):
         assert any(line.startswith("curl --cacert ") for line in lines)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # leave nothing running; the test fails all the same
+            raise
     assert proc.returncode in (0, 1)  # the verdict's code, after a clean shutdown
 
 
