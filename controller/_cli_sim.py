@@ -88,7 +88,9 @@ def sim(
     def _on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    old = signal.signal(signal.SIGTERM, _on_signal)
+    # SIGINT too gets this handler: started in the background (nohup, ``&`` in a script)
+    # the process inherits SIGINT ignored and Python then raises no KeyboardInterrupt.
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         clock_speed = testbed.clock_speed
         if site != "bob":  # the Bob-site process has no physics of its own
@@ -128,10 +130,9 @@ def sim(
             wait = 0.2 if t_end is None else min(0.2, max(0.0, t_end - time.monotonic()))
             if stop.wait(wait) or (t_end is not None and time.monotonic() >= t_end):
                 break
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         testbed.stop()
     if site == "bob":
         console.print("stopped")

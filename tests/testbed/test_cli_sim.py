@@ -40,19 +40,28 @@ def _configs(tmp_path: Path) -> tuple[Path, dict]:
     return tmp_path / "testbed.yaml", node["instruments"]
 
 
-def _qnet(*args: str) -> subprocess.Popen:
+def _sigint_ignored() -> None:
+    """What a process started with nohup or ``&`` by a non-interactive shell inherits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _qnet(*args: str, sigint_ignored: bool = False) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", "from controller.cli import main; main()", "sim", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_sigint_ignored if sigint_ignored else None,
     )
 
 
-def test_sim_serves_every_node_instrument_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_sim_serves_every_node_instrument_and_stops_on_a_signal(tmp_path, sig):
+    """SIGINT is sent to a process started with SIGINT ignored, as under nohup: Python then
+    raises no KeyboardInterrupt, so ``qnet sim`` must handle Ctrl-C itself."""
     cfg, node = _configs(tmp_path)
-    proc = _qnet(str(cfg), "--speed", "2")
+    proc = _qnet(str(cfg), "--speed", "2", sigint_ignored=sig == signal.SIGINT)
     try:
         pm = make_instrument(
             "power_meter", "thorlabs_pm100", node["power_meter"]["resource"], timeout_s=1.0
@@ -71,7 +80,7 @@ def test_sim_serves_every_node_instrument_and_stops_on_sigterm(tmp_path):
         spad = make_instrument("spad", "idq_id120", node["spad"]["resource"], timeout_s=0.3)
         with pytest.raises(InstrumentTimeout):
             spad.connect()  # the config injects a timeout fault on it
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
