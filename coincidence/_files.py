@@ -1038,6 +1038,7 @@ def _npz_batches(
         end = _npz_scalar(zf, "end_ps", p)
         done, stop = 0, tsm.n
         read_ts, read_ch = tsm.read, chm.read
+        mts: np.ndarray | None = None
         if part is not None and part.begin_ps is not None and part.end_ps is not None:
             begin, end, done, stop = part.begin_ps, part.end_ps, part.start, part.stop
             mts = _stored_member(p, zf, "timestamps.npy")
@@ -1074,7 +1075,10 @@ def _npz_batches(
                         f"(tag index 0): the measured interval must contain every tag"
                     )
                 chunker = _Chunker(p, begin if begin is not None else int(ts[0]))
-            b = chunker.push(ts, ch, -(2**62), _npz_locator(done))
+            # a mapped range knows the next tag's time: a chunk that ends before it is
+            # emitted whole, with no carry copied into the next chunk
+            known = int(mts[done + n]) if mts is not None and done + n < stop else -(2**62)
+            b = chunker.push(ts, ch, known, _npz_locator(done))
             done += n
             if b is not None:
                 yield b

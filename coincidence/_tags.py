@@ -50,12 +50,28 @@ def _check_time_range(ts: np.ndarray) -> None:
         )
 
 
+#: Timestamps checked per branch-free block of :func:`_first_decrease`.
+_ORDER_BLOCK = 4096
+
+
 @numba.njit(cache=True, nogil=True)
 def _first_decrease(timestamps: np.ndarray) -> int:
-    """Index of the first timestamp smaller than its predecessor, or -1."""
-    for i in range(1, timestamps.shape[0]):
-        if timestamps[i] < timestamps[i - 1]:
-            return i
+    """Index of the first timestamp smaller than its predecessor, or -1.
+
+    Blocks are scanned without an early exit, so the compiler vectorises the compare
+    (an early-exit loop stays scalar: a fifth of the file counter's time); only a block
+    that holds a decrease is walked again to name its index.
+    """
+    n = timestamps.shape[0]
+    for start in range(1, n, _ORDER_BLOCK):
+        stop = min(start + _ORDER_BLOCK, n)
+        found = False
+        for i in range(start, stop):
+            found |= timestamps[i] < timestamps[i - 1]
+        if found:
+            for i in range(start, stop):
+                if timestamps[i] < timestamps[i - 1]:
+                    return i
     return -1
 
 

@@ -17,6 +17,7 @@ from coincidence import (
     TagFileError,
     count_records,
     iter_npz,
+    iter_npz_range,
     iter_ptu,
     iter_tag_file,
     read_npz,
@@ -24,6 +25,7 @@ from coincidence import (
     read_ptu_header,
     read_ptu_markers,
     read_tag_file,
+    split_npz,
     write_npz,
 )
 
@@ -427,6 +429,16 @@ def test_npz_unsorted_error_names_the_file_index(tmp_path, chunk):
     np.savez(p, timestamps=np.asarray([10, 20, 30, 30, 40, 35, 50]), channels=np.zeros(7, np.uint8))
     with pytest.raises(TagFileError, match=r"u\.npz: bad tags: .*decrease at tag index 5: 40 ps"):
         list(iter_npz(p, chunk_records=chunk))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 6, 7])
+def test_npz_range_unsorted_error_names_the_file_index(tmp_path, chunk):
+    """A mapped range emits chunks without a carry; a decrease is still named exactly."""
+    p = tmp_path / "u.npz"
+    np.savez(p, timestamps=np.asarray([10, 20, 30, 30, 40, 35, 50]), channels=np.zeros(7, np.uint8))
+    (whole,) = split_npz(p, 1)
+    with pytest.raises(TagFileError, match=r"u\.npz: bad tags: .*decrease at tag index 5: 40 ps"):
+        list(iter_npz_range(whole, chunk_records=chunk))
 
 
 @pytest.mark.parametrize("sync", ["drop", "auto"])

@@ -16,6 +16,16 @@ def test_out_of_order_names_first_bad_index():
     assert info.value.index == 3
 
 
+@pytest.mark.parametrize("bad", [1, 2, 4095, 4096, 4097, 8193, 9999])
+def test_out_of_order_found_at_every_block_edge(bad):
+    """The blockwise order check names the same index as a plain scan."""
+    ts = np.arange(10_000, dtype=np.int64) * 3
+    ts[bad] = ts[bad - 1] - 1
+    with pytest.raises(TagOrderError) as info:
+        TagBatch(ts, np.zeros(ts.size, np.uint8))
+    assert info.value.index == bad == next(i for i in range(1, ts.size) if ts[i] < ts[i - 1])
+
+
 def test_sorted_helper_orders_stably():
     b = TagBatch.sorted(np.array([30, 10, 20, 10]), np.array([0, 1, 2, 3]))
     assert b.timestamps.tolist() == [10, 10, 20, 30]
