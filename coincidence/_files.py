@@ -69,8 +69,11 @@ import numpy as np
 from ._errors import TagBatchError, TagFileError, TagOrderError
 from ._tags import MAX_CHANNELS, TagBatch
 
-#: Records (or tags) decoded per chunk by default: 8 MB of PTU records.
-DEFAULT_CHUNK_RECORDS = 1 << 21
+#: Records (or tags) decoded per chunk by default: 2 MB of PTU records, 4.5 MB of npz
+#: tags. A chunk this size stays in a core's cache through the copy, the order check
+#: and the counting passes; 4x larger chunks ran 1.3x slower on one core and scaled
+#: worse on two (they share the memory bandwidth), see docs/PERFORMANCE.md.
+DEFAULT_CHUNK_RECORDS = 1 << 19
 
 #: Most tags a file may hold at one timestamp. A real tagger gives at most one per
 #: channel (256); the margin admits synthetic files, the bound keeps the carried
