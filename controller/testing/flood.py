@@ -51,7 +51,10 @@ def _config(workdir: Path, mq_port: int, laser_port: int, poll_interval_s: float
                 "driver": "thorlabs_cld1015",
                 "resource": f"TCPIP::127.0.0.1::{laser_port}::SOCKET",
                 "poll_interval_s": poll_interval_s,
-                "timeout_s": 0.3,
+                # one 30 ms exchange may take a few hundred ms on a loaded machine (seen:
+                # one device_timeout at 0.3 s under CI and two busy loops); queue waiting
+                # counted as device time, the reported bug, would still exceed 2 s at once
+                "timeout_s": 2.0,
             }
         },
         "daemon": {
